@@ -1,0 +1,13 @@
+// Run-time CPU feature checks that pick the AVX-512 kernels or the portable ones.
+#pragma once
+
+namespace sparq {
+
+// True when AVX-512 F/BW/VL/DQ and AVX512_BF16 are present and not disabled.
+bool use_avx512();
+
+// Forces the portable kernels (tests compare both paths; SPARQ_NO_AVX512=1 does
+// the same from the environment).
+void set_avx512_enabled(bool enabled);
+
+}  // namespace sparq

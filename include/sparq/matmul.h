@@ -1,0 +1,34 @@
+// Linear layers through oneDNN: y[M][N] = x[M][K] . W[N][K]^T, weights converted
+// once to the compute type and reordered to oneDNN's preferred (blocked) layout.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "sparq/common.h"
+
+namespace sparq {
+
+class Linear {
+ public:
+  // w: [N][K] row-major f32. compute: BF16 (activations converted to bf16 for
+  // the product, f32 accumulate and output) or F32.
+  Linear(const float* w, int N, int K, DType compute);
+  ~Linear();
+  Linear(Linear&&) noexcept;
+  Linear& operator=(Linear&&) noexcept;
+
+  // x: [M][K] f32, y: [M][N] f32. Any M >= 1; primitives are cached per M.
+  void forward(const float* x, float* y, int M) const;
+
+  int rows() const { return N_; }  // N
+  int cols() const { return K_; }  // K
+  size_t weight_bytes() const;     // bytes read per forward (weights in compute type)
+
+  struct Impl;
+
+ private:
+  int N_ = 0, K_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sparq

@@ -1,0 +1,72 @@
+// A Llama-family decoder: weights in compute format, and the forward pass over
+// a batch of rows (tokens of one or more sequences, each with its own KVCache).
+#pragma once
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sparq/attention.h"
+#include "sparq/config.h"
+#include "sparq/kv_cache.h"
+#include "sparq/matmul.h"
+#include "sparq/tokenizer.h"
+
+namespace sparq {
+
+struct LoadOptions {
+  DType weight_type = DType::BF16;  // compute format of the matrices: BF16 or F32
+};
+
+// One token to run. Rows of the same sequence are consecutive and in position
+// order. decode rows use the decode attention setting, the others dense
+// causal attention (prefill).
+struct Row {
+  int token = 0;
+  int pos = 0;
+  KVCache* cache = nullptr;
+  bool decode = false;
+  bool logits = false;  // write this row's logits
+};
+
+// Time and bytes per phase of the forward pass, summed over calls.
+struct ForwardStats {
+  double t_embed = 0, t_qkv = 0, t_attn = 0, t_out = 0, t_mlp = 0, t_logits = 0;
+  uint64_t weight_bytes = 0;
+  AttnCounters attn;
+};
+
+class Model {
+ public:
+  // path: directory or .safetensors file (see resolve_model_files).
+  static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt);
+
+  const ModelConfig& config() const { return cfg_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  KVShape kv_shape(int capacity, DType kv_type) const;
+  size_t weight_bytes() const;  // bytes of all matrices in compute format
+
+  // Runs the rows; logits is [number of rows with logits=true][vocab].
+  void forward(std::span<const Row> rows, const AttentionSettings& decode_attn, float* logits,
+               ForwardStats* stats = nullptr);
+
+ private:
+  struct Layer {
+    std::vector<float> attn_norm, mlp_norm;
+    Linear qkv;      // [q; k; v] projections fused
+    Linear o;
+    Linear gate_up;  // [gate; up] fused
+    Linear down;
+  };
+  ModelConfig cfg_;
+  std::unique_ptr<Tokenizer> tok_;
+  std::vector<float> embed_;  // [vocab][hidden] f32 for lookup
+  std::vector<float> final_norm_;
+  std::vector<float> inv_freq_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<Linear> lm_head_;
+  // activations, grown to the largest batch seen
+  std::vector<float> x_, xb_, qkv_, q_, att_, hb_, logits_rows_;
+};
+
+}  // namespace sparq

@@ -1,0 +1,71 @@
+// safetensors files, mmap'ed and validated, and the set of them that makes a
+// model (one file, or shards listed by model.safetensors.index.json).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sparq/common.h"
+
+namespace sparq {
+
+struct TensorRef {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // inside the mapping; valid while the file lives
+  size_t nbytes = 0;
+  int64_t numel() const;
+  std::string shape_str() const;  // "[8192, 512]"
+};
+
+class SafetensorsFile {
+ public:
+  // Maps and validates the whole file: header length, JSON, dtypes, shapes,
+  // offsets contiguous, inside the file and matching numel * dtype size.
+  // Throws Error naming the file and the problem.
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  // Validates a header given as bytes (the whole file image); used by the
+  // mapping constructor and by fuzzing.
+  static std::vector<TensorRef> parse(const uint8_t* data, size_t size, const std::string& what,
+                                      std::map<std::string, std::string>* metadata = nullptr);
+
+  const std::string& path() const { return path_; }
+  const std::vector<TensorRef>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const TensorRef* find(const std::string& name) const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::vector<TensorRef> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a model, over one or several files.
+class WeightStore {
+ public:
+  // files: every .safetensors file of the model (see resolve_model_files).
+  explicit WeightStore(const std::vector<std::string>& files);
+
+  bool has(const std::string& name) const;
+  // The tensor, checked to have this shape; throws "missing tensor X" or
+  // "tensor X has shape [..], expected [..]".
+  const TensorRef& get(const std::string& name, const std::vector<int64_t>& shape) const;
+  // The tensor converted to f32 (row-major, same shape).
+  std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape) const;
+  size_t file_bytes() const;
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorRef*> index_;
+};
+
+}  // namespace sparq

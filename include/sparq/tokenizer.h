@@ -1,0 +1,56 @@
+// Tokenizer from tokenizer.json (SentencePiece-style BPE with byte fallback, or
+// byte-level BPE as in Llama 3), no Python needed. A llama2.c tokenizer .bin is
+// accepted where a model ships only that.
+#pragma once
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sparq {
+
+class Tokenizer {
+ public:
+  // Throws Error on malformed or unsupported files.
+  static Tokenizer load(const std::string& path);
+  static Tokenizer from_json_text(const std::string& text);
+
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+  ~Tokenizer();
+
+  // As HuggingFace tokenizers' encode(text, add_special_tokens=add_bos):
+  // added/special tokens written in the text are matched as tokens.
+  std::vector<int> encode(std::string_view text, bool add_bos) const;
+  // As HuggingFace decode(ids, skip_special_tokens=skip_special).
+  std::string decode(std::span<const int> ids, bool skip_special = true) const;
+
+  int vocab_size() const;
+  int bos_id() const;  // -1 when none
+  std::string token_text(int id) const;  // the vocabulary string, for messages
+
+  struct Impl;
+
+ private:
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  friend class TokenStreamer;
+};
+
+// Turns generated ids into text as they come, holding back bytes until they
+// form complete UTF-8 characters. The concatenation of everything push() and
+// finish() return equals tokenizer.decode(all ids pushed).
+class TokenStreamer {
+ public:
+  explicit TokenStreamer(const Tokenizer& tok);
+  std::string push(int id);
+  std::string finish();
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int> ids_;
+  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+};
+
+}  // namespace sparq
