@@ -33,7 +33,8 @@ struct Row {
 struct ForwardStats {
   double t_embed = 0, t_qkv = 0, t_attn = 0, t_out = 0, t_mlp = 0, t_logits = 0;
   uint64_t weight_bytes = 0;
-  AttnCounters attn;
+  std::vector<AttnCounters> attn_layers;  // decode attention, per layer
+  AttnCounters attn;                      // the sum over layers
 };
 
 class Model {
@@ -58,15 +59,19 @@ class Model {
     Linear gate_up;  // [gate; up] fused
     Linear down;
   };
+  void embed(int token, float* out) const;
+
   ModelConfig cfg_;
   std::unique_ptr<Tokenizer> tok_;
-  std::vector<float> embed_;  // [vocab][hidden] f32 for lookup
+  std::vector<uint16_t> embed_bf16_;  // [vocab][hidden], bf16 compute
+  std::vector<float> embed_f32_;      // [vocab][hidden], f32 compute
   std::vector<float> final_norm_;
   std::vector<float> inv_freq_;
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> lm_head_;
   // activations, grown to the largest batch seen
-  std::vector<float> x_, xb_, qkv_, q_, att_, hb_, logits_rows_;
+  std::vector<float> x_, xb_, qkv_, q_, att_, hb_, hb2_;
+  std::vector<DecodeQuery> decode_queries_;
 };
 
 }  // namespace sparq

@@ -1,0 +1,182 @@
+// sparq-run: the command line. Parses flags (llama.cpp names where they
+// exist), loads the model, runs the prompt and streams the continuation to
+// stdout; everything else goes to stderr.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <omp.h>
+
+#include "sparq/cpu.h"
+#include "sparq/generate.h"
+#include "sparq/report.h"
+
+namespace {
+
+using namespace sparq;
+
+struct RunFlags {
+  std::string model, prompt, prompt_file, dtype = "bf16", kv_type = "bf16", attention = "sparq";
+  std::string stats_json;
+  int n_predict = 128, ctx = 0, threads = 0, batch = 512;
+  int64_t seed = -1;
+  SparqSettings sp{.r = 0, .k = 0, .local = -1, .ratio = 8, .k_floor = 128, .mean_mixing = false};
+  SamplerOptions sampling;
+  bool verbose = false, ignore_eos = false, no_bos = false;
+};
+
+DType parse_type(const std::string& s, const char* flag) {
+  if (s == "f32") return DType::F32;
+  if (s == "bf16") return DType::BF16;
+  fail("{} must be f32 or bf16, got '{}'", flag, s);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot open prompt file {}", path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void add_run_flags(CLI::App& app, RunFlags& o) {
+  app.add_option("-m,--model", o.model, "model directory or .safetensors file")->required();
+  app.add_option("-p,--prompt", o.prompt, "prompt text");
+  app.add_option("-f,--file", o.prompt_file, "read the prompt from a file");
+  app.add_option("-n,--n-predict", o.n_predict, "tokens to generate (-1: until EOS or context full)")
+      ->capture_default_str();
+  app.add_option("-c,--ctx-size", o.ctx, "context size (0: the model's, at most 4096)")->capture_default_str();
+  app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str();
+  app.add_option("-t,--threads", o.threads, "threads (0: all cores)")->capture_default_str();
+  app.add_option("-s,--seed", o.seed, "random seed (-1: random)")->capture_default_str();
+  app.add_option("--temp", o.sampling.temp, "temperature (0: greedy)")->capture_default_str();
+  app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)")->capture_default_str();
+  app.add_option("--top-p", o.sampling.top_p, "top-p sampling (1: off)")->capture_default_str();
+  app.add_option("--min-p", o.sampling.min_p, "min-p sampling (0: off)")->capture_default_str();
+  app.add_option("--repeat-penalty", o.sampling.repeat_penalty, "repetition penalty (1: off)")
+      ->capture_default_str();
+  app.add_option("--repeat-last-n", o.sampling.repeat_last_n, "tokens the penalty looks back over")
+      ->capture_default_str();
+  app.add_option("--dtype", o.dtype, "weight compute type: f32 or bf16")->capture_default_str();
+  app.add_option("--kv-type", o.kv_type, "KV cache type: f32 or bf16")->capture_default_str();
+  app.add_option("--attention", o.attention,
+                 "decode attention: dense, sparq (see --sparq-*), sparq:N (1/N of dense bytes)")
+      ->capture_default_str();
+  app.add_option("--sparq-ratio", o.sp.ratio, "SparQ target: 1/N of dense KV bytes")->capture_default_str();
+  app.add_option("--sparq-r", o.sp.r, "SparQ components of q (0: d/ratio)")->capture_default_str();
+  app.add_option("--sparq-k", o.sp.k, "SparQ positions fetched (0: S/(2*ratio), at least the floor)")
+      ->capture_default_str();
+  app.add_option("--sparq-local", o.sp.local, "SparQ local window (-1: k/4)")->capture_default_str();
+  app.add_option("--sparq-k-floor", o.sp.k_floor, "smallest k the ratio rule picks")->capture_default_str();
+  app.add_flag("--sparq-mean,!--sparq-no-mean", o.sp.mean_mixing,
+               "mix the output with the mean of V (off by default, as the authors for GQA)");
+  app.add_option("--stats-json", o.stats_json, "write per-step KV/time statistics to this file");
+  app.add_flag("--verbose", o.verbose, "print a line per decode step (S, bytes, ratio, ms)");
+  app.add_flag("--ignore-eos", o.ignore_eos, "keep generating after end-of-sequence");
+  app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token");
+}
+
+AttentionSettings attention_settings(const RunFlags& o) {
+  AttentionSettings a = parse_attention_setting(o.attention);
+  if (a.sparq && o.attention == "sparq") a.sp = o.sp;  // bare "sparq" takes the --sparq-* flags
+  else if (a.sparq) a.sp.mean_mixing = o.sp.mean_mixing;
+  if (a.sparq) a.sp.validate();
+  return a;
+}
+
+int run(RunFlags& o) {
+  if (o.prompt.empty() == o.prompt_file.empty()) fail("give exactly one of -p/--prompt and -f/--file");
+  if (!o.prompt_file.empty()) o.prompt = read_file(o.prompt_file);
+  if (o.threads < 0) fail("--threads must be >= 0, got {}", o.threads);
+  if (o.n_predict < -1) fail("--n-predict must be >= -1, got {}", o.n_predict);
+  if (o.ctx < 0) fail("--ctx-size must be >= 0, got {}", o.ctx);
+  const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
+  omp_set_num_threads(threads);
+  if (!use_avx512()) fmt::print(stderr, "warning: AVX-512 (F/BW/VL/DQ/BF16) not available, using portable kernels\n");
+
+  GenerateOptions g;
+  g.kv_type = parse_type(o.kv_type, "--kv-type");
+  g.attention = attention_settings(o);
+  g.sampling = o.sampling;
+  g.sampling.seed = o.seed >= 0 ? uint64_t(o.seed) : std::random_device{}();
+  g.sampling.validate();
+  g.n_predict = o.n_predict;
+  g.batch = o.batch;
+  g.ignore_eos = o.ignore_eos;
+  int step = 0;
+  if (o.verbose) g.on_step = [&step](const StepRecord& s) { print_step_line(stderr, step++, s); };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
+  const ModelConfig& c = model->config();
+  g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
+  const size_t kv_bytes = KVCache::bytes_needed(model->kv_shape(g.ctx, g.kv_type));
+  const size_t kv_plain = kv_bytes * 2 / 3;  // K and V without the transposed K copy
+  RunInfo info;
+  info.load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  info.threads = threads;
+  info.attention = g.attention.describe();
+  info.kv_type = o.kv_type;
+  fmt::print(stderr, "sparq-run: {} | {} layers, hidden {}, heads {}/{} (head size {}), vocab {}, trained context {}\n",
+             c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
+             c.vocab_size, c.max_position_embeddings);
+  fmt::print(stderr, "sparq-run: weights {:.1f} MiB ({}), KV cache {:.1f} MiB ({}, ctx {}; K and V {:.1f} MiB + transposed K {:.1f} MiB), threads {}, {}\n",
+             model->weight_bytes() / 1048576.0, o.dtype, kv_bytes / 1048576.0, o.kv_type, g.ctx,
+             kv_plain / 1048576.0, (kv_bytes - kv_plain) / 1048576.0, threads,
+             use_avx512() ? "AVX-512" : "portable kernels");
+  if (g.ctx > c.max_position_embeddings)
+    fmt::print(stderr, "warning: context {} exceeds the model's trained context {}\n", g.ctx,
+               c.max_position_embeddings);
+  fmt::print(stderr, "sparq-run: decode attention: {}, seed {}\n", info.attention, g.sampling.seed);
+
+  const std::vector<int> ids = model->tokenizer().encode(o.prompt, !o.no_bos);
+  TokenStreamer streamer(model->tokenizer());
+  GenerateResult res = generate(*model, ids, g, [&](int id) {
+    const std::string piece = streamer.push(id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  const std::string tail = streamer.finish();
+  std::fwrite(tail.data(), 1, tail.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  print_timings(stderr, info, res);
+  print_kv_table(stderr, res);
+  if (!o.stats_json.empty()) write_stats_json(o.stats_json, info, res);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sparq-run: Llama inference on the CPU with SparQ attention for decoding"};
+  app.set_version_flag("--version", "sparq-run 0.1");
+  RunFlags flags;
+  add_run_flags(app, flags);
+  try {
+    app.parse(argc, argv);
+    return run(flags);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 2;
+  } catch (const sparq::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,201 @@
+// The Llama forward pass. Read Model::forward top to bottom: embed, then per
+// layer RMSNorm -> fused QKV -> RoPE -> cache -> attention -> O -> residual,
+// RMSNorm -> fused gate/up -> SiLU*up -> down -> residual; final norm, logits.
+#include "sparq/model.h"
+
+#include <chrono>
+#include <omp.h>
+
+#include "sparq/ops.h"
+#include "sparq/safetensors.h"
+
+namespace sparq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Stacks f32 matrices with the same column count into one [sum rows][cols].
+std::vector<float> stack(std::initializer_list<const std::vector<float>*> parts) {
+  std::vector<float> out;
+  for (const auto* p : parts) out.insert(out.end(), p->begin(), p->end());
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
+  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
+    fail("--dtype must be f32 or bf16");
+  const ModelFiles files = resolve_model_files(path);
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = ModelConfig::load(files.config);
+  m->tok_ = std::make_unique<Tokenizer>(Tokenizer::load(files.tokenizer));
+  const ModelConfig& c = m->cfg_;
+  if (m->tok_->vocab_size() > c.vocab_size)
+    fail("tokenizer has {} tokens but the model's vocab_size is {}", m->tok_->vocab_size(),
+         c.vocab_size);
+
+  const WeightStore w(files.safetensors);
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
+  const DType wt = opt.weight_type;
+
+  std::vector<float> embed = w.get_f32("model.embed_tokens.weight", {V, H});
+  m->final_norm_ = w.get_f32("model.norm.weight", {H});
+  m->inv_freq_ = c.rope_inv_freq();
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    auto get = [&](const char* name, std::vector<int64_t> shape) {
+      return w.get_f32(p + name, shape);
+    };
+    const auto q = get("self_attn.q_proj.weight", {q_rows, H});
+    const auto k = get("self_attn.k_proj.weight", {kv_rows, H});
+    const auto v = get("self_attn.v_proj.weight", {kv_rows, H});
+    const auto o = get("self_attn.o_proj.weight", {H, q_rows});
+    const auto gate = get("mlp.gate_proj.weight", {I, H});
+    const auto up = get("mlp.up_proj.weight", {I, H});
+    const auto down = get("mlp.down_proj.weight", {H, I});
+    m->layers_.push_back(Layer{
+        get("input_layernorm.weight", {H}),
+        get("post_attention_layernorm.weight", {H}),
+        Linear(stack({&q, &k, &v}).data(), int(q_rows + 2 * kv_rows), int(H), wt),
+        Linear(o.data(), int(H), int(q_rows), wt),
+        Linear(stack({&gate, &up}).data(), int(2 * I), int(H), wt),
+        Linear(down.data(), int(H), int(I), wt),
+    });
+  }
+  if (c.tie_word_embeddings) {
+    m->lm_head_ = std::make_unique<Linear>(embed.data(), int(V), int(H), wt);
+  } else {
+    const auto head = w.get_f32("lm_head.weight", {V, H});
+    m->lm_head_ = std::make_unique<Linear>(head.data(), int(V), int(H), wt);
+  }
+  // Embedding rows are looked up, not multiplied: keep them in the compute type.
+  if (wt == DType::BF16) {
+    m->embed_bf16_.resize(embed.size());
+    for (size_t i = 0; i < embed.size(); ++i) m->embed_bf16_[i] = f32_to_bf16(embed[i]);
+  } else {
+    m->embed_f32_ = std::move(embed);
+  }
+  return m;
+}
+
+KVShape Model::kv_shape(int capacity, DType kv_type) const {
+  return KVShape{cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, capacity, kv_type};
+}
+
+size_t Model::weight_bytes() const {
+  size_t b = lm_head_->weight_bytes();
+  for (const Layer& L : layers_)
+    b += L.qkv.weight_bytes() + L.o.weight_bytes() + L.gate_up.weight_bytes() +
+         L.down.weight_bytes();
+  return b;
+}
+
+void Model::embed(int token, float* out) const {
+  if (token < 0 || token >= cfg_.vocab_size)
+    fail("token id {} is outside the vocabulary (size {})", token, cfg_.vocab_size);
+  const size_t H = size_t(cfg_.hidden_size), off = size_t(token) * H;
+  if (!embed_bf16_.empty()) {
+    for (size_t i = 0; i < H; ++i) out[i] = bf16_to_f32(embed_bf16_[off + i]);
+  } else {
+    std::copy_n(embed_f32_.data() + off, H, out);
+  }
+}
+
+void Model::forward(std::span<const Row> rows, const AttentionSettings& decode_attn, float* logits,
+                    ForwardStats* stats) {
+  const ModelConfig& c = cfg_;
+  const int M = int(rows.size());
+  const int H = c.hidden_size, D = c.head_dim, NH = c.n_heads, NKV = c.n_kv_heads;
+  const int QKV = (NH + 2 * NKV) * D, I = c.intermediate_size;
+  x_.resize(size_t(M) * H);
+  xb_.resize(size_t(M) * std::max(H, NH * D));
+  qkv_.resize(size_t(M) * QKV);
+  q_.resize(size_t(M) * NH * D);
+  att_.resize(size_t(M) * NH * D);
+  hb_.resize(size_t(M) * 2 * I);
+  hb2_.resize(size_t(M) * I);
+  ForwardStats local;
+  ForwardStats& st = stats ? *stats : local;
+  if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
+
+  auto t0 = Clock::now();
+  for (int i = 0; i < M; ++i) embed(rows[i].token, &x_[size_t(i) * H]);
+  st.t_embed += since(t0);
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    Layer& L = layers_[l];
+    t0 = Clock::now();
+    for (int i = 0; i < M; ++i)
+      ops::rmsnorm(&xb_[size_t(i) * H], &x_[size_t(i) * H], L.attn_norm.data(), H, c.rms_norm_eps);
+    L.qkv.forward(xb_.data(), qkv_.data(), M);
+    for (int i = 0; i < M; ++i) {
+      float* q = &qkv_[size_t(i) * QKV];
+      float* k = q + NH * D;
+      ops::rope(q, NH, D, rows[i].pos, inv_freq_.data());
+      ops::rope(k, NKV, D, rows[i].pos, inv_freq_.data());
+      rows[i].cache->store(l, rows[i].pos, k, k + NKV * D);
+      std::copy_n(q, NH * D, &q_[size_t(i) * NH * D]);
+    }
+    st.t_qkv += since(t0);
+
+    // Decode rows go through the decode attention (dense or SparQ) together;
+    // each run of prompt rows of one sequence gets dense causal attention.
+    t0 = Clock::now();
+    decode_queries_.clear();
+    for (int i = 0; i < M;) {
+      const Row& r = rows[i];
+      if (r.decode) {
+        decode_queries_.push_back(DecodeQuery{r.cache, r.pos + 1, &q_[size_t(i) * NH * D],
+                                              &att_[size_t(i) * NH * D]});
+        ++i;
+        continue;
+      }
+      int j = i + 1;
+      while (j < M && !rows[j].decode && rows[j].cache == r.cache) ++j;
+      attention_prefill(*r.cache, l, r.pos, j - i, NH, &q_[size_t(i) * NH * D],
+                        &att_[size_t(i) * NH * D]);
+      i = j;
+    }
+    if (!decode_queries_.empty())
+      attention_decode(decode_queries_, l, NH, decode_attn, &st.attn_layers[l]);
+    st.t_attn += since(t0);
+
+    t0 = Clock::now();
+    L.o.forward(att_.data(), xb_.data(), M);
+    ops::add(x_.data(), xb_.data(), M * H);
+    st.t_out += since(t0);
+
+    t0 = Clock::now();
+    for (int i = 0; i < M; ++i)
+      ops::rmsnorm(&xb_[size_t(i) * H], &x_[size_t(i) * H], L.mlp_norm.data(), H, c.rms_norm_eps);
+    L.gate_up.forward(xb_.data(), hb_.data(), M);
+    for (int i = 0; i < M; ++i) {
+      float* g = &hb_[size_t(i) * 2 * I];
+      ops::silu_mul(g, g + I, I);
+      std::copy_n(g, I, &hb2_[size_t(i) * I]);
+    }
+    L.down.forward(hb2_.data(), xb_.data(), M);
+    ops::add(x_.data(), xb_.data(), M * H);
+    st.t_mlp += since(t0);
+  }
+
+  t0 = Clock::now();
+  int n_out = 0;
+  for (int i = 0; i < M; ++i)
+    if (rows[i].logits)
+      ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H,
+                   c.rms_norm_eps);
+  if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
+  st.t_logits += since(t0);
+  st.weight_bytes += weight_bytes();
+  st.attn = AttnCounters{};
+  for (const AttnCounters& a : st.attn_layers) st.attn.add(a);
+}
+
+}  // namespace sparq

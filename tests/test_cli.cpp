@@ -1,0 +1,85 @@
+// The sparq-run binary end to end: generation on the shared model, and bad
+// input answered with one clear error line and a non-zero exit.
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace sparq::test;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Result run(const std::string& args) {
+  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
+  fs::create_directories(dir);
+  const std::string out = (dir / "out").string(), err = (dir / "err").string();
+  const std::string cmd =
+      std::string(SPARQ_RUN_BINARY) + " " + args + " >" + quote(out) + " 2>" + quote(err);
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(out), read_text(err)};
+}
+
+std::string model_dir() { return shared_dir() + "/models/llama-27m-prose"; }
+
+// One line on stderr, starting "error: ", containing `what`.
+void require_one_error_line(const Result& r, const std::string& what) {
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code != 0);
+  REQUIRE(r.code < 128);  // an exit, not a signal
+  REQUIRE(r.err.rfind("error: ", 0) == 0);
+  REQUIRE(r.err.find('\n') == r.err.size() - 1);
+  REQUIRE(r.err.find(what) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("greedy generation streams the golden continuation", "[cli][golden]") {
+  const std::string golden_path = shared_dir() + "/golden/logits_llama-27m-prose.json";
+  SPARQ_REQUIRE_SHARED(golden_path);
+  const auto golden = nlohmann::json::parse(read_text(golden_path));
+  const auto& p = golden["prompts"][0];
+  const auto want = p["greedy_text"].get<std::string>();
+  const int n = int(p["greedy_ids"].size());
+  for (const char* attn : {"dense", "sparq"}) {
+    const Result r = run("-m " + quote(model_dir()) + " -p " + quote(p["prompt"]) + " -n " +
+                         std::to_string(n) + " --temp 0 --ignore-eos --dtype f32 --kv-type f32 --attention " + attn);
+    INFO(attn << " stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.out == want + "\n");
+    CHECK(r.err.find("prompt eval time") != std::string::npos);
+  }
+}
+
+TEST_CASE("bad input gets one error line and a non-zero exit", "[cli][errors]") {
+  SPARQ_REQUIRE_SHARED(model_dir());
+  const std::string m = "-m " + quote(model_dir());
+  require_one_error_line(run(m + " -p hi --no-such-flag"), "no-such-flag");
+  require_one_error_line(run(m), "prompt");
+  require_one_error_line(run("-m /nonexistent/model -p hi"), "/nonexistent/model");
+  require_one_error_line(run(m + " -p hi --temp -1"), "--temp");
+  require_one_error_line(run(m + " -p hi --top-p 2"), "--top-p");
+  require_one_error_line(run(m + " -p hi --kv-type f16"), "--kv-type");
+  require_one_error_line(run(m + " -p hi --dtype int4"), "--dtype");
+  require_one_error_line(run(m + " -p hi --attention nonsense"), "nonsense");
+  require_one_error_line(run(m + " -p hi -t -3"), "--threads");
+  require_one_error_line(run(m + " -p hi -n abc"), "n-predict");
+  require_one_error_line(run(m + " -f /nonexistent/prompt.txt"), "/nonexistent/prompt.txt");
+  require_one_error_line(run(m + " -c 8 -p " + quote("a prompt that is longer than eight tokens for sure")),
+                         "context size");
+}
