@@ -41,8 +41,8 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     const int n = std::min(opt.batch, int(prompt.size()) - p0);
     rows.clear();
     for (int i = 0; i < n; ++i)
-      rows.push_back(Row{prompt[p0 + i], p0 + i, &cache, false, p0 + i + 1 == int(prompt.size())});
-    model.forward(rows, opt.attention, logits.data(), &res.prompt_stats);
+      rows.push_back(Row{prompt[p0 + i], p0 + i, &cache, nullptr, p0 + i + 1 == int(prompt.size())});
+    model.forward(rows, logits.data(), &res.prompt_stats);
   }
   res.t_prompt = since(t0);
 
@@ -68,8 +68,8 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     if (opt.n_predict >= 0 && n + 1 == opt.n_predict) break;  // no logits needed
     const ForwardStats before = res.decode_stats;
     auto ts = Clock::now();
-    const Row row{id, pos, &cache, true, true};
-    model.forward({&row, 1}, opt.attention, logits.data(), &res.decode_stats);
+    const Row row{id, pos, &cache, &opt.attention, true};
+    model.forward({&row, 1}, logits.data(), &res.decode_stats);
     StepRecord rec;
     rec.S = pos + 1;
     rec.token = id;

@@ -3,8 +3,8 @@
 // RMSNorm -> fused gate/up -> SiLU*up -> down -> residual; final norm, logits.
 #include "sparq/model.h"
 
+#include <algorithm>
 #include <chrono>
-#include <omp.h>
 
 #include "sparq/ops.h"
 #include "sparq/safetensors.h"
@@ -107,8 +107,7 @@ void Model::embed(int token, float* out) const {
   }
 }
 
-void Model::forward(std::span<const Row> rows, const AttentionSettings& decode_attn, float* logits,
-                    ForwardStats* stats) {
+void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stats) {
   const ModelConfig& c = cfg_;
   const int M = int(rows.size());
   const int H = c.hidden_size, D = c.head_dim, NH = c.n_heads, NKV = c.n_kv_heads;
@@ -144,26 +143,35 @@ void Model::forward(std::span<const Row> rows, const AttentionSettings& decode_a
     }
     st.t_qkv += since(t0);
 
-    // Decode rows go through the decode attention (dense or SparQ) together;
-    // each run of prompt rows of one sequence gets dense causal attention.
+    // Decode rows with the same setting go through the decode attention
+    // together; each run of prompt rows of one sequence gets dense causal attention.
     t0 = Clock::now();
-    decode_queries_.clear();
     for (int i = 0; i < M;) {
       const Row& r = rows[i];
+      int j = i + 1;
       if (r.decode) {
-        decode_queries_.push_back(DecodeQuery{r.cache, r.pos + 1, &q_[size_t(i) * NH * D],
-                                              &att_[size_t(i) * NH * D]});
-        ++i;
+        i = j;
         continue;
       }
-      int j = i + 1;
       while (j < M && !rows[j].decode && rows[j].cache == r.cache) ++j;
-      attention_prefill(*r.cache, l, r.pos, j - i, NH, &q_[size_t(i) * NH * D],
-                        &att_[size_t(i) * NH * D]);
+      attention_prefill(*r.cache, l, r.pos, j - i, NH, &q_[size_t(i) * NH * D], &att_[size_t(i) * NH * D]);
       i = j;
     }
-    if (!decode_queries_.empty())
-      attention_decode(decode_queries_, l, NH, decode_attn, &st.attn_layers[l]);
+    decode_done_.assign(size_t(M), false);
+    for (int i = 0; i < M; ++i) {
+      if (!rows[i].decode || decode_done_[i]) continue;
+      decode_queries_.clear();
+      for (int j = i; j < M; ++j)
+        if (rows[j].decode == rows[i].decode) {
+          decode_done_[j] = true;
+          decode_queries_.push_back(DecodeQuery{rows[j].cache, rows[j].pos + 1, &q_[size_t(j) * NH * D],
+                                                &att_[size_t(j) * NH * D]});
+        }
+      AttnCounters group;
+      attention_decode(decode_queries_, l, NH, *rows[i].decode, &group);
+      st.attn_layers[l].add(group);
+      st.by_setting[rows[i].decode].add(group);
+    }
     st.t_attn += since(t0);
 
     t0 = Clock::now();

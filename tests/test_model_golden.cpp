@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 using namespace sparq;
+using namespace sparq::test;
 using nlohmann::json;
 
 namespace {
@@ -29,8 +30,8 @@ std::vector<float> prompt_logits(Model& m, const std::vector<int>& ids, DType kv
   for (size_t p0 = 0; p0 < ids.size(); p0 += size_t(batch)) {
     std::vector<Row> rows;
     for (size_t i = p0; i < std::min(ids.size(), p0 + size_t(batch)); ++i)
-      rows.push_back(Row{ids[i], int(i), &cache, false, true});
-    m.forward(rows, AttentionSettings{}, &out[p0 * V]);
+      rows.push_back(Row{ids[i], int(i), &cache, nullptr, true});
+    m.forward(rows, &out[p0 * V]);
   }
   return out;
 }

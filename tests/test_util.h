@@ -1,11 +1,14 @@
 // Helpers shared by the tests: where ../shared is, and skipping when it is absent.
 #pragma once
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include <catch2/catch.hpp>
+
+#include "sparq/common.h"
 
 namespace sparq::test {
 
@@ -18,6 +21,42 @@ inline std::string read_text(const std::string& path) {
   ss << f.rdbuf();
   return ss.str();
 }
+
+// The message of the sparq::Error that f throws; fails the test when f
+// returns normally (other exception types propagate and fail it too).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const sparq::Error& e) {
+    return e.what();
+  }
+  FAIL("no sparq::Error was thrown");
+  return {};
+}
+
+// A fresh directory under the system temp dir, removed with its contents
+// (each test case gets its own, so ctest may run them in parallel).
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "sparq-test-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) FAIL("mkdtemp failed for " << tmpl);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // Writes bytes to name inside the directory and returns the file's path.
+  std::string write(const std::string& name, const std::string& bytes) const {
+    const std::filesystem::path p = path / name;
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p.string();
+  }
+};
 
 }  // namespace sparq::test
 

@@ -16,6 +16,9 @@ struct SparqSettings {
   int ratio = 0;       // target 1/ratio of dense bytes (used where r or k is 0)
   int k_floor = 128;   // k from ratio never goes below this
   bool mean_mixing = false;
+  // Throws Error for negative r, k, ratio, local < -1, k_floor < 1, or r or k
+  // left to a ratio of 0.
+  void validate() const;
 };
 
 struct AttentionSettings {
@@ -24,11 +27,17 @@ struct AttentionSettings {
   std::string describe() const;  // "dense", "sparq r=8 k=512 l=128", "sparq 1/8"
 };
 
+// "dense"; "sparq" (ratio 8); "sparq:N" (ratio N); or "sparq:" then comma-
+// separated items: N, ratio=N, r=R, k=K, l=L (local window), floor=F (k
+// floor), mean (mean mixing on). Validated; throws Error naming the problem.
+AttentionSettings parse_attention_setting(const std::string& text);
+
 // The (r, k, l) SparQ uses at cache length S and head size d; dense is true
 // when SparQ would fetch as much as dense attention (then dense runs).
 struct SparqStep {
   bool dense = false;
   int r = 0, k = 0, l = 0;
+  bool mean = false;  // mean mixing: v_mean is read too
 };
 SparqStep resolve_sparq(const SparqSettings& s, int S, int d);
 

@@ -44,7 +44,10 @@ struct ModelFiles {
 };
 
 // --model accepts a directory or a single .safetensors file with config.json
-// and tokenizer.json beside it. Throws Error naming what is missing.
+// and tokenizer.json beside it. In a directory the weights are
+// model.safetensors, else the shards model.safetensors.index.json lists, else
+// every *.safetensors (sorted); without tokenizer.json, a llama2.c
+// tokenizer.bin or tok*.bin is taken. Throws Error naming what is missing.
 ModelFiles resolve_model_files(const std::string& path);
 
 }  // namespace sparq

@@ -25,7 +25,9 @@ class KVCache {
   // Positions per block of the transposed key copy.
   static constexpr int kBlock = 256;
 
-  explicit KVCache(const KVShape& shape);  // throws Error when allocation fails
+  // Throws Error for a bad shape (non-positive sizes, type not F32/BF16) or
+  // when allocation fails.
+  explicit KVCache(const KVShape& shape);
 
   // Bytes a cache of this shape allocates, the transposed K copy included.
   static size_t bytes_needed(const KVShape& shape);
@@ -33,7 +35,9 @@ class KVCache {
   // Stores the post-RoPE key and the value of position pos in one layer;
   // k and v are [n_kv_heads][head_dim] f32. Positions are stored in order
   // (pos == length(layer)); storing at pos < length(layer) first drops the
-  // positions from pos on (so v_sum stays exact).
+  // positions from pos on (so v_sum stays exact). BF16 caches round to
+  // nearest even; v_sum sums the stored (rounded) values. Throws Error for a
+  // layer out of range, pos > length(layer) or pos >= capacity.
   void store(int layer, int pos, const float* k, const float* v);
   int length(int layer) const { return len_[layer]; }
   void clear();
@@ -56,7 +60,11 @@ class KVCache {
   std::vector<int> len_;
   struct Deleter { void operator()(uint8_t* p) const; };
   std::unique_ptr<uint8_t, Deleter> k_, v_, kt_;
+  std::vector<double> vsum64_;  // exact-order running sums; vsum_ is their f32 copy
   std::vector<float> vsum_;
+
+  uint8_t* at(const std::unique_ptr<uint8_t, Deleter>& a, int layer, int kv_head) const;
+  void recompute_vsum(int layer);
 };
 
 }  // namespace sparq

@@ -1,6 +1,7 @@
 // A Llama-family decoder: weights in compute format, and the forward pass over
 // a batch of rows (tokens of one or more sequences, each with its own KVCache).
 #pragma once
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -19,13 +20,13 @@ struct LoadOptions {
 };
 
 // One token to run. Rows of the same sequence are consecutive and in position
-// order. decode rows use the decode attention setting, the others dense
-// causal attention (prefill).
+// order. Rows with a decode attention setting run it (dense or SparQ); the
+// others get dense causal attention (prefill).
 struct Row {
   int token = 0;
   int pos = 0;
   KVCache* cache = nullptr;
-  bool decode = false;
+  const AttentionSettings* decode = nullptr;
   bool logits = false;  // write this row's logits
 };
 
@@ -35,6 +36,8 @@ struct ForwardStats {
   uint64_t weight_bytes = 0;
   std::vector<AttnCounters> attn_layers;  // decode attention, per layer
   AttnCounters attn;                      // the sum over layers
+  std::map<const AttentionSettings*, AttnCounters> by_setting;  // decode attention per setting
+  double seconds() const { return t_embed + t_qkv + t_attn + t_out + t_mlp + t_logits; }
 };
 
 class Model {
@@ -48,8 +51,7 @@ class Model {
   size_t weight_bytes() const;  // bytes of all matrices in compute format
 
   // Runs the rows; logits is [number of rows with logits=true][vocab].
-  void forward(std::span<const Row> rows, const AttentionSettings& decode_attn, float* logits,
-               ForwardStats* stats = nullptr);
+  void forward(std::span<const Row> rows, float* logits, ForwardStats* stats = nullptr);
 
  private:
   struct Layer {
@@ -72,6 +74,7 @@ class Model {
   // activations, grown to the largest batch seen
   std::vector<float> x_, xb_, qkv_, q_, att_, hb_, hb2_;
   std::vector<DecodeQuery> decode_queries_;
+  std::vector<char> decode_done_;  // per row, within one layer's attention
 };
 
 }  // namespace sparq

@@ -13,12 +13,25 @@ namespace sparq {
 
 struct TensorRef {
   std::string name;
+  // The header's dtype string ("BF16", "F64", "I64", ...). Every dtype of the
+  // format is accepted when opening a file; only the float ones can be read.
+  std::string dtype_name;
+  size_t elem_size = 0;
+  // Meaningful only when is_weight_type(): F32, BF16 or F16.
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  const void* data = nullptr;  // inside the mapping; valid while the file lives
+  // Inside the mapping, valid while the file lives. Not necessarily aligned to
+  // elem_size (the format does not require it): read through memcpy.
+  const void* data = nullptr;
   size_t nbytes = 0;
+
   int64_t numel() const;
   std::string shape_str() const;  // "[8192, 512]"
+  bool is_weight_type() const;    // F32, BF16 or F16
+  // Row-major copies converted from F64, F32, F16 or BF16; any other dtype
+  // throws an Error naming the tensor and its dtype.
+  std::vector<float> to_f32() const;
+  std::vector<double> to_f64() const;
 };
 
 class SafetensorsFile {
@@ -32,14 +45,17 @@ class SafetensorsFile {
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   // Validates a header given as bytes (the whole file image); used by the
-  // mapping constructor and by fuzzing.
+  // mapping constructor and by fuzzing. `what` names the file in messages.
   static std::vector<TensorRef> parse(const uint8_t* data, size_t size, const std::string& what,
                                       std::map<std::string, std::string>* metadata = nullptr);
 
   const std::string& path() const { return path_; }
+  size_t size() const { return map_size_; }
   const std::vector<TensorRef>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorRef* find(const std::string& name) const;
+  // find() or throws "PATH: missing tensor NAME".
+  const TensorRef& at(const std::string& name) const;
 
  private:
   std::string path_;
@@ -53,11 +69,12 @@ class SafetensorsFile {
 class WeightStore {
  public:
   // files: every .safetensors file of the model (see resolve_model_files).
+  // Throws when a tensor name appears in two files.
   explicit WeightStore(const std::vector<std::string>& files);
 
   bool has(const std::string& name) const;
-  // The tensor, checked to have this shape; throws "missing tensor X" or
-  // "tensor X has shape [..], expected [..]".
+  // The tensor, checked to have this shape and a weight dtype (F32, BF16,
+  // F16); throws "missing tensor X" or "tensor X has shape [..], expected [..]".
   const TensorRef& get(const std::string& name, const std::vector<int64_t>& shape) const;
   // The tensor converted to f32 (row-major, same shape).
   std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape) const;

@@ -10,6 +10,10 @@
 
 namespace sparq {
 
+namespace tok {
+class DecodeStream;
+}
+
 class Tokenizer {
  public:
   // Throws Error on malformed or unsupported files.
@@ -40,17 +44,22 @@ class Tokenizer {
 
 // Turns generated ids into text as they come, holding back bytes until they
 // form complete UTF-8 characters. The concatenation of everything push() and
-// finish() return equals tokenizer.decode(all ids pushed).
+// finish() return equals tokenizer.decode(all ids pushed). O(1) per token: a
+// run of byte-fallback tokens is held until it ends, because HuggingFace
+// replaces the whole run with U+FFFD if any byte in it is bad. After finish()
+// the next push() starts a new text.
 class TokenStreamer {
  public:
   explicit TokenStreamer(const Tokenizer& tok);
+  ~TokenStreamer();
+  TokenStreamer(const TokenStreamer&) = delete;
+  TokenStreamer& operator=(const TokenStreamer&) = delete;
   std::string push(int id);
   std::string finish();
 
  private:
   const Tokenizer& tok_;
-  std::vector<int> ids_;
-  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+  std::unique_ptr<tok::DecodeStream> stream_;
 };
 
 }  // namespace sparq

@@ -1,0 +1,93 @@
+// The kernels of one SparQ decode step for one KV head (sparq_decode.cpp
+// strings them together and splits them over threads). Each has a plain scalar
+// reference (namespace ref, src/sparq_ref.cpp) and an AVX-512 version
+// (namespace avx512, src/sparq_avx512.cpp, only after use_avx512()) with the
+// same signature and the same results up to float rounding.
+//
+// Scores are kept in log2 units (log2(e) is folded into the query), so the
+// kernels exponentiate with exp2.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "sparq/common.h"
+#include "sparq/kv_cache.h"
+
+namespace sparq {
+
+inline constexpr int kSparqBlock = KVCache::kBlock;
+
+// Step 1 of one KV head for its n_h query heads, over the transposed keys.
+struct SparqStep1Args {
+  const void* k_t = nullptr;  // KVCache::k_t of the KV head
+  DType type = DType::BF16;   // F32 or BF16
+  int d = 0;                  // head size
+  int S = 0;                  // positions
+  const int* i1 = nullptr;    // r components, ascending
+  int r = 0;
+  const float* qs = nullptr;  // [n_h][r]: q_h[i1[j]] * log2(e) / tau_h
+  int n_h = 0;
+};
+
+// Exact attention of n_h query heads over selected rows of one KV head.
+struct SparqStep3Args {
+  const void* k_rows = nullptr;  // KVCache::k_rows of the KV head
+  const void* v_rows = nullptr;  // KVCache::v_rows
+  DType type = DType::BF16;
+  int d = 0;
+  const float* q = nullptr;  // [n_h][d]: q_h * log2(e) / sqrt(d)
+  int n_h = 0;
+};
+
+// Row stride of step 3's partial sums: d rounded up to 16.
+inline int sparq_dpad(int d) { return (d + 15) / 16 * 16; }
+
+// Floats of scratch sparq_step3 needs for n rows.
+inline size_t sparq_step3_scratch(int n_h, int n, int d) {
+  return size_t(n_h) * size_t((n + 15) / 16 * 16) + 16 * size_t(sparq_dpad(d));
+}
+
+// i1: the r components of largest sum over the n_h heads of |q_h| (ties: the
+// lower index), ascending; qs [n_h][r] as SparqStep1Args::qs wants it, with
+// tau_h = sqrt(d * sum|q_h[i1]| / sum|q_h|) (a head with q_h[i1] = 0 gets 0).
+// Shared by both paths: it is O(n_h d) next to the O(S r n_h) steps.
+void sparq_select_components(const float* q, int n_h, int d, int r, int* i1, float* qs);
+
+namespace ref {
+// Blocks [b0, b1) of kSparqBlock positions, with x_h(p) = qs_h . K[p, i1]: for
+// block b and head h (nb = the blocks of S), mx[h nb + b] = the max of x_h over
+// the block's positions < S, e[(b n_h + h) kSparqBlock + p % kSparqBlock] =
+// 2^(x_h(p) - mx) (0 for p >= S) and sum[h nb + b] = the sum of those.
+void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum);
+// The softmax weight of each block: w[h nb + b] = 2^(mx - M_h) / Z_h with M_h
+// the max over blocks and Z_h = sum_b sum[h nb + b] 2^(mx[h nb + b] - M_h).
+void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
+// s[p] = sum_h e_h(p) * w[h nb + b] (e as sparq_step1 lays it out, b = p /
+// kSparqBlock) for every position of blocks [b0, b1).
+void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s);
+// Writes to out, ascending, the m indices in [0, n) with the largest s compared
+// as bit patterns read as uint32 (the float order for s >= 0, a total order for
+// anything else); among equal ones the lower index wins. scratch: n + 16 words.
+void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch);
+// mass[h] = sum over the n positions idx[i] of e_h(p) * w[h nb + b] (as in
+// sparq_combine): alpha_h when w holds the softmax weights.
+void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
+// Softmax attention over the n >= 1 rows idx[i], as a partial to merge: with
+// x_h(p) = q_h . K[p], mx[h] = max_i x_h, z[h] = sum_i 2^(x_h - mx[h]) and
+// acc[h sparq_dpad(d) + c] = sum_i 2^(x_h - mx[h]) V[p, c].
+// scratch: sparq_step3_scratch(n_h, n, d) floats.
+void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
+                 float* scratch);
+}  // namespace ref
+
+namespace avx512 {
+void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum);
+void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
+void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s);
+void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch);
+void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
+void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
+                 float* scratch);
+}  // namespace avx512
+
+}  // namespace sparq

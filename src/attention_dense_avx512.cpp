@@ -1,0 +1,257 @@
+// AVX-512 dense decode kernel. Scores come from the transposed key copy
+// (positions contiguous per component), so one FMA multiplies a broadcast q
+// component into 16 positions and no horizontal sums are needed; the weighted
+// sum runs over the value rows. Every byte is read once for all query heads
+// of the group. bf16 becomes f32 by a shift (even elements) and a mask (odd
+// elements); the value accumulators are kept in that even/odd order and put
+// back in natural order at the end.
+// The pragmas silence GCC 12.2 false positives from immintrin.h (PR 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "sparq/attention_dense.h"
+#include "sparq/kv_cache.h"
+
+namespace sparq::avx512 {
+namespace {
+
+constexpr int kB = KVCache::kBlock;  // positions per k_t block
+constexpr int kTile = 16;            // value rows per tile
+
+// 32 consecutive elements as two f32 vectors: bf16 gives (even, odd)
+// elements, f32 gives (first 16, last 16). Masked-off elements are 0.
+template <bool BF16>
+inline void load32(const uint8_t* p, __mmask32 mask, __m512& a, __m512& b) {
+  if constexpr (BF16) {
+    const __m512i x = _mm512_maskz_loadu_epi16(mask, p);
+    a = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    b = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u))));
+  } else {
+    a = _mm512_maskz_loadu_ps(__mmask16(mask), p);
+    b = _mm512_maskz_loadu_ps(__mmask16(mask >> 16), p + 64);
+  }
+}
+
+// Index in load32's order of natural element c.
+template <bool BF16>
+inline int split_index(int c) {
+  const int j = c / 32, i = c % 32;
+  return BF16 ? j * 32 + (i % 2) * 16 + i / 2 : c;
+}
+
+inline __mmask32 first_n32(int n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? 0 : __mmask32((1u << n) - 1); }
+inline __mmask16 first_n16(int n) { return __mmask16(first_n32(std::min(n, 16))); }
+
+template <int A, int B>
+inline void zero(__m512 (&a)[A][B]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < A; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < B; ++j) a[i][j] = _mm512_setzero_ps();
+}
+
+inline void prefetch(const uint8_t* p, size_t bytes) {
+  for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
+// exp for x <= 0 (the max is subtracted first): 2^n * e^r with |r| <= ln2/2,
+// degree-7 Taylor polynomial (relative error < 1e-8 before rounding).
+inline __m512 exp_neg(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // e^-104 is 0 in f32; NaN passes through
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Positions per chunk for G heads: scores of a chunk keep 2*(chunk/32)*G
+// accumulators, 16 of the 32 registers.
+template <int G>
+constexpr int chunk_positions() { return 32 * (8 / G); }
+
+// Scores of n <= chunk_positions<G>() positions whose keys start at column o
+// of a k_t block ([d][kB]), into sc[h * kB + i] for position i of the chunk.
+// q is [G][d], already scaled. While the chunk is read, pf (the next chunk's
+// first column, or null) is fetched.
+template <bool BF16, int G>
+void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const float* q, float* sc) {
+  constexpr size_t E = BF16 ? 2 : 4;
+  constexpr int NV = chunk_positions<G>() / 32;
+  const size_t stride = size_t(kB) * E;  // bytes from one component's row to the next
+  __mmask32 mask[NV];
+  for (int v = 0; v < NV; ++v) mask[v] = first_n32(n - 32 * v);
+  __m512 a[NV][G], b[NV][G];
+  zero(a);
+  zero(b);
+  const uint8_t* col = blk + size_t(o) * E;
+  for (int c = 0; c < d; ++c, col += stride) {
+    if (pf) prefetch(pf + size_t(c) * stride, NV * 32 * E);
+    __m512 qc[G];
+#pragma GCC unroll 8
+    for (int h = 0; h < G; ++h) qc[h] = _mm512_set1_ps(q[size_t(h) * d + c]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      __m512 x0, x1;
+      load32<BF16>(col + size_t(v) * 32 * E, mask[v], x0, x1);
+#pragma GCC unroll 8
+      for (int h = 0; h < G; ++h) {
+        a[v][h] = _mm512_fmadd_ps(qc[h], x0, a[v][h]);
+        b[v][h] = _mm512_fmadd_ps(qc[h], x1, b[v][h]);
+      }
+    }
+  }
+  // bf16 gives even and odd positions: interleave them back.
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int v = 0; v < NV; ++v)
+    for (int h = 0; h < G; ++h) {
+      float* out = sc + h * kB + 32 * v;
+      _mm512_storeu_ps(out, BF16 ? _mm512_permutex2var_ps(a[v][h], lo, b[v][h]) : a[v][h]);
+      _mm512_storeu_ps(out + 16, BF16 ? _mm512_permutex2var_ps(a[v][h], hi, b[v][h]) : b[v][h]);
+    }
+}
+
+// Chunk by chunk: scores from k_t, online softmax (what was accumulated is
+// rescaled when the max grows), weights times the value rows. Each chunk's
+// reads prefetch the next chunk's keys and values, so both streams stay ahead.
+template <bool BF16, int G>
+void run(const DenseSpan& s, int h0, const DensePartial& out) {
+  constexpr size_t E = BF16 ? 2 : 4;
+  constexpr int P = chunk_positions<G>();
+  // Value rows handled together so that 2*U*G independent FMA chains hide the latency.
+  constexpr int U = 8 / G;
+  const int d = s.d, nc = (d + 31) / 32, w = nc * 32;
+  const size_t row_bytes = size_t(d) * E;
+  const size_t block_bytes = size_t(d) * kB * E;
+
+  // Scaled q [G][d], acc [G][w] in load32 order, scores then weights [G][kB];
+  // 64-byte aligned so no load splits across cache lines.
+  thread_local std::vector<float> buf;
+  buf.resize(size_t(G) * (d + w + kB) + 16);
+  float* q = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
+  float* acc = q + size_t(G) * d;
+  float* sc = acc + size_t(G) * w;
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (int i = 0; i < G * d; ++i) q[i] = s.q[size_t(h0) * d + i] * scale;
+  std::fill(acc, acc + size_t(G) * w, 0.0f);
+  float m[G], l[G];
+  std::fill_n(m, G, -std::numeric_limits<float>::infinity());
+  std::fill_n(l, G, 0.0f);
+
+  const auto* KT = static_cast<const uint8_t*>(s.kt);
+  const auto* V = static_cast<const uint8_t*>(s.v);
+  auto kt_col = [&](int p) { return KT + size_t(p / kB) * block_bytes + size_t(p % kB) * E; };
+  for (int c0 = s.p0; c0 < s.p1;) {
+    // Chunks are aligned to P (so never cross a k_t block), the first may be shorter.
+    const int c1 = std::min(c0 - c0 % P + P, s.p1), n = c1 - c0;
+    const uint8_t* next_k = c1 < s.p1 ? kt_col(c1) : nullptr;
+    chunk_scores<BF16, G>(kt_col(c0) - size_t(c0 % kB) * E, c0 % kB, n, next_k, d, q, sc);
+
+    const int ntiles = (n + kTile - 1) / kTile;
+    for (int h = 0; h < G; ++h) {
+      float* sh = sc + h * kB;
+      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, first_n16(n - i), mx, _mm512_loadu_ps(sh + i));
+      const float mnew = std::max(m[h], _mm512_reduce_max_ps(mx));
+      if (mnew > m[h]) {
+        const float c = std::exp(m[h] - mnew);
+        l[h] *= c;
+        for (int i = 0; i < w; ++i) acc[size_t(h) * w + i] *= c;
+        m[h] = mnew;
+      }
+      const __m512 vm = _mm512_set1_ps(m[h]);
+      __m512 sum = _mm512_setzero_ps();
+      for (int i = 0; i < ntiles * kTile; i += 16) {  // weights past the chunk's end are 0
+        const __m512 p = _mm512_maskz_mov_ps(first_n16(n - i), exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh + i), vm)));
+        _mm512_storeu_ps(sh + i, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      l[h] += _mm512_reduce_add_ps(sum);
+    }
+
+    // Tiles past the end reread the last row, with weight 0.
+    const int next_rows = std::min(P, s.p1 - c1);  // of the next chunk, fetched tile by tile
+    const uint8_t* rows[kTile];
+    for (int t = 0; t < ntiles; ++t) {
+      for (int r = 0; r < kTile; ++r) rows[r] = V + size_t(std::min(c0 + t * kTile + r, s.p1 - 1)) * row_bytes;
+      const int pr = std::min(kTile, next_rows - t * kTile);
+      if (pr > 0) prefetch(V + size_t(c1 + t * kTile) * row_bytes, size_t(pr) * row_bytes);
+      for (int j = 0; j < nc; ++j) {
+        const __mmask32 mask = first_n32(d - 32 * j);
+        __m512 a0[U][G], a1[U][G];
+        zero(a0);
+        zero(a1);
+#pragma GCC unroll 4
+        for (int r = 0; r < kTile; r += U)
+#pragma GCC unroll 8
+          for (int u = 0; u < U; ++u) {
+            __m512 x0, x1;
+            load32<BF16>(rows[r + u] + size_t(j) * 32 * E, mask, x0, x1);
+#pragma GCC unroll 8
+            for (int h = 0; h < G; ++h) {
+              const __m512 p = _mm512_set1_ps(sc[h * kB + t * kTile + r + u]);
+              a0[u][h] = _mm512_fmadd_ps(p, x0, a0[u][h]);
+              a1[u][h] = _mm512_fmadd_ps(p, x1, a1[u][h]);
+            }
+          }
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+          float* ah = acc + size_t(h) * w + j * 32;
+          __m512 s0 = _mm512_loadu_ps(ah), s1 = _mm512_loadu_ps(ah + 16);
+#pragma GCC unroll 8
+          for (int u = 0; u < U; ++u) {
+            s0 = _mm512_add_ps(s0, a0[u][h]);
+            s1 = _mm512_add_ps(s1, a1[u][h]);
+          }
+          _mm512_storeu_ps(ah, s0);
+          _mm512_storeu_ps(ah + 16, s1);
+        }
+      }
+    }
+    c0 = c1;
+  }
+
+  for (int h = 0; h < G; ++h) {
+    out.m[h0 + h] = m[h];
+    out.l[h0 + h] = l[h];
+    for (int c = 0; c < d; ++c) out.acc[size_t(h0 + h) * d + c] = acc[size_t(h) * w + split_index<BF16>(c)];
+  }
+}
+
+// Groups of up to 8 heads per pass (the register budget); larger or odd
+// groups take several passes.
+template <bool BF16>
+void run_groups(const DenseSpan& s, const DensePartial& out) {
+  for (int h0 = 0; h0 < s.group;) {
+    const int left = s.group - h0;
+    const int g = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    switch (g) {
+      case 8: run<BF16, 8>(s, h0, out); break;
+      case 4: run<BF16, 4>(s, h0, out); break;
+      case 2: run<BF16, 2>(s, h0, out); break;
+      default: run<BF16, 1>(s, h0, out); break;
+    }
+    h0 += g;
+  }
+}
+
+}  // namespace
+
+void dense_partial(const DenseSpan& s, const DensePartial& out) {
+  if (s.type == DType::BF16)
+    run_groups<true>(s, out);
+  else
+    run_groups<false>(s, out);
+}
+
+}  // namespace sparq::avx512

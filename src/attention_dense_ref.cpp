@@ -1,0 +1,47 @@
+// Portable dense decode kernel: scores for the whole range, then the
+// max-subtracted weights and the weighted sum of values.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "sparq/attention_dense.h"
+
+namespace sparq::ref {
+
+void dense_partial(const DenseSpan& s, const DensePartial& out) {
+  thread_local std::vector<float> row, score;
+  const int d = s.d, n = s.p1 - s.p0;
+  const float scale = 1.0f / std::sqrt(float(d));
+  row.resize(size_t(d));
+  score.resize(size_t(n) * s.group);
+  for (int i = 0; i < n; ++i) {
+    convert_to_f32(static_cast<const uint8_t*>(s.k) + size_t(s.p0 + i) * d * dtype_size(s.type), s.type,
+                   row.data(), size_t(d));
+    for (int h = 0; h < s.group; ++h) {
+      const float* q = s.q + size_t(h) * d;
+      float dot = 0;
+      for (int c = 0; c < d; ++c) dot += q[c] * row[c];
+      score[size_t(h) * n + i] = dot * scale;
+    }
+  }
+  for (int h = 0; h < s.group; ++h) {
+    float* sc = &score[size_t(h) * n];
+    const float m = *std::max_element(sc, sc + n);
+    float l = 0;
+    for (int i = 0; i < n; ++i) l += sc[i] = std::exp(sc[i] - m);
+    out.m[h] = m;
+    out.l[h] = l;
+    std::fill(out.acc + size_t(h) * d, out.acc + size_t(h + 1) * d, 0.0f);
+  }
+  for (int i = 0; i < n; ++i) {
+    convert_to_f32(static_cast<const uint8_t*>(s.v) + size_t(s.p0 + i) * d * dtype_size(s.type), s.type,
+                   row.data(), size_t(d));
+    for (int h = 0; h < s.group; ++h) {
+      const float w = score[size_t(h) * n + i];
+      float* acc = out.acc + size_t(h) * d;
+      for (int c = 0; c < d; ++c) acc[c] += w * row[c];
+    }
+  }
+}
+
+}  // namespace sparq::ref

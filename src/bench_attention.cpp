@@ -1,0 +1,185 @@
+#include "sparq/bench_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "sparq/attention.h"
+#include "sparq/bandwidth.h"
+#include "sparq/kv_cache.h"
+
+namespace sparq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Fast random numbers: filling a GiB-sized cache with std::normal_distribution
+// would take longer than the measurement.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {  // splitmix64
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // About N(0, 1): sum of four 16-bit uniforms (Irwin-Hall), scaled.
+  float normal() {
+    const uint64_t r = next();
+    const float u = float((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) / 65536.0f;
+    return (u - 2.0f) * 1.7320508f;
+  }
+};
+
+struct Row {
+  std::string setting;
+  int S, d, group, layers;
+  double ms_mean, ms_sd;
+  double kv_bytes;  // per step (one layer, all KV heads)
+  double gbs, pct, speedup;
+};
+
+void check(const AttentionBenchOptions& o) {
+  auto positive = [](const std::vector<int>& v, const char* what) {
+    if (v.empty()) fail("attention bench: no {} given", what);
+    for (int x : v)
+      if (x < 1) fail("attention bench: {} must be >= 1, got {}", what, x);
+  };
+  positive(o.seq_lens, "sequence lengths");
+  positive(o.head_dims, "head sizes");
+  positive(o.groups, "group sizes");
+  if (o.n_kv_heads < 1) fail("attention bench: KV heads must be >= 1, got {}", o.n_kv_heads);
+  if (o.kv_type != DType::F32 && o.kv_type != DType::BF16) fail("attention bench: KV type must be f32 or bf16");
+  if (o.settings.empty()) fail("attention bench: no attention settings given");
+  if (o.threads < 0) fail("attention bench: threads must be >= 0, got {}", o.threads);
+  if (o.reps < 1) fail("attention bench: reps must be >= 1, got {}", o.reps);
+  if (o.format != "markdown" && o.format != "csv" && o.format != "json")
+    fail("attention bench: format must be markdown, csv or json, got '{}'", o.format);
+  if (o.bandwidth_gbs < 0) fail("attention bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
+}
+
+// Keys with per-channel scales (some channels matter more, as in real
+// models) and queries with heavy-tailed components (a normal times a
+// log-normal), so SparQ's top-r and top-k selections are not degenerate.
+void fill_cache(KVCache& c, int S, Rng& rng) {
+  const KVShape& s = c.shape();
+  const size_t n = size_t(s.n_kv_heads) * s.head_dim;
+  std::vector<float> scale(n), k(n), v(n);
+  for (float& x : scale) x = std::exp(0.5f * rng.normal());
+  for (int l = 0; l < s.n_layers; ++l)
+    for (int p = 0; p < S; ++p) {
+      for (size_t i = 0; i < n; ++i) {
+        k[i] = scale[i] * rng.normal();
+        v[i] = rng.normal();
+      }
+      c.store(l, p, k.data(), v.data());
+    }
+}
+
+std::vector<float> heavy_tailed(size_t n, Rng& rng) {
+  std::vector<float> q(n);
+  for (float& x : q) x = rng.normal() * std::exp(rng.normal());
+  return q;
+}
+
+void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int threads, const std::vector<Row>& rows) {
+  const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
+  if (o.format == "json") {
+    nlohmann::json j = {{"kernel", "attention"}, {"data", note},           {"bandwidth_gbs", bw},
+                        {"threads", threads},    {"kv_type", dtype_name(o.kv_type)}, {"kv_heads", o.n_kv_heads},
+                        {"reps", o.reps},        {"rows", nlohmann::json::array()}};
+    for (const Row& r : rows)
+      j["rows"].push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group},
+                           {"layers", r.layers}, {"ms_mean", r.ms_mean}, {"ms_sd", r.ms_sd},
+                           {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs}, {"pct_bandwidth", r.pct},
+                           {"speedup_vs_dense", r.speedup}});
+    std::fputs((j.dump(2) + "\n").c_str(), out);
+    return;
+  }
+  if (o.format == "csv") {
+    std::fputs("setting,S,d,group,layers,ms_mean,ms_sd,kv_bytes,gbs,pct_bandwidth,speedup_vs_dense\n", out);
+    for (const Row& r : rows)
+      fmt::print(out, "\"{}\",{},{},{},{},{:.6f},{:.6f},{:.0f},{:.3f},{:.2f},{:.4f}\n", r.setting, r.S, r.d, r.group,
+                 r.layers, r.ms_mean, r.ms_sd, r.kv_bytes, r.gbs, r.pct, r.speedup);
+    return;
+  }
+  fmt::print(out, "attention bench: one decode step, {}\n", note);
+  fmt::print(out, "{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s\n", threads,
+             o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw);
+  fmt::print(out, "time per step = one layer's attention (mean ± sd over reps); KV = bytes read per step\n\n");
+  fmt::print(out, "| setting | S | d | group | layers | ms/step | KV MiB/step | GB/s | % of bw | speedup vs dense |\n");
+  fmt::print(out, "|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    fmt::print(out, "| {} | {} | {} | {} | {} | {:.3f} ± {:.3f} | {:.2f} | {:.1f} | {:.0f}% | {} |\n", r.setting, r.S,
+               r.d, r.group, r.layers, r.ms_mean, r.ms_sd, r.kv_bytes / 1048576.0, r.gbs, r.pct,
+               r.speedup > 0 ? fmt::format("{:.2f}x", r.speedup) : std::string("-"));
+}
+
+}  // namespace
+
+int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
+  check(o);
+  std::vector<AttentionSettings> settings;
+  for (const std::string& s : o.settings) settings.push_back(parse_attention_setting(s));
+  const int saved_threads = omp_get_max_threads();
+  const int threads = o.threads > 0 ? o.threads : saved_threads;
+  omp_set_num_threads(threads);
+  const double bw = o.bandwidth_gbs > 0 ? o.bandwidth_gbs : measure_read_bandwidth_gbs(threads);
+
+  Rng rng{o.seed};
+  std::vector<Row> rows;
+  for (int S : o.seq_lens)
+    for (int d : o.head_dims) {
+      // Enough layers (separate cache regions) that one pass reads at least
+      // min_cache_mib, so the bytes come from DRAM rather than cache.
+      const double layer_bytes = double(o.n_kv_heads) * double(dense_step_bytes(S, d, o.kv_type));
+      const int layers = int(std::max(1.0, std::ceil(double(o.min_cache_mib) * 1048576.0 / layer_bytes)));
+      KVCache cache(KVShape{layers, o.n_kv_heads, d, S, o.kv_type});
+      fill_cache(cache, S, rng);
+      for (int group : o.groups) {
+        const int n_heads = o.n_kv_heads * group;
+        std::vector<std::vector<float>> q, y(size_t(layers), std::vector<float>(size_t(n_heads) * d));
+        for (int l = 0; l < layers; ++l) q.push_back(heavy_tailed(size_t(n_heads) * d, rng));
+        double dense_ms = 0;
+        for (size_t si = 0; si < settings.size(); ++si) {
+          AttnCounters counters;
+          std::vector<double> ms;
+          for (int rep = 0; rep <= o.reps; ++rep) {  // rep 0 warms up
+            AttnCounters c;
+            const auto t0 = Clock::now();
+            for (int l = 0; l < layers; ++l) {
+              const DecodeQuery dq{&cache, S, q[l].data(), y[l].data()};
+              attention_decode({&dq, 1}, l, n_heads, settings[si], &c);
+            }
+            const double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+            if (rep > 0) {
+              ms.push_back(t / layers);
+              counters.add(c);
+            }
+          }
+          double mean = 0, var = 0;
+          for (double x : ms) mean += x;
+          mean /= double(ms.size());
+          for (double x : ms) var += (x - mean) * (x - mean);
+          const double sd = ms.size() > 1 ? std::sqrt(var / double(ms.size() - 1)) : 0.0;
+          const double bytes = double(counters.kv_bytes) / double(counters.calls);
+          const double gbs = bytes / (mean * 1e-3) / 1e9;
+          if (!settings[si].sparq && dense_ms == 0) dense_ms = mean;
+          rows.push_back(Row{o.settings[si], S, d, group, layers, mean, sd, bytes, gbs, 100.0 * gbs / bw, 0.0});
+        }
+        // Speedups once the dense time of this shape is known, wherever it was listed.
+        for (size_t i = rows.size() - settings.size(); i < rows.size(); ++i)
+          rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms_mean : 0.0;
+      }
+    }
+  omp_set_num_threads(saved_threads);
+  print_rows(out, o, bw, threads, rows);
+  return 0;
+}
+
+}  // namespace sparq

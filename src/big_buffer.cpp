@@ -1,0 +1,23 @@
+#include "sparq/big_buffer.h"
+
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "sparq/common.h"
+
+namespace sparq {
+
+void* alloc_big(size_t bytes, const char* what) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  if (bytes > SIZE_MAX - align) fail("cannot allocate {:.1f} MiB for {}", bytes / 1048576.0, what);
+  const size_t rounded = (bytes + align - 1) / align * align;  // aligned_alloc wants a multiple
+  void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
+  if (!p) fail("cannot allocate {:.1f} MiB for {}", bytes / 1048576.0, what);
+  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+  return p;
+}
+
+}  // namespace sparq

@@ -1,0 +1,97 @@
+// Linear (oneDNN) against a double-precision product on odd shapes. For bf16
+// compute the reference uses the bf16-rounded weights and activations, so the
+// only error left is f32 accumulation and the tolerance can be its bound.
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "sparq/common.h"
+#include "sparq/matmul.h"
+#include "test_util.h"
+
+using namespace sparq;
+
+namespace {
+
+std::vector<float> uniform(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+float round_to(DType t, float x) { return t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
+
+// y = x . W^T checked row by row against double sums of the (rounded) inputs;
+// the bound is the worst case of K-term f32 accumulation. Also checks that
+// nothing past y[M * N] is written.
+void check_forward(const Linear& lin, const std::vector<float>& w, DType t, int M, uint32_t seed) {
+  const int N = lin.rows(), K = lin.cols();
+  const auto x = uniform(size_t(M) * K, seed);
+  std::vector<float> y(size_t(M) * N + 1, 0.0f);
+  y.back() = 12345.0f;
+  lin.forward(x.data(), y.data(), M);
+  REQUIRE(y.back() == 12345.0f);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double want = 0, mag = 0;
+      for (int k = 0; k < K; ++k) {
+        const double p = double(round_to(t, x[size_t(m) * K + k])) * round_to(t, w[size_t(n) * K + k]);
+        want += p;
+        mag += std::abs(p);
+      }
+      const double tol = (K + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
+      const float got = y[size_t(m) * N + n];
+      if (std::abs(got - want) > tol) {
+        INFO(dtype_name(t) << " N=" << N << " K=" << K << " M=" << M << " row " << m << " col " << n
+                           << ": got " << got << " want " << want << " tol " << tol);
+        REQUIRE(std::abs(got - want) <= tol);
+      }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("Linear matches a double-precision product on odd shapes", "[matmul]") {
+  const int dims[] = {1, 3, 17, 64, 100, 513};
+  const int extra_m[] = {2, 5, 130};  // each meets every N and every K once per 3 pairs
+  for (DType t : {DType::F32, DType::BF16}) {
+    int pair = 0;
+    for (int N : dims)
+      for (int K : dims) {
+        const auto w = uniform(size_t(N) * K, uint32_t(N * 1000 + K));
+        const Linear lin(w.data(), N, K, t);
+        REQUIRE(lin.weight_bytes() >= size_t(N) * K * dtype_size(t));
+        // One set of weights for every M; the second M = 1 comes from the cache.
+        for (int M : {1, 33, extra_m[pair++ % 3], 1}) check_forward(lin, w, t, M, uint32_t(M * 7 + N));
+      }
+  }
+}
+
+TEST_CASE("Linear on a model-sized shape, after a thread-count change, and moved", "[matmul]") {
+  const int N = 768, K = 512;
+  const auto w = uniform(size_t(N) * K, 99);
+  std::vector<Linear> lins;
+  lins.emplace_back(w.data(), N, K, DType::BF16);
+  lins.emplace_back(w.data(), N, K, DType::F32);  // moves the first one
+  const int threads = omp_get_max_threads();
+  for (int th : {1, threads}) {
+    omp_set_num_threads(th);
+    check_forward(lins[0], w, DType::BF16, 1, 5);
+    check_forward(lins[1], w, DType::F32, 16, 6);
+  }
+  omp_set_num_threads(threads);
+}
+
+TEST_CASE("Linear rejects bad shapes, f16 compute and empty batches", "[matmul]") {
+  const std::vector<float> w(12, 1.0f);
+  REQUIRE_THROWS_AS(Linear(w.data(), 0, 12, DType::BF16), Error);
+  REQUIRE_THROWS_AS(Linear(w.data(), 3, -4, DType::F32), Error);
+  REQUIRE_THROWS_AS(Linear(w.data(), 3, 4, DType::F16), Error);
+  const Linear lin(w.data(), 3, 4, DType::F32);
+  float x[4] = {}, y[3] = {};
+  REQUIRE_THROWS_AS(lin.forward(x, y, 0), Error);
+}
