@@ -17,8 +17,10 @@ namespace ref {
 uint64_t read_checksum(const void* p, size_t n) {
   const auto* w = static_cast<const uint64_t*>(p);
   uint64_t a[8] = {};
-  for (size_t i = 0; i < n / 8; i += 8)
+  for (size_t i = 0; i < n / 8; i += 8) {
+    if ((i + kReadAhead / 8) < n / 8) __builtin_prefetch(w + i + kReadAhead / 8);
     for (int j = 0; j < 8; ++j) a[j] ^= w[i + j];
+  }
   return a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
 }
 }  // namespace ref

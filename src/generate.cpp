@@ -18,14 +18,17 @@ bool is_eos(const ModelConfig& c, int id) {
 
 }  // namespace
 
+void check_prompt_fits(size_t n_prompt, int ctx) {
+  if (n_prompt == 0) fail("the prompt is empty (no tokens)");
+  if (ctx <= 0) fail("context size must be positive, got {}", ctx);
+  if (n_prompt >= size_t(ctx))
+    fail("the prompt is {} tokens but the context size is {} (raise -c or shorten the prompt)", n_prompt, ctx);
+}
+
 GenerateResult generate(Model& model, std::span<const int> prompt, const GenerateOptions& opt,
                         const std::function<bool(int)>& on_token) {
   const ModelConfig& c = model.config();
-  if (prompt.empty()) fail("the prompt is empty (no tokens)");
-  if (opt.ctx <= 0) fail("context size must be positive, got {}", opt.ctx);
-  if (int(prompt.size()) >= opt.ctx)
-    fail("the prompt is {} tokens but the context size is {} (raise -c or shorten the prompt)",
-         prompt.size(), opt.ctx);
+  check_prompt_fits(prompt.size(), opt.ctx);
   if (opt.batch <= 0) fail("batch size must be positive, got {}", opt.batch);
 
   KVCache cache(model.kv_shape(opt.ctx, opt.kv_type));

@@ -10,7 +10,10 @@
 #include <CLI/CLI.hpp>
 #include <omp.h>
 
+#include "sparq/bench_attention.h"
+#include "sparq/bench_matmul.h"
 #include "sparq/cpu.h"
+#include "sparq/eval.h"
 #include "sparq/generate.h"
 #include "sparq/report.h"
 
@@ -21,6 +24,9 @@ using namespace sparq;
 struct RunFlags {
   std::string model, prompt, prompt_file, dtype = "bf16", kv_type = "bf16", attention = "sparq";
   std::string stats_json;
+  std::string batch_file, out_file, compare, summary_json, perplexity_file;
+  int parallel = 0;
+  bool quiet = false, resume = false;
   int n_predict = 128, ctx = 0, threads = 0, batch = 512;
   int64_t seed = -1;
   SparqSettings sp{.r = 0, .k = 0, .local = -1, .ratio = 8, .k_floor = 128, .mean_mixing = false};
@@ -43,7 +49,7 @@ std::string read_file(const std::string& path) {
 }
 
 void add_run_flags(CLI::App& app, RunFlags& o) {
-  app.add_option("-m,--model", o.model, "model directory or .safetensors file")->required();
+  app.add_option("-m,--model", o.model, "model directory or .safetensors file");
   app.add_option("-p,--prompt", o.prompt, "prompt text");
   app.add_option("-f,--file", o.prompt_file, "read the prompt from a file");
   app.add_option("-n,--n-predict", o.n_predict, "tokens to generate (-1: until EOS or context full)")
@@ -77,6 +83,29 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
   app.add_flag("--verbose", o.verbose, "print a line per decode step (S, bytes, ratio, ms)");
   app.add_flag("--ignore-eos", o.ignore_eos, "keep generating after end-of-sequence");
   app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token");
+  app.add_option("--batch", o.batch_file, "evaluate a JSONL batch file (tasks generate, score, repeat, match)");
+  app.add_option("--perplexity", o.perplexity_file, "perplexity, KL and top-1 agreement vs dense over a text file");
+  app.add_option("--out", o.out_file, "--batch results as JSONL (default: stdout)");
+  app.add_option("--compare", o.compare, "attention settings to compare, e.g. dense,sparq:8,sparq:16");
+  app.add_option("--summary-json", o.summary_json, "write the evaluation summary to this file");
+  app.add_option("--parallel", o.parallel, "sequences decoded together (0: as many as fit)")->capture_default_str();
+  app.add_flag("--quiet", o.quiet, "no progress line");
+  app.add_flag("--resume", o.resume, "skip (id, setting) results already in --out");
+}
+
+// Comma-separated settings; "sparq:r=8,k=64" items continue the previous one.
+std::vector<std::string> split_settings(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) fail("--compare has an empty item: '{}'", list);
+    const bool continues = !out.empty() && out.back().rfind("sparq:", 0) == 0 &&
+                           item.find('=') != std::string::npos && item.rfind("sparq", 0) != 0;
+    if (continues) out.back() += "," + item;
+    else out.push_back(item);
+  }
+  return out;
 }
 
 AttentionSettings attention_settings(const RunFlags& o) {
@@ -87,9 +116,38 @@ AttentionSettings attention_settings(const RunFlags& o) {
   return a;
 }
 
+int run_eval(const RunFlags& o, const GenerateOptions& g, Model& model) {
+  EvalOptions e;
+  e.setting_names = o.compare.empty() ? std::vector<std::string>{o.attention} : split_settings(o.compare);
+  for (const std::string& name : e.setting_names) {
+    RunFlags one = o;
+    one.attention = name;
+    e.settings.push_back(attention_settings(one));
+  }
+  e.parallel = o.parallel;
+  e.ctx = g.ctx;
+  e.batch = g.batch;
+  e.kv_type = g.kv_type;
+  e.sampling = g.sampling;
+  e.out_file = o.out_file;
+  e.summary_json = o.summary_json;
+  e.quiet = o.quiet;
+  e.resume = o.resume;
+  if (!o.perplexity_file.empty()) {
+    run_perplexity(model, o.perplexity_file, e);
+    return 0;
+  }
+  return run_batch_file(model, o.batch_file, e) == 0 ? 0 : 3;
+}
+
 int run(RunFlags& o) {
-  if (o.prompt.empty() == o.prompt_file.empty()) fail("give exactly one of -p/--prompt and -f/--file");
+  const bool eval = !o.batch_file.empty() || !o.perplexity_file.empty();
+  if (!o.batch_file.empty() && !o.perplexity_file.empty()) fail("give one of --batch and --perplexity");
+  if (eval && (!o.prompt.empty() || !o.prompt_file.empty())) fail("--batch/--perplexity take no prompt");
+  if (!eval && o.prompt.empty() == o.prompt_file.empty()) fail("give exactly one of -p/--prompt and -f/--file");
   if (!o.prompt_file.empty()) o.prompt = read_file(o.prompt_file);
+  if (o.parallel < 0) fail("--parallel must be >= 0, got {}", o.parallel);
+  if (o.model.empty()) fail("give a model with -m/--model (a directory or a .safetensors file)");
   if (o.threads < 0) fail("--threads must be >= 0, got {}", o.threads);
   if (o.n_predict < -1) fail("--n-predict must be >= -1, got {}", o.n_predict);
   if (o.ctx < 0) fail("--ctx-size must be >= 0, got {}", o.ctx);
@@ -113,6 +171,9 @@ int run(RunFlags& o) {
   auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
+  if (eval) return run_eval(o, g, *model);
+  const std::vector<int> ids = model->tokenizer().encode(o.prompt, !o.no_bos);
+  check_prompt_fits(ids.size(), g.ctx);
   const size_t kv_bytes = KVCache::bytes_needed(model->kv_shape(g.ctx, g.kv_type));
   const size_t kv_plain = kv_bytes * 2 / 3;  // K and V without the transposed K copy
   RunInfo info;
@@ -132,7 +193,6 @@ int run(RunFlags& o) {
                c.max_position_embeddings);
   fmt::print(stderr, "sparq-run: decode attention: {}, seed {}\n", info.attention, g.sampling.seed);
 
-  const std::vector<int> ids = model->tokenizer().encode(o.prompt, !o.no_bos);
   TokenStreamer streamer(model->tokenizer());
   GenerateResult res = generate(*model, ids, g, [&](int id) {
     const std::string piece = streamer.push(id);
@@ -150,6 +210,40 @@ int run(RunFlags& o) {
   return 0;
 }
 
+struct BenchFlags {
+  std::string kernel = "attention", kv_type = "bf16", settings = "dense,sparq:8,sparq:16";
+  AttentionBenchOptions attn;
+  int reps = 0;
+};
+
+void add_bench_flags(CLI::App& bench, BenchFlags& b) {
+  bench.add_option("--kernel", b.kernel, "attention or matmul")->capture_default_str();
+  bench.add_option("-S,--seq-lens", b.attn.seq_lens, "cache lengths")->delimiter(',')->capture_default_str();
+  bench.add_option("--head-dims", b.attn.head_dims, "head sizes")->delimiter(',')->capture_default_str();
+  bench.add_option("--groups", b.attn.groups, "query heads per KV head")->delimiter(',')->capture_default_str();
+  bench.add_option("--kv-heads", b.attn.n_kv_heads, "KV heads per layer")->capture_default_str();
+  bench.add_option("--kv-type", b.kv_type, "f32 or bf16")->capture_default_str();
+  bench.add_option("--attention", b.settings, "settings, e.g. dense,sparq:8,sparq:r=8,k=512")->capture_default_str();
+  bench.add_option("-t,--threads", b.attn.threads, "threads (0: all cores)")->capture_default_str();
+  bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default)");
+  bench.add_option("-o,--output", b.attn.format, "md, csv or json")->capture_default_str();
+  bench.add_option("--bandwidth", b.attn.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
+}
+
+int run_bench(BenchFlags& b) {
+  const int threads = b.attn.threads > 0 ? b.attn.threads : omp_get_num_procs();
+  omp_set_num_threads(threads);
+  if (b.reps < 0) fail("--repetitions must be >= 0, got {}", b.reps);
+  if (b.kernel == "matmul") return run_matmul_bench(threads, b.reps > 0 ? b.reps : 20);
+  if (b.kernel != "attention") fail("--kernel must be attention or matmul, got '{}'", b.kernel);
+  if (b.attn.format == "md") b.attn.format = "markdown";
+  b.attn.kv_type = parse_type(b.kv_type, "--kv-type");
+  b.attn.settings = split_settings(b.settings);
+  b.attn.threads = threads;
+  if (b.reps > 0) b.attn.reps = b.reps;
+  return run_attention_bench(b.attn);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,8 +251,12 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "sparq-run 0.1");
   RunFlags flags;
   add_run_flags(app, flags);
+  BenchFlags bench_flags;
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks (--kernel attention: one decode attention step, dense vs SparQ)");
+  add_bench_flags(*bench, bench_flags);
   try {
     app.parse(argc, argv);
+    if (bench->parsed()) return run_bench(bench_flags);
     return run(flags);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

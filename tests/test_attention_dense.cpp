@@ -1,15 +1,20 @@
 // Dense decode attention (scalar and AVX-512 kernels, f32 and bf16 caches,
-// thread split), prefill, and the settings rules (resolve_sparq, parsing,
-// byte counts, counters). References: a double-precision scalar attention
+// thread split), prefill, the settings rules (resolve_sparq, parsing, byte
+// counts, counters) and the attention bench's report. References: a double-precision scalar attention
 // written here, and the float64 dense outputs in ../shared/golden/sparq.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "sparq/attention.h"
+#include "sparq/bench_attention.h"
 #include "sparq/cpu.h"
 #include "sparq/safetensors.h"
 #include "test_util.h"
@@ -132,6 +137,22 @@ TEST_CASE("dense decode matches a double reference on all shapes", "[attention]"
             CHECK(max_abs_diff(outs[i], reference(qs[i], held, kS[i], nh)) < 2e-5);
           }
         }
+  }
+  set_avx512_enabled(true);
+}
+
+TEST_CASE("dense decode handles groups that take several kernel passes", "[attention]") {
+  const int d = 64, nkv = 2, S = 600;
+  for (bool avx : kernel_paths()) {
+    set_avx512_enabled(avx);
+    for (int group : {2, 3, 8, 12}) {
+      CAPTURE(avx, group);
+      const KV kv = random_kv(S, nkv, d, 1.0f, uint32_t(group));
+      KVCache c(KVShape{1, nkv, d, S, DType::BF16});
+      kv.fill(c);
+      const std::vector<float> q = random_q(nkv * group * d, 1.5f, 2);
+      CHECK(max_abs_diff(decode(c, S, nkv * group, q), reference(q, kv.as_stored(DType::BF16), S, nkv * group)) < 2e-5);
+    }
   }
   set_avx512_enabled(true);
 }
@@ -430,4 +451,70 @@ TEST_CASE("decode counters count calls, bytes and dense fallbacks", "[attention]
   CHECK((sum.calls == 4 && sum.kv_bytes == 2 * bytes && sum.dense_bytes == 2 * bytes && sum.dense_fallbacks == 2));
   CHECK(sum.seconds == dense.seconds + fallback.seconds);
   CHECK(sum.t_step1 == 1);
+}
+
+namespace {
+
+std::string bench_output(const AttentionBenchOptions& o) {
+  std::FILE* f = std::tmpfile();
+  REQUIRE(f);
+  CHECK(run_attention_bench(o, f) == 0);
+  std::rewind(f);
+  std::string text;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  std::fclose(f);
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention][bench]") {
+  AttentionBenchOptions o;
+  o.seq_lens = {300};
+  o.head_dims = {16};
+  o.groups = {2};
+  o.n_kv_heads = 2;
+  o.settings = {"sparq:r=4,k=64", "dense"};
+  o.reps = 2;
+  o.min_cache_mib = 1;
+  o.bandwidth_gbs = 50;  // not measured: the test stays fast
+  o.format = "json";
+  const nlohmann::json j = nlohmann::json::parse(bench_output(o));
+  CHECK(j["bandwidth_gbs"] == 50.0);
+  REQUIRE(j["rows"].size() == 2);
+  const auto& sparse = j["rows"][0];
+  const auto& dense = j["rows"][1];
+  CHECK(dense["setting"] == "dense");
+  CHECK(dense["kv_bytes"] == double(2 * dense_step_bytes(300, 16, DType::BF16)));
+  CHECK(dense["speedup_vs_dense"] == 1.0);
+  CHECK(dense["layers"].get<int>() * 2 * dense_step_bytes(300, 16, DType::BF16) >= (size_t(1) << 20));
+  const SparqStep st = resolve_sparq(parse_attention_setting("sparq:r=4,k=64").sp, 300, 16);
+  REQUIRE(!st.dense);
+  CHECK(sparse["kv_bytes"] == double(2 * sparq_step_bytes(st, 300, 16, DType::BF16)));
+  CHECK(sparse["speedup_vs_dense"].get<double>() ==
+        Approx(dense["ms_mean"].get<double>() / sparse["ms_mean"].get<double>()));
+  CHECK(sparse["pct_bandwidth"].get<double>() == Approx(100 * sparse["gbs"].get<double>() / 50));
+
+  o.format = "csv";
+  const std::string csv = bench_output(o);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 3);
+  CHECK(csv.rfind("setting,S,d,group,layers,ms_mean", 0) == 0);
+  o.format = "markdown";
+  const std::string md = bench_output(o);
+  CHECK(md.find("random data") != std::string::npos);
+  CHECK(md.find("measured read bandwidth 50.0 GB/s") != std::string::npos);
+  CHECK(md.find("| dense | 300 | 16 | 2 |") != std::string::npos);
+
+  o.format = "xml";
+  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("format must be markdown, csv or json"));
+  o.format = "csv";
+  o.settings = {"fast"};
+  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("bad attention setting 'fast'"));
+  o.settings = {"dense"};
+  o.reps = 0;
+  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("reps must be >= 1"));
+  o.reps = 1;
+  o.seq_lens = {};
+  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("no sequence lengths"));
 }

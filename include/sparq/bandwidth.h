@@ -10,8 +10,10 @@ namespace sparq {
 // last-level cache), first touched by the same threads. Prints nothing.
 double measure_read_bandwidth_gbs(int threads);
 
-// The read loops: a checksum of n bytes (n a multiple of 256), so the loads
-// cannot be optimised away.
+// The read loops: a checksum of n bytes (n a multiple of 256, p 64-byte
+// aligned), so the loads cannot be optimised away. They prefetch kReadAhead
+// bytes ahead, as the attention kernels do.
+inline constexpr size_t kReadAhead = 2048;
 namespace ref {
 uint64_t read_checksum(const void* p, size_t n);
 }

@@ -40,6 +40,9 @@ struct GenerateResult {
   std::string stop_reason;  // "eos", "n_predict", "context full", "stopped"
 };
 
+// Throws Error naming the sizes when a prompt of n tokens leaves no room in ctx.
+void check_prompt_fits(size_t n_prompt, int ctx);
+
 // Throws Error when the prompt does not fit the context. on_token is called
 // with each generated id as soon as it is sampled; returning false stops.
 GenerateResult generate(Model& model, std::span<const int> prompt, const GenerateOptions& opt,
