@@ -39,13 +39,14 @@ std::string AttentionSettings::describe() const {
   else if (sp.k > 0) s += fmt::format(" l={}", sp.k / 4);
   if (sp.k == 0 && sp.k_floor != SparqSettings{}.k_floor) s += fmt::format(" floor={}", sp.k_floor);
   if (sp.mean_mixing) s += " mean";
+  if (!sp.dense_fallback) s += " nofallback";
   return s;
 }
 
 AttentionSettings parse_attention_setting(const std::string& text) {
   auto bad = [&](const std::string& why) -> Error {
     return Error(fmt::format("bad attention setting '{}': {} (expected dense, sparq, sparq:N or "
-                             "sparq:r=R,k=K[,l=L][,floor=F][,mean])",
+                             "sparq:r=R,k=K[,l=L][,floor=F][,mean][,nofallback])",
                              text, why));
   };
   auto number = [&](std::string_view v) {
@@ -74,6 +75,7 @@ AttentionSettings parse_attention_setting(const std::string& text) {
     const std::string_view key = item.substr(0, eq);
     if (eq == std::string_view::npos) {
       if (item == "mean") a.sp.mean_mixing = true;
+      else if (item == "nofallback") a.sp.dense_fallback = false;
       else {
         a.sp.ratio = number(item);
         ratio_given = true;
@@ -115,7 +117,7 @@ SparqStep resolve_sparq(const SparqSettings& s, int S, int d) {
   const int64_t k = s.k > 0 ? s.k : std::max<int64_t>(S / (2 * int64_t(s.ratio)), s.k_floor);
   st.k = int(std::min<int64_t>(k, S));
   st.l = std::min(s.local >= 0 ? s.local : st.k / 4, st.k);
-  st.dense = int64_t(S) * st.r + 2 * int64_t(st.k) * d >= 2 * int64_t(S) * d;
+  st.dense = s.dense_fallback && int64_t(S) * st.r + 2 * int64_t(st.k) * d >= 2 * int64_t(S) * d;
   return st;
 }
 

@@ -1,6 +1,8 @@
 // AVX-512 SparQ kernels (compiled with AVX-512 flags; only reached after
 // use_avx512()). Keys are converted bf16 -> f32 and multiplied in f32, so the
-// results match the scalar reference up to summation order.
+// results match the scalar reference up to summation order; step 2 computes
+// its scores with the reference's exact operation order, so both select the
+// same positions from the same step-1 output.
 // GCC 12.2 warns about the _mm512_undefined_* self-initialisation inside
 // immintrin.h (GCC PR 105593, fixed in 12.3); these are false positives.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -19,10 +21,12 @@ namespace sparq::avx512 {
 namespace {
 
 constexpr int B = kSparqBlock;
+static_assert(B % 128 == 0, "step 1 works in groups of up to 128 positions");
 
-__mmask16 tail_mask(int rem) {
-  return rem >= 16 ? __mmask16(0xffff) : rem <= 0 ? __mmask16(0) : __mmask16((1u << rem) - 1u);
+__mmask16 first16(int n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
 }
+__mmask32 first32(int n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u); }
 
 // 2^x for x <= 0 (max-subtracted scores): x = n + f with |f| <= 1/2, the
 // degree-7 Taylor polynomial of 2^f (error below 1e-8) and scalef for 2^n,
@@ -49,6 +53,30 @@ __m512 load16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
+// 32 consecutive elements as f32 (masked-off ones 0). f32: the first and the
+// last 16. bf16, one load and two ops: the even elements, then the odd ones.
+void load32(const float* p, __mmask32 m, __m512& a, __m512& b) {
+  a = _mm512_maskz_loadu_ps(__mmask16(m), p);
+  b = _mm512_maskz_loadu_ps(__mmask16(m >> 16), p + 16);
+}
+void load32(const uint16_t* p, __mmask32 m, __m512& a, __m512& b) {
+  const __m512i x = _mm512_maskz_loadu_epi16(m, p);
+  a = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+  b = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+// load32's (a, b) back in element order: elements 0..15 and 16..31.
+template <class T>
+void in_order(__m512& a, __m512& b) {
+  if constexpr (sizeof(T) == 2) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 x = _mm512_permutex2var_ps(a, lo, b);
+    b = _mm512_permutex2var_ps(a, hi, b);
+    a = x;
+  }
+}
+
 void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // Lane i of the result is the sum of the 16 lanes of a[i].
@@ -69,12 +97,12 @@ __m512 hsum16(const __m512 (&a)[16]) {
 
 // ---- step 1 ----
 
-// One block for NH heads starting at h0, P vectors of 16 positions at a time
-// so each loaded key vector feeds NH * P accumulators. pf: the block whose runs
-// to prefetch (null: none).
+// One block for NH heads starting at h0, P units of 32 positions at a time so
+// each loaded key vector feeds NH accumulators. pf: the block whose runs to
+// prefetch, a slice per group (null: none).
 template <class T, int NH, int P>
 void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, float* e, float* mx, float* sum) {
-  constexpr int kGroups = B / (16 * P);
+  constexpr int kGroups = B / (32 * P);
   constexpr int kLinesPerGroup = int(B * sizeof(T)) / 64 / kGroups;
   const T* blk = static_cast<const T*>(a.k_t) + size_t(b) * a.d * B;
   const int valid = std::min(B, a.S - b * B);
@@ -83,27 +111,34 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
   float* eb = e + (size_t(b) * a.n_h + h0) * B;
   __m512 vmax[NH];
   for (int h = 0; h < NH; ++h) vmax[h] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int g = 0; g < kGroups && g * 16 * P < valid; ++g) {
-    const int p0 = g * 16 * P;
-    __mmask16 mk[P];
-    for (int v = 0; v < P; ++v) mk[v] = tail_mask(valid - p0 - 16 * v);
-    __m512 acc[NH][P];
+  for (int g = 0; g < kGroups && g * 32 * P < valid; ++g) {
+    const int p0 = g * 32 * P;
+    __m512 lo[NH][P], hi[NH][P];
     for (int h = 0; h < NH; ++h)
-      for (int v = 0; v < P; ++v) acc[h][v] = _mm512_setzero_ps();
+      for (int v = 0; v < P; ++v) lo[h][v] = hi[h][v] = _mm512_setzero_ps();
     for (int j = 0; j < r; ++j) {
       const size_t run = size_t(a.i1[j]) * B;
       if (pf)
         for (int l = 0; l < kLinesPerGroup; ++l)
           prefetch(reinterpret_cast<const char*>(pf + run) + (g * kLinesPerGroup + l) * 64);
       for (int v = 0; v < P; ++v) {
-        const __m512 kv = load16(blk + run + p0 + 16 * v, mk[v]);
-        for (int h = 0; h < NH; ++h) acc[h][v] = _mm512_fmadd_ps(kv, _mm512_set1_ps(qs[h * r + j]), acc[h][v]);
+        __m512 x0, x1;
+        load32(blk + run + p0 + 32 * v, first32(valid - p0 - 32 * v), x0, x1);
+        for (int h = 0; h < NH; ++h) {
+          const __m512 q = _mm512_set1_ps(qs[h * r + j]);
+          lo[h][v] = _mm512_fmadd_ps(x0, q, lo[h][v]);
+          hi[h][v] = _mm512_fmadd_ps(x1, q, hi[h][v]);
+        }
       }
     }
     for (int h = 0; h < NH; ++h)
       for (int v = 0; v < P; ++v) {
-        _mm512_storeu_ps(eb + h * B + p0 + 16 * v, acc[h][v]);
-        vmax[h] = _mm512_mask_max_ps(vmax[h], mk[v], vmax[h], acc[h][v]);
+        in_order<T>(lo[h][v], hi[h][v]);
+        const int p = p0 + 32 * v;
+        _mm512_storeu_ps(eb + h * B + p, lo[h][v]);
+        _mm512_storeu_ps(eb + h * B + p + 16, hi[h][v]);
+        vmax[h] = _mm512_mask_max_ps(vmax[h], first16(valid - p), vmax[h], lo[h][v]);
+        vmax[h] = _mm512_mask_max_ps(vmax[h], first16(valid - p - 16), vmax[h], hi[h][v]);
       }
   }
   for (int h = 0; h < NH; ++h) {
@@ -112,8 +147,7 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
     __m512 vs = _mm512_setzero_ps();
     float* eh = eb + h * B;
     for (int i = 0; i < B; i += 16) {
-      const __mmask16 k = tail_mask(valid - i);
-      const __m512 x = _mm512_maskz_mov_ps(k, exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(eh + i), vm)));
+      const __m512 x = _mm512_maskz_mov_ps(first16(valid - i), exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(eh + i), vm)));
       _mm512_storeu_ps(eh + i, x);
       vs = _mm512_add_ps(vs, x);
     }
@@ -134,32 +168,66 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
     for (int h0 = 0; h0 < a.n_h; h0 += 8) {
       const T* p = h0 == 0 ? pf : nullptr;  // later head chunks find the block in cache
       switch (std::min(8, a.n_h - h0)) {
-        case 1: step1_block<T, 1, 8>(a, nb, h0, b, p, e, mx, sum); break;
-        case 2: step1_block<T, 2, 8>(a, nb, h0, b, p, e, mx, sum); break;
-        case 3: step1_block<T, 3, 4>(a, nb, h0, b, p, e, mx, sum); break;
-        case 4: step1_block<T, 4, 4>(a, nb, h0, b, p, e, mx, sum); break;
-        case 5: step1_block<T, 5, 2>(a, nb, h0, b, p, e, mx, sum); break;
-        case 6: step1_block<T, 6, 2>(a, nb, h0, b, p, e, mx, sum); break;
-        case 7: step1_block<T, 7, 2>(a, nb, h0, b, p, e, mx, sum); break;
-        default: step1_block<T, 8, 2>(a, nb, h0, b, p, e, mx, sum); break;
+        case 1: step1_block<T, 1, 4>(a, nb, h0, b, p, e, mx, sum); break;
+        case 2: step1_block<T, 2, 4>(a, nb, h0, b, p, e, mx, sum); break;
+        case 3: step1_block<T, 3, 2>(a, nb, h0, b, p, e, mx, sum); break;
+        case 4: step1_block<T, 4, 2>(a, nb, h0, b, p, e, mx, sum); break;
+        case 5: step1_block<T, 5, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        case 6: step1_block<T, 6, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        case 7: step1_block<T, 7, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        default: step1_block<T, 8, 1>(a, nb, h0, b, p, e, mx, sum); break;
       }
     }
   }
 }
 
-// ---- top-k ----
+// ---- step 2 ----
 
-// Among the n keys, the m-th largest (1 <= m <= n) and how many of the keys
-// equal to it the selection takes. Estimates a band around it from a strided
-// sample, gathers the keys inside the band in one vector pass and finds the
-// exact threshold among those; falls back to all keys when the band misses.
-void find_threshold(const float* s, int n, int m, uint32_t* scratch, uint32_t* thr, int* take_eq) {
+// Groups up to this size sum alpha while selecting; larger ones gather after.
+constexpr int kMaxSelectHeads = 16;
+
+// Step 2's scores of the 16 positions from p (a multiple of 16), summed in the
+// reference's order; with mass, also adds e_h w_h of the lanes in sel to mass[h].
+struct Scores {
+  const float* e;
+  const float* w;
+  int n_h, nb;
+
+  __m512 at16(int p) const {
+    const int b = p / B;
+    const float* eb = e + size_t(b) * n_h * B + p % B;
+    __m512 s = _mm512_setzero_ps();
+    for (int h = 0; h < n_h; ++h) s = _mm512_fmadd_ps(_mm512_loadu_ps(eb + h * B), _mm512_set1_ps(w[h * nb + b]), s);
+    return s;
+  }
+  uint32_t key(int p) const {
+    const int b = p / B;
+    float s = 0;
+    for (int h = 0; h < n_h; ++h) s = std::fma(e[(size_t(b) * n_h + h) * B + p % B], w[h * nb + b], s);
+    uint32_t u;
+    std::memcpy(&u, &s, 4);
+    return u;
+  }
+  void add_mass(int p, __mmask16 sel, __m512* mass) const {
+    const int b = p / B;
+    const float* eb = e + size_t(b) * n_h * B + p % B;
+    for (int h = 0; h < n_h; ++h)
+      mass[h] = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(eb + h * B), _mm512_set1_ps(w[h * nb + b]), mass[h], sel);
+  }
+};
+
+// The m-th largest key (1 <= m <= n) and how many keys equal to it the
+// selection takes. Estimates a band around it from a strided sample, gathers
+// the keys inside the band in one vector pass and finds the exact threshold
+// among those; falls back to all keys when the band misses it.
+void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t* thr, int* take_eq) {
   int above = 0;  // keys known to be above the band
-  int nband = n;  // keys in the band, copied to scratch
-  const int ns = std::min(1024, n / 4);
+  int nband = 0;  // keys in the band, copied to scratch
   bool banded = false;
+  const int ns = std::min(1024, n / 4);
   if (ns >= 256) {
-    for (int i = 0; i < ns; ++i) std::memcpy(scratch + i, s + size_t(i) * n / ns, 4);
+    const int stride = n / ns;
+    for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
     // Rank of the threshold in the sample, and a margin of ~4 sigma on each side.
     const double f = double(m) / n;
     const int j = int(f * ns);
@@ -175,24 +243,23 @@ void find_threshold(const float* s, int n, int m, uint32_t* scratch, uint32_t* t
       lo = scratch[jl];
     }
     const __m512i vhi = _mm512_set1_epi32(int(hi)), vlo = _mm512_set1_epi32(int(lo));
-    int cnt_above = 0, cnt_band = 0;
     for (int i = 0; i < n; i += 16) {
-      const __mmask16 k = tail_mask(n - i);
-      const __m512i x = _mm512_maskz_loadu_epi32(k, s + i);
-      const __mmask16 up = _mm512_mask_cmpgt_epu32_mask(k, x, vhi);
+      const __mmask16 k = first16(n - i);
+      const __m512i x = _mm512_castps_si512(sc.at16(i));
       const __mmask16 in = _mm512_mask_cmple_epu32_mask(_mm512_mask_cmpge_epu32_mask(k, x, vlo), x, vhi);
-      cnt_above += __builtin_popcount(up);
+      above += __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(k, x, vhi));
       const int c = __builtin_popcount(in);
-      _mm512_mask_storeu_epi32(scratch + cnt_band, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(in, x));
-      cnt_band += c;
+      _mm512_mask_storeu_epi32(scratch + nband, first16(c), _mm512_maskz_compress_epi32(in, x));
+      nband += c;
     }
-    if (cnt_above < m && m <= cnt_above + cnt_band) {
-      above = cnt_above;
-      nband = cnt_band;
-      banded = true;
-    }
+    banded = above < m && m <= above + nband;
   }
-  if (!banded) std::memcpy(scratch, s, size_t(n) * 4);
+  if (!banded) {
+    above = 0;
+    nband = n;
+    for (int i = 0; i < n; i += 16)
+      _mm512_mask_storeu_epi32(scratch + i, first16(n - i), _mm512_castps_si512(sc.at16(i)));
+  }
   const int rank = m - above;  // 1-based rank of the threshold within the band
   std::nth_element(scratch, scratch + (rank - 1), scratch + nband, std::greater<uint32_t>());
   const uint32_t t = scratch[rank - 1];
@@ -202,10 +269,9 @@ void find_threshold(const float* s, int n, int m, uint32_t* scratch, uint32_t* t
   *take_eq = m - greater;
 }
 
-
 // ---- step 3 ----
 
-// Rows this many ahead of the one being read are prefetched.
+// Rows this many ahead of the ones being read are prefetched.
 constexpr int kRowsAhead = 32;
 
 template <class T>
@@ -218,81 +284,54 @@ void prefetch_rows(const T* base, int d, const int* idx, int from, int to) {
   }
 }
 
-// The rows idx[0..rows) as f32 into buf [16][dp], zero past d and past rows.
+// Pointers to the 16 rows idx[c..c+16) of base; past n, the last row again
+// (its weight there is 0).
 template <class T>
-void load_rows(const T* base, int d, int dp, const int* idx, int rows, float* buf) {
-  for (int i = 0; i < 16; ++i) {
-    float* dst = buf + size_t(i) * dp;
-    if (i < rows) {
-      const T* src = base + size_t(idx[i]) * d;
-      for (int c = 0; c < dp; c += 16) _mm512_storeu_ps(dst + c, load16(src + c, tail_mask(d - c)));
-    } else {
-      for (int c = 0; c < dp; c += 16) _mm512_storeu_ps(dst + c, _mm512_setzero_ps());
-    }
-  }
-}
-
-// acc[h0 + h][v0 + v] += sum over the 16 rows of buf of p[h][row] * buf[row][v]
-// for up to GH heads and VC vectors, with the sums kept in registers.
-template <int GH, int VC>
-void accumulate_rows(const float* buf, int dp, const float* p, size_t p_stride, int gh, int vc, float* acc) {
-  __m512 s[GH][VC];
-  for (int h = 0; h < GH; ++h)
-    for (int v = 0; v < VC; ++v) s[h][v] = _mm512_setzero_ps();
-  for (int i = 0; i < 16; ++i) {
-    __m512 x[VC];
-    for (int v = 0; v < VC; ++v)
-      if (v < vc) x[v] = _mm512_loadu_ps(buf + size_t(i) * dp + 16 * v);
-    for (int h = 0; h < GH; ++h) {
-      if (h >= gh) break;
-      const __m512 ph = _mm512_set1_ps(p[h * p_stride + i]);
-      for (int v = 0; v < VC; ++v)
-        if (v < vc) s[h][v] = _mm512_fmadd_ps(ph, x[v], s[h][v]);
-    }
-  }
-  for (int h = 0; h < GH && h < gh; ++h)
-    for (int v = 0; v < VC && v < vc; ++v) {
-      float* o = acc + size_t(h) * dp + 16 * v;
-      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), s[h][v]));
-    }
+void row_pointers(const T* base, int d, const int* idx, int c, int n, const T* (&rows)[16]) {
+  for (int i = 0; i < 16; ++i) rows[i] = base + size_t(idx[std::min(c + i, n - 1)]) * d;
 }
 
 template <class T>
 void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
-  constexpr int GH = 6, VC = 4;  // 24 accumulators
   const int d = a.d, dp = sparq_dpad(d), nh = a.n_h;
   const size_t n16 = size_t(n + 15) / 16 * 16;
-  float* x = scratch;             // [nh][n16]: logits, then weights
-  float* buf = scratch + nh * n16;  // 16 rows in f32
+  float* x = scratch;               // [nh][n16]: scores, then weights
+  float* buf = scratch + nh * n16;  // 16 key rows in f32, [16][dp]
   const T* K = static_cast<const T*>(a.k_rows);
   const T* V = static_cast<const T*>(a.v_rows);
+  const T* rows[16];
 
+  // Scores: 16 rows at a time, converted once, then one dot product per
+  // (row, head) summed across lanes for 16 rows together.
   prefetch_rows(K, d, idx, 0, std::min(n, kRowsAhead));
   for (int c = 0; c < n; c += 16) {
     prefetch_rows(K, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
-    load_rows(K, d, dp, idx + c, std::min(16, n - c), buf);
+    row_pointers(K, d, idx, c, n, rows);
+    for (int i = 0; i < 16; ++i)
+      for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, first16(d - v)));
     for (int h = 0; h < nh; ++h) {
       const float* qh = a.q + size_t(h) * d;
       __m512 dot[16];
       for (int i = 0; i < 16; ++i) dot[i] = _mm512_setzero_ps();
       for (int v = 0; v < dp; v += 16) {
-        const __m512 qv = _mm512_maskz_loadu_ps(tail_mask(d - v), qh + v);
+        const __m512 qv = _mm512_maskz_loadu_ps(first16(d - v), qh + v);
         for (int i = 0; i < 16; ++i) dot[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(buf + i * dp + v), dot[i]);
       }
       _mm512_storeu_ps(x + h * n16 + c, hsum16(dot));
     }
   }
 
+  // Softmax weights (0 past n).
   prefetch_rows(V, d, idx, 0, std::min(n, kRowsAhead));
   for (int h = 0; h < nh; ++h) {
     float* xh = x + h * n16;
     __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int c = 0; c < n; c += 16) vmax = _mm512_mask_max_ps(vmax, tail_mask(n - c), vmax, _mm512_loadu_ps(xh + c));
+    for (int c = 0; c < n; c += 16) vmax = _mm512_mask_max_ps(vmax, first16(n - c), vmax, _mm512_loadu_ps(xh + c));
     const float m = _mm512_reduce_max_ps(vmax);
     const __m512 vm = _mm512_set1_ps(m);
     __m512 vs = _mm512_setzero_ps();
     for (int c = 0; c < n; c += 16) {
-      const __m512 p = _mm512_maskz_mov_ps(tail_mask(n - c), exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(xh + c), vm)));
+      const __m512 p = _mm512_maskz_mov_ps(first16(n - c), exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(xh + c), vm)));
       _mm512_storeu_ps(xh + c, p);
       vs = _mm512_add_ps(vs, p);
     }
@@ -300,14 +339,25 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
     z[h] = _mm512_reduce_add_ps(vs);
   }
 
+  // Weighted values: each value vector is loaded once for all heads.
   std::fill(acc, acc + size_t(nh) * dp, 0.0f);
   for (int c = 0; c < n; c += 16) {
     prefetch_rows(V, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
-    load_rows(V, d, dp, idx + c, std::min(16, n - c), buf);
-    for (int h0 = 0; h0 < nh; h0 += GH)
-      for (int v0 = 0; v0 < dp / 16; v0 += VC)
-        accumulate_rows<GH, VC>(buf + 16 * v0, dp, x + h0 * n16 + c, n16, std::min(GH, nh - h0),
-                                std::min(VC, dp / 16 - v0), acc + size_t(h0) * dp + 16 * v0);
+    row_pointers(V, d, idx, c, n, rows);
+    for (int v = 0; v < dp; v += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = load16(rows[i] + v, first16(d - v));
+      for (int h = 0; h < nh; ++h) {
+        const float* p = x + h * n16 + c;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        for (int i = 0; i < 16; i += 2) {
+          s0 = _mm512_fmadd_ps(r[i], _mm512_set1_ps(p[i]), s0);
+          s1 = _mm512_fmadd_ps(r[i + 1], _mm512_set1_ps(p[i + 1]), s1);
+        }
+        float* o = acc + size_t(h) * dp + v;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(s0, s1)));
+      }
+    }
   }
 }
 
@@ -326,69 +376,68 @@ void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w)
     const float* sh = sum + size_t(h) * nb;
     float* wh = w + size_t(h) * nb;
     __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int b = 0; b < nb; b += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, tail_mask(nb - b), m + b));
+    for (int b = 0; b < nb; b += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, first16(nb - b), m + b));
     const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     __m512 vz = _mm512_setzero_ps();
     for (int b = 0; b < nb; b += 16) {
-      const __mmask16 k = tail_mask(nb - b);
+      const __mmask16 k = first16(nb - b);
       const __m512 x = _mm512_maskz_mov_ps(k, exp2_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, m + b), top)));
       _mm512_mask_storeu_ps(wh + b, k, x);
       vz = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(k, sh + b), vz);
     }
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vz));
     for (int b = 0; b < nb; b += 16) {
-      const __mmask16 k = tail_mask(nb - b);
+      const __mmask16 k = first16(nb - b);
       _mm512_mask_storeu_ps(wh + b, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, wh + b), inv));
     }
   }
 }
 
-void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s) {
-  for (int b = b0; b < b1; ++b) {
-    const float* eb = e + size_t(b) * n_h * B;
-    for (int i = 0; i < B; i += 16) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int h = 0; h < n_h; ++h)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(eb + h * B + i), _mm512_set1_ps(w[h * nb + b]), acc);
-      _mm512_storeu_ps(s + size_t(b) * B + i, acc);
-    }
-  }
-}
-
-void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch) {
+void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                  uint32_t* scratch) {
   m = std::clamp(m, 0, n);
   if (m == 0) return;
+  const Scores sc{e, w, n_h, nb};
   uint32_t t;
   int take_eq;
-  find_threshold(s, n, m, scratch, &t, &take_eq);
+  find_threshold(sc, n, m, scratch, &t, &take_eq);
+  // Emit in index order: keys above t, and the first take_eq keys equal to it.
   const __m512i vt = _mm512_set1_epi32(int(t));
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 ms[kMaxSelectHeads];
+  for (int h = 0; h < std::min(n_h, kMaxSelectHeads); ++h) ms[h] = _mm512_setzero_ps();
   int pos = 0;
   for (int i = 0; i < n; i += 16) {
-    const __mmask16 k = tail_mask(n - i);
-    const __m512i x = _mm512_maskz_loadu_epi32(k, s + i);
+    const __mmask16 k = first16(n - i);
+    const __m512i x = _mm512_castps_si512(sc.at16(i));
     __mmask16 sel = _mm512_mask_cmpgt_epu32_mask(k, x, vt);
     unsigned eq = _mm512_mask_cmpeq_epu32_mask(k, x, vt);
     for (; eq && take_eq > 0; --take_eq) {  // ties at the threshold: lowest indices first
       sel |= __mmask16(eq & -eq);
       eq &= eq - 1;
     }
+    // Compress in a register, then a masked store: compress-to-memory is slow on some cores.
     const int c = __builtin_popcount(sel);
-    _mm512_mask_storeu_epi32(out + pos, __mmask16((1u << c) - 1u),
-                             _mm512_maskz_compress_epi32(sel, _mm512_add_epi32(iota, _mm512_set1_epi32(i))));
+    _mm512_mask_storeu_epi32(out + pos, first16(c), _mm512_maskz_compress_epi32(sel, _mm512_add_epi32(iota, _mm512_set1_epi32(i))));
     pos += c;
+    if (mass && n_h <= kMaxSelectHeads) sc.add_mass(i, sel, ms);
   }
+  if (!mass) return;
+  if (n_h <= kMaxSelectHeads)
+    for (int h = 0; h < n_h; ++h) mass[h] += _mm512_reduce_add_ps(ms[h]);
+  else
+    sparq_mass(e, w, n_h, nb, out, m, mass);
 }
 
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
+  static_assert(B == 256, "the shift and mask below assume 256-position blocks");
   const __m512i stride = _mm512_set1_epi32(n_h * B);
   for (int h = 0; h < n_h; ++h) {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
-      const __mmask16 k = tail_mask(n - i);
+      const __mmask16 k = first16(n - i);
       const __m512i p = _mm512_maskz_loadu_epi32(k, idx + i);
       const __m512i b = _mm512_srli_epi32(p, 8);
-      static_assert(B == 256, "the shift and mask below assume 256-position blocks");
       const __m512i off = _mm512_add_epi32(_mm512_mullo_epi32(b, stride),
                                            _mm512_add_epi32(_mm512_set1_epi32(h * B),
                                                             _mm512_and_si512(p, _mm512_set1_epi32(B - 1))));
@@ -397,7 +446,7 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
       const __m512 wv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, woff, w, 4);
       acc = _mm512_fmadd_ps(ev, wv, acc);
     }
-    mass[h] = _mm512_reduce_add_ps(acc);
+    mass[h] += _mm512_reduce_add_ps(acc);
   }
 }
 

@@ -49,17 +49,16 @@ constexpr int kMinSplit = 4096;
 struct Kernels {
   decltype(&ref::sparq_step1) step1;
   decltype(&ref::sparq_weights) weights;
-  decltype(&ref::sparq_combine) combine;
-  decltype(&ref::sparq_topk) topk;
+  decltype(&ref::sparq_select) select;
   decltype(&ref::sparq_mass) mass;
   decltype(&ref::sparq_step3) step3;
 };
 
 const Kernels& kernels() {
-  static const Kernels r{ref::sparq_step1, ref::sparq_weights, ref::sparq_combine,
-                         ref::sparq_topk, ref::sparq_mass, ref::sparq_step3};
-  static const Kernels a{avx512::sparq_step1, avx512::sparq_weights, avx512::sparq_combine,
-                         avx512::sparq_topk, avx512::sparq_mass, avx512::sparq_step3};
+  static const Kernels r{ref::sparq_step1, ref::sparq_weights, ref::sparq_select, ref::sparq_mass,
+                         ref::sparq_step3};
+  static const Kernels a{avx512::sparq_step1, avx512::sparq_weights, avx512::sparq_select,
+                         avx512::sparq_mass, avx512::sparq_step3};
   return use_avx512() ? a : r;
 }
 
@@ -82,7 +81,7 @@ struct Item {
 // Scratch of one item, shared by the threads that split it.
 struct ItemScratch {
   std::vector<int> i1, i2, rows;
-  std::vector<float> qs, q3, e, mx, sum, w, s, alpha;
+  std::vector<float> qs, q3, e, mx, sum, w, alpha;
   std::vector<uint32_t> topk;
   std::vector<float> part_m, part_z, part_acc;  // per thread: [G], [G], [G][dpad]
 };
@@ -143,8 +142,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       grow(x.mx, size_t(nb) * G);
       grow(x.sum, size_t(nb) * G);
       grow(x.w, size_t(nb) * G);
-      grow(x.s, size_t(nb) * B);
-      grow(x.topk, size_t(n) + 16);
+      grow(x.topk, 2 * size_t(n) + 16);
     }
     sparq_select_components(q, G, d, it.r, x.i1.data(), x.qs.data());
     const float scale = float(std::numbers::log2e / std::sqrt(double(d)));
@@ -160,27 +158,23 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     sync(nt);
     if (tid == 0) K.weights(x.mx.data(), x.sum.data(), G, nb, x.w.data());
     sync(nt);
-    const auto [c0, c1] = share((n + B - 1) / B, 1, tid, nt);
-    K.combine(x.e.data(), x.w.data(), G, nb, c0, c1, x.s.data());
-    sync(nt);
   }
   double t1 = omp_get_wtime();
   t.step1 += t1 - t0;
 
-  // Step 2: the top m of the first n positions, plus the local window.
+  // Step 2: the top m of the first n positions, plus the local window; alpha
+  // is the step-1 softmax mass of the selection.
   if (tid == 0) {
     int* i2 = x.i2.data();
+    float* alpha = want_alpha ? x.alpha.data() : nullptr;
+    if (alpha) std::fill_n(alpha, G, 0.0f);
     if (m >= n) {
       std::iota(i2, i2 + S, 0);
+      if (alpha) std::fill_n(alpha, G, 1.0f);
     } else {
-      if (m > 0) K.topk(x.s.data(), n, m, i2, x.topk.data());
+      if (m > 0) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
       std::iota(i2 + m, i2 + it.k, n);
-    }
-    if (want_alpha) {
-      if (m >= n)
-        std::fill_n(x.alpha.data(), G, 1.0f);
-      else
-        K.mass(x.e.data(), x.w.data(), G, nb, i2, it.k, x.alpha.data());
+      if (alpha) K.mass(x.e.data(), x.w.data(), G, nb, i2 + m, it.k - m, alpha);
     }
   }
   sync(nt);

@@ -65,27 +65,24 @@ void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w)
   }
 }
 
-void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s) {
+void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                  uint32_t* scratch) {
   constexpr int B = kSparqBlock;
-  for (int b = b0; b < b1; ++b)
-    for (int i = 0; i < B; ++i) {
-      float acc = 0;
-      for (int h = 0; h < n_h; ++h) acc += e[(size_t(b) * n_h + h) * B + i] * w[h * nb + b];
-      s[size_t(b) * B + i] = acc;
-    }
-}
-
-void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch) {
   m = std::clamp(m, 0, n);
-  uint32_t* idx = scratch;
+  uint32_t* key = scratch;
+  uint32_t* idx = scratch + n;
+  for (int p = 0; p < n; ++p) {
+    const int b = p / B;
+    float acc = 0;
+    for (int h = 0; h < n_h; ++h) acc = std::fma(e[(size_t(b) * n_h + h) * B + p % B], w[h * nb + b], acc);
+    key[p] = bits(acc);
+  }
   std::iota(idx, idx + n, 0u);
-  auto before = [s](uint32_t x, uint32_t y) {
-    const uint32_t bx = bits(s[x]), by = bits(s[y]);
-    return bx != by ? bx > by : x < y;
-  };
+  auto before = [key](uint32_t x, uint32_t y) { return key[x] != key[y] ? key[x] > key[y] : x < y; };
   std::nth_element(idx, idx + m, idx + n, before);
   std::sort(idx, idx + m);
   std::copy(idx, idx + m, out);
+  if (mass) sparq_mass(e, w, n_h, nb, out, m, mass);
 }
 
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
@@ -96,7 +93,7 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
       const int b = idx[i] / B;
       acc += e[(size_t(b) * n_h + h) * B + idx[i] % B] * w[h * nb + b];
     }
-    mass[h] = acc;
+    mass[h] += acc;
   }
 }
 

@@ -1,6 +1,7 @@
 // The sparq-run binary end to end: generation on the shared model, and bad
 // input answered with one clear error line and a non-zero exit.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -28,11 +29,17 @@ std::string quote(const std::string& s) {
 Result run(const std::string& args) {
   const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
   fs::create_directories(dir);
-  const std::string out = (dir / "out").string(), err = (dir / "err").string();
+  // Test cases run as concurrent processes: each call gets its own files.
+  static int calls = 0;
+  const std::string tag = std::to_string(getpid()) + "-" + std::to_string(calls++);
+  const std::string out = (dir / ("out-" + tag)).string(), err = (dir / ("err-" + tag)).string();
   const std::string cmd =
       std::string(SPARQ_RUN_BINARY) + " " + args + " >" + quote(out) + " 2>" + quote(err);
   const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(out), read_text(err)};
+  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(out), read_text(err)};
+  fs::remove(out);
+  fs::remove(err);
+  return r;
 }
 
 std::string model_dir() { return shared_dir() + "/models/llama-27m-prose"; }

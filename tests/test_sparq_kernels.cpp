@@ -214,7 +214,7 @@ TEST_CASE("sparq step 1: exact scores at huge and tiny magnitudes, with ties", "
       }
 }
 
-TEST_CASE("sparq weights, combine and mass: avx512 matches the reference", "[sparq]") {
+TEST_CASE("sparq weights and mass: avx512 matches the reference", "[sparq]") {
   if (!avx512_here()) return;
   std::mt19937 rng(13);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
@@ -229,15 +229,9 @@ TEST_CASE("sparq weights, combine and mass: avx512 matches the reference", "[spa
       ref::sparq_weights(mx.data(), sum.data(), G, nb, wr.data());
       avx512::sparq_weights(mx.data(), sum.data(), G, nb, wv.data());
       require_close(wv.data(), wr.data(), wr.size(), 1e-30, 2e-6, "w");
-
-      std::vector<float> sr(size_t(nb) * B, -1.0f), sv(sr);
-      ref::sparq_combine(e.data(), wr.data(), G, nb, 0, nb, sr.data());
-      avx512::sparq_combine(e.data(), wr.data(), G, nb, 0, nb, sv.data());
-      require_close(sv.data(), sr.data(), sr.size(), 1e-30, 2e-6, "s");
-
       for (int n : {1, 15, 16, 17, nb * B / 3, nb * B}) {
         const std::vector<int> idx = some_positions(nb * B, std::min(n, nb * B), rng);
-        std::vector<float> ar(static_cast<size_t>(G)), av(ar.size());
+        std::vector<float> ar(static_cast<size_t>(G), 0.5f), av(ar);  // both add to what is there
         ref::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), ar.data());
         avx512::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
         require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-5, "mass");
@@ -245,13 +239,29 @@ TEST_CASE("sparq weights, combine and mass: avx512 matches the reference", "[spa
     }
 }
 
-TEST_CASE("sparq top-k: avx512 equals the reference, ties to the lower index", "[sparq]") {
+namespace {
+
+// Step 2 on one path; mass (when given) gets the selection's mass added.
+std::vector<int> run_select(bool use_avx, const std::vector<float>& e, const std::vector<float>& w, int G, int n,
+                            int m, std::vector<float>* mass) {
+  const int nb = int(w.size()) / G;
+  std::vector<uint32_t> scratch(2 * size_t(n) + 16);
+  std::vector<int> out(static_cast<size_t>(m), -1);
+  (use_avx ? avx512::sparq_select : ref::sparq_select)(e.data(), w.data(), G, nb, n, m, out.data(),
+                                                       mass ? mass->data() : nullptr, scratch.data());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sparq select: avx512 picks what the reference picks, ties to the lower index", "[sparq]") {
   const bool avx = avx512_here();
   std::mt19937 rng(14);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   const float inf = std::numeric_limits<float>::infinity();
-  // Named distributions of n scores; several defeat the sampled band and take
-  // the fallback (periodic spikes, all equal, few distinct values).
+  // With one head and weights of 1 the scores are e itself: named
+  // distributions, several of which defeat the sampled band and take the
+  // fallback (periodic spikes, all equal, few distinct values).
   auto make = [&](int kind, int n) {
     std::vector<float> s(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) {
@@ -274,18 +284,34 @@ TEST_CASE("sparq top-k: avx512 equals the reference, ties to the lower index", "
   for (int n : {1, 2, 15, 16, 17, 255, 1000, 1024, 1025, 4096, 10007, 50000})
     for (int kind = 0; kind < 8; ++kind)
       for (int m : {0, 1, n / 16 + 1, n / 2, n - 1, n}) {
-        if (m < 0 || m > n) continue;
         INFO("n " << n << " kind " << kind << " m " << m);
-        const std::vector<float> s = make(kind, n);
-        std::vector<uint32_t> scratch(size_t(n) + 16);
-        std::vector<int> r(size_t(m), -1);
-        ref::sparq_topk(s.data(), n, m, r.data(), scratch.data());
+        std::vector<float> e = make(kind, n);
+        e.resize((e.size() + B - 1) / B * B, 0.0f);
+        const std::vector<float> w(e.size() / B, 1.0f);
+        const std::vector<int> r = run_select(false, e, w, 1, n, m, nullptr);
+        // The scores are fma(e, 1, +0): -0 becomes +0, every other value stays.
+        std::vector<float> s(e.begin(), e.begin() + n);
+        for (float& x : s) x = std::fma(x, 1.0f, 0.0f);
         require_topk_rule(s, m, r);
-        if (!avx) continue;
-        std::vector<int> v(size_t(m), -1);
-        avx512::sparq_topk(s.data(), n, m, v.data(), scratch.data());
-        REQUIRE(v == r);
+        if (avx) REQUIRE(run_select(true, e, w, 1, n, m, nullptr) == r);
       }
+  // Several heads: the scores are fused sums in head order on both paths, so
+  // the choices agree exactly; the masses of the choice agree to rounding.
+  if (!avx) return;
+  for (int G : {2, 4, 8, 17})
+    for (int n : {300, 5000, 33000}) {
+      INFO("G " << G << " n " << n);
+      const int nb = (n + B - 1) / B;
+      std::vector<float> e(size_t(nb) * G * B), w(size_t(G) * nb);
+      for (float& x : e) x = unit(rng) * unit(rng);
+      for (float& x : w) x = unit(rng) / float(n);
+      for (int m : {1, n / 16, n / 3}) {
+        std::vector<float> mr(static_cast<size_t>(G), 0.25f), mv(mr);
+        const std::vector<int> r = run_select(false, e, w, G, n, m, &mr);
+        REQUIRE(run_select(true, e, w, G, n, m, &mv) == r);
+        require_close(mv.data(), mr.data(), mr.size(), 1e-7, 1e-5, "mass");
+      }
+    }
 }
 
 TEST_CASE("sparq step 3: avx512 matches the reference", "[sparq]") {

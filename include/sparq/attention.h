@@ -16,6 +16,9 @@ struct SparqSettings {
   int ratio = 0;       // target 1/ratio of dense bytes (used where r or k is 0)
   int k_floor = 128;   // k from ratio never goes below this
   bool mean_mixing = false;
+  // Run dense attention at steps where SparQ would fetch as many bytes; off
+  // ("nofallback") runs the SparQ kernels anyway, to check them against dense.
+  bool dense_fallback = true;
   // Throws Error for negative r, k, ratio, local < -1, k_floor < 1, or r or k
   // left to a ratio of 0.
   void validate() const;

@@ -62,15 +62,16 @@ void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, f
 // The softmax weight of each block: w[h nb + b] = 2^(mx - M_h) / Z_h with M_h
 // the max over blocks and Z_h = sum_b sum[h nb + b] 2^(mx[h nb + b] - M_h).
 void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
-// s[p] = sum_h e_h(p) * w[h nb + b] (e as sparq_step1 lays it out, b = p /
-// kSparqBlock) for every position of blocks [b0, b1).
-void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s);
-// Writes to out, ascending, the m indices in [0, n) with the largest s compared
-// as bit patterns read as uint32 (the float order for s >= 0, a total order for
-// anything else); among equal ones the lower index wins. scratch: n + 16 words.
-void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch);
-// mass[h] = sum over the n positions idx[i] of e_h(p) * w[h nb + b] (as in
-// sparq_combine): alpha_h when w holds the softmax weights.
+// Step 2: with s(p) = sum_h e_h(p) w[h nb + b] (e as sparq_step1 lays it out,
+// b = p / kSparqBlock, summed in head order with fused multiply-adds), writes
+// to out, ascending, the m indices in [0, n) of the largest s compared as bit
+// patterns read as uint32 (the float order for s >= 0, a total order for
+// anything else); among equal ones the lower index wins. When mass is
+// non-null, adds to mass[h] the sum over those positions of e_h(p) w[h nb + b].
+// scratch: 2 n + 16 words.
+void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                  uint32_t* scratch);
+// Adds to mass[h] the sum over the n positions idx[i] of e_h(p) w[h nb + b].
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 // Softmax attention over the n >= 1 rows idx[i], as a partial to merge: with
 // x_h(p) = q_h . K[p], mx[h] = max_i x_h, z[h] = sum_i 2^(x_h - mx[h]) and
@@ -83,8 +84,8 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
 namespace avx512 {
 void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum);
 void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
-void sparq_combine(const float* e, const float* w, int n_h, int nb, int b0, int b1, float* s);
-void sparq_topk(const float* s, int n, int m, int* out, uint32_t* scratch);
+void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                  uint32_t* scratch);
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch);
