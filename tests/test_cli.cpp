@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -89,4 +90,40 @@ TEST_CASE("bad input gets one error line and a non-zero exit", "[cli][errors]") 
   require_one_error_line(run(m + " -f /nonexistent/prompt.txt"), "/nonexistent/prompt.txt");
   require_one_error_line(run(m + " -c 8 -p " + quote("a prompt that is longer than eight tokens for sure")),
                          "context size");
+}
+
+TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cli][sparq]") {
+  SPARQ_REQUIRE_SHARED(model_dir());
+  // About 400 tokens of held-out text: long enough that no step falls back to dense.
+  const std::string prompt = read_text(shared_dir() + "/eval/heldout.txt").substr(0, 1600);
+  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
+  const std::string prompt_file = (dir / ("prompt-" + std::to_string(getpid()))).string();
+  const std::string stats = (dir / ("stats-" + std::to_string(getpid()) + ".json")).string();
+  {
+    std::ofstream f(prompt_file);
+    f << prompt;
+  }
+  const Result r = run("-m " + quote(model_dir()) + " -f " + quote(prompt_file) +
+                       " -n 8 --temp 0 --ignore-eos --attention sparq:8 --stats-json " + quote(stats));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("KV ratio") != std::string::npos);
+  const nlohmann::json j = nlohmann::json::parse(read_text(stats));
+  fs::remove(prompt_file);
+  fs::remove(stats);
+  const nlohmann::json cfg = nlohmann::json::parse(read_text(model_dir() + "/config.json"));
+  const int64_t layers = cfg["num_hidden_layers"], kv_heads = cfg["num_key_value_heads"];
+  const int64_t d = cfg.contains("head_dim") ? cfg["head_dim"].get<int64_t>()
+                                             : cfg["hidden_size"].get<int64_t>() / cfg["num_attention_heads"].get<int64_t>();
+  REQUIRE(j["steps"].size() == 7);  // the first token comes from the prompt pass
+  for (const auto& s : j["steps"]) {
+    const int64_t S = s["S"];
+    INFO("S " << S);
+    // The README's rule for sparq:8: r = d/8, k = max(S/16, 128), bf16 elements.
+    const int64_t rr = d / 8, k = std::max<int64_t>(S / 16, 128);
+    const double ratio = double(S * rr + 2 * k * d) / double(2 * S * d);
+    CHECK(s["dense_kv_bytes"].get<int64_t>() == layers * kv_heads * 2 * S * d * 2);
+    CHECK(s["kv_bytes"].get<int64_t>() == layers * kv_heads * (S * rr + 2 * k * d) * 2);
+    CHECK(double(s["kv_bytes"].get<int64_t>()) / double(s["dense_kv_bytes"].get<int64_t>()) == Approx(ratio));
+  }
 }
