@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sparq/common.h"
+#include "sparq/json_text.h"
 
 namespace sparq {
 namespace {
@@ -164,12 +165,7 @@ void refuse_unsupported(const json& j, int max_pos) {
 }
 
 ModelConfig parse_config(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("not valid JSON (error at byte {})", e.byte);
-  }
+  const json j = parse_json(text);
   if (!j.is_object()) fail("not a JSON object");
 
   ModelConfig c;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sparq/eval.h"
+#include "sparq/json_text.h"
 
 namespace sparq {
 namespace {
@@ -21,12 +22,7 @@ std::string_view trim(std::string_view s) {
 
 BatchItem parse_batch_line(const std::string& line, const std::string& base_dir) {
   using nlohmann::json;
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::parse_error& e) {
-    fail("not valid JSON ({})", e.what());
-  }
+  const json j = parse_json(line);
   if (!j.is_object()) fail("not a JSON object");
   BatchItem it;
   const auto id = j.find("id");
@@ -43,6 +39,11 @@ BatchItem parse_batch_line(const std::string& line, const std::string& base_dir)
   } else {
     if (!j["prompt_file"].is_string()) fail("\"prompt_file\" must be a string");
     const auto path = std::filesystem::path(base_dir) / j["prompt_file"].get<std::string>();
+    // A FIFO or a device (/dev/zero) would block or never end.
+    std::error_code ec;
+    const auto kind = std::filesystem::status(path, ec).type();
+    if (kind != std::filesystem::file_type::regular && kind != std::filesystem::file_type::not_found)
+      fail("prompt_file {} is not a regular file", path.string());
     std::ifstream f(path, std::ios::binary);
     if (!f) fail("cannot open prompt_file {}", path.string());
     std::stringstream ss;

@@ -12,6 +12,7 @@
 
 #include "sparq/common.h"
 #include "sparq/config.h"
+#include "sparq/json_text.h"
 
 namespace sparq {
 namespace {
@@ -58,9 +59,9 @@ std::vector<std::string> shards_from_index(const fs::path& dir, const fs::path& 
   ss << f.rdbuf();
   json j;
   try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    fail("{}: not valid JSON (error at byte {})", index.string(), e.byte);
+    j = parse_json(ss.str());
+  } catch (const Error& e) {
+    fail("{}: {}", index.string(), e.what());
   }
   const auto wm = j.is_object() ? j.find("weight_map") : j.end();
   if (wm == j.end() || !wm->is_object() || wm->empty())

@@ -16,6 +16,8 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "sparq/json_text.h"
+
 namespace sparq {
 namespace {
 
@@ -204,9 +206,9 @@ std::vector<TensorRef> SafetensorsFile::parse(const uint8_t* data, size_t size,
   const char* text = reinterpret_cast<const char*>(data + 8);
   json h;
   try {
-    h = json::parse(text, text + n, on_event);
-  } catch (const json::parse_error& e) {
-    fail("{}: header is not valid JSON (error at byte {} of {})", what, e.byte, n);
+    h = parse_json({text, size_t(n)}, on_event);
+  } catch (const Error& e) {
+    fail("{}: header of {} bytes is {}", what, n, e.what());
   }
   if (!h.is_object()) fail("{}: header is not a JSON object", what);
   if (!duplicate.empty()) fail("{}: header names {} twice", what, json(duplicate).dump());

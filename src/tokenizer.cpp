@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sparq/common.h"
+#include "sparq/json_text.h"
 #include "sparq/tokenizer_parts.h"
 #include "sparq/utf8.h"
 
@@ -89,12 +90,7 @@ void parse_post_processor(const Json& j, Tokenizer::Impl& impl) {
 }
 
 std::unique_ptr<Tokenizer::Impl> parse_tokenizer_json(const std::string& text) {
-  Json top;
-  try {
-    top = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    fail("malformed JSON: {}", e.what());
-  }
+  const Json top = parse_json(text);
   if (!top.is_object()) fail("not a tokenizer.json: the top level is not a JSON object");
   auto impl = std::make_unique<Tokenizer::Impl>();
   const Json none;

@@ -625,7 +625,7 @@ TEST_CASE("tokenizer: bad files and bad input give one clear error line", "[toke
     return err(j.dump());
   };
   CHECK(from_json(ok).encode("ab", false) == std::vector<int>{2});
-  CHECK_THAT(err("{\"model\": "), Contains("malformed JSON"));
+  CHECK_THAT(err("{\"model\": "), Contains("not valid JSON"));
   CHECK_THAT(err("[1, 2]"), Contains("not a JSON object"));
   CHECK_THAT(err("{}"), Contains("no \"model\""));
   CHECK_THAT(err(R"({"model": {"type": "BPE", "merges": []}})"), Contains("no \"vocab\""));
