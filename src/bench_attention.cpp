@@ -7,10 +7,9 @@
 #include <cmath>
 #include <memory>
 
-#include <nlohmann/json.hpp>
-
 #include "sparq/attention.h"
 #include "sparq/bandwidth.h"
+#include "sparq/bench_table.h"
 #include "sparq/kv_cache.h"
 
 namespace sparq {
@@ -39,9 +38,9 @@ struct Rng {
 struct Row {
   std::string setting;
   int S, d, group, layers;
-  double ms_mean, ms_sd;
+  MeanSd ms;
   double kv_bytes;  // per step (one layer, all KV heads)
-  double gbs, pct, speedup;
+  double gbs, pct, speedup;  // speedup 0: no dense row for this shape
 };
 
 void check(const AttentionBenchOptions& o) {
@@ -58,8 +57,7 @@ void check(const AttentionBenchOptions& o) {
   if (o.settings.empty()) fail("attention bench: no attention settings given");
   if (o.threads < 0) fail("attention bench: threads must be >= 0, got {}", o.threads);
   if (o.reps < 1) fail("attention bench: reps must be >= 1, got {}", o.reps);
-  if (o.format != "markdown" && o.format != "csv" && o.format != "json")
-    fail("attention bench: format must be markdown, csv or json, got '{}'", o.format);
+  bench_format(o.format);
   if (o.bandwidth_gbs < 0) fail("attention bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
 }
 
@@ -89,35 +87,29 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
 
 void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int threads, const std::vector<Row>& rows) {
   const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
-  if (o.format == "json") {
-    nlohmann::json j = {{"kernel", "attention"}, {"data", note},           {"bandwidth_gbs", bw},
-                        {"threads", threads},    {"kv_type", dtype_name(o.kv_type)}, {"kv_heads", o.n_kv_heads},
-                        {"reps", o.reps},        {"rows", nlohmann::json::array()}};
-    for (const Row& r : rows)
-      j["rows"].push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group},
-                           {"layers", r.layers}, {"ms_mean", r.ms_mean}, {"ms_sd", r.ms_sd},
-                           {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs}, {"pct_bandwidth", r.pct},
-                           {"speedup_vs_dense", r.speedup}});
-    std::fputs((j.dump(2) + "\n").c_str(), out);
-    return;
-  }
-  if (o.format == "csv") {
-    std::fputs("setting,S,d,group,layers,ms_mean,ms_sd,kv_bytes,gbs,pct_bandwidth,speedup_vs_dense\n", out);
-    for (const Row& r : rows)
-      fmt::print(out, "\"{}\",{},{},{},{},{:.6f},{:.6f},{:.0f},{:.3f},{:.2f},{:.4f}\n", r.setting, r.S, r.d, r.group,
-                 r.layers, r.ms_mean, r.ms_sd, r.kv_bytes, r.gbs, r.pct, r.speedup);
-    return;
-  }
-  fmt::print(out, "attention bench: one decode step, {}\n", note);
-  fmt::print(out, "{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s\n", threads,
-             o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw);
-  fmt::print(out, "time per step = one layer's attention (mean ± sd over reps); KV = bytes read per step\n\n");
-  fmt::print(out, "| setting | S | d | group | layers | ms/step | KV MiB/step | GB/s | % of bw | speedup vs dense |\n");
-  fmt::print(out, "|---|---|---|---|---|---|---|---|---|---|\n");
+  BenchTable t;
+  t.meta = {{"kernel", "attention"}, {"data", note},       {"bandwidth_gbs", bw},         {"threads", threads},
+            {"kv_type", dtype_name(o.kv_type)}, {"kv_heads", o.n_kv_heads}, {"reps", o.reps}};
+  t.notes = {fmt::format("attention bench: one decode step, {}", note),
+             fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
+                         o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
+             "time per step = one layer's attention (mean ± sd over reps); KV = bytes read per step"};
+  t.columns = {bench_column("setting", "setting"),
+               bench_column("S", "S"),
+               bench_column("d", "d"),
+               bench_column("group", "group"),
+               bench_column("layers", "layers"),
+               bench_column_pm("ms/step", "ms_mean", "ms_sd", 3),
+               bench_column("KV MiB/step", "kv_bytes", 2, 1.0 / 1048576.0),
+               bench_column("GB/s", "gbs", 1),
+               bench_column("% of bw", "pct_bandwidth", 0, 1.0, "%"),
+               bench_column("speedup vs dense", "speedup_vs_dense", 2, 1.0, "x")};
   for (const Row& r : rows)
-    fmt::print(out, "| {} | {} | {} | {} | {} | {:.3f} ± {:.3f} | {:.2f} | {:.1f} | {:.0f}% | {} |\n", r.setting, r.S,
-               r.d, r.group, r.layers, r.ms_mean, r.ms_sd, r.kv_bytes / 1048576.0, r.gbs, r.pct,
-               r.speedup > 0 ? fmt::format("{:.2f}x", r.speedup) : std::string("-"));
+    t.rows.push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group}, {"layers", r.layers},
+                      {"ms_mean", r.ms.mean}, {"ms_sd", r.ms.sd}, {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs},
+                      {"pct_bandwidth", r.pct},
+                      {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()}});
+  print_bench_table(out, t, o.format);
 }
 
 }  // namespace
@@ -162,19 +154,15 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
               counters.add(c);
             }
           }
-          double mean = 0, var = 0;
-          for (double x : ms) mean += x;
-          mean /= double(ms.size());
-          for (double x : ms) var += (x - mean) * (x - mean);
-          const double sd = ms.size() > 1 ? std::sqrt(var / double(ms.size() - 1)) : 0.0;
+          const MeanSd t = mean_sd(ms);
           const double bytes = double(counters.kv_bytes) / double(counters.calls);
-          const double gbs = bytes / (mean * 1e-3) / 1e9;
-          if (!settings[si].sparq && dense_ms == 0) dense_ms = mean;
-          rows.push_back(Row{o.settings[si], S, d, group, layers, mean, sd, bytes, gbs, 100.0 * gbs / bw, 0.0});
+          const double gbs = bytes / (t.mean * 1e-3) / 1e9;
+          if (!settings[si].sparq && dense_ms == 0) dense_ms = t.mean;
+          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 0.0});
         }
         // Speedups once the dense time of this shape is known, wherever it was listed.
         for (size_t i = rows.size() - settings.size(); i < rows.size(); ++i)
-          rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms_mean : 0.0;
+          rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms.mean : 0.0;
       }
     }
   omp_set_num_threads(saved_threads);

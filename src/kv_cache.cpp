@@ -80,6 +80,15 @@ void KVCache::clear() {
   std::fill(vsum_.begin(), vsum_.end(), 0.0f);
 }
 
+void KVCache::truncate(int length) {
+  if (length < 0) fail("KV cache truncate: length must be >= 0, got {}", length);
+  for (int l = 0; l < shape_.n_layers; ++l)
+    if (len_[l] > length) {
+      len_[l] = length;
+      recompute_vsum(l);
+    }
+}
+
 // Sums the stored values of positions [0, length) in storage order, so the
 // result is bit-identical to the running sum store() keeps.
 void KVCache::recompute_vsum(int layer) {

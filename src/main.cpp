@@ -12,6 +12,7 @@
 
 #include "sparq/bench_attention.h"
 #include "sparq/bench_matmul.h"
+#include "sparq/bench_model.h"
 #include "sparq/cpu.h"
 #include "sparq/eval.h"
 #include "sparq/generate.h"
@@ -211,35 +212,74 @@ int run(RunFlags& o) {
 }
 
 struct BenchFlags {
-  std::string kernel = "attention", kv_type = "bf16", settings = "dense,sparq:8,sparq:16";
+  std::string kernel = "model", settings = "dense,sparq:8,sparq:16", format = "md", dtype = "bf16", text_file;
+  std::vector<std::string> kv_types = {"bf16"};
+  std::vector<int> threads = {0};
   AttentionBenchOptions attn;
+  ModelBenchOptions model;
   int reps = 0;
+  double bandwidth_gbs = 0;
 };
 
 void add_bench_flags(CLI::App& bench, BenchFlags& b) {
-  bench.add_option("--kernel", b.kernel, "attention or matmul")->capture_default_str();
-  bench.add_option("-S,--seq-lens", b.attn.seq_lens, "cache lengths")->delimiter(',')->capture_default_str();
-  bench.add_option("--head-dims", b.attn.head_dims, "head sizes")->delimiter(',')->capture_default_str();
-  bench.add_option("--groups", b.attn.groups, "query heads per KV head")->delimiter(',')->capture_default_str();
-  bench.add_option("--kv-heads", b.attn.n_kv_heads, "KV heads per layer")->capture_default_str();
-  bench.add_option("--kv-type", b.kv_type, "f32 or bf16")->capture_default_str();
+  bench.add_option("--kernel", b.kernel, "model (pp/tg of a model, like llama-bench), attention or matmul")
+      ->capture_default_str();
+  bench.add_option("-m,--model", b.model.model, "model: model directory or .safetensors file");
+  bench.add_option("-p,--n-prompt", b.model.prompt_lens, "model: prompt lengths (pp tests; 0: none)")
+      ->delimiter(',')->capture_default_str();
+  bench.add_option("-n,--n-gen", b.model.gen_lens, "model: generated tokens (tg tests; 0: none)")
+      ->delimiter(',')->capture_default_str();
+  bench.add_option("-d,--n-depth", b.model.depths, "model: cache depths filled first, untimed")
+      ->delimiter(',')->capture_default_str();
+  bench.add_option("--parallel", b.model.parallel, "model: sequences run together")->delimiter(',')->capture_default_str();
+  bench.add_option("-b,--batch-size", b.model.batch, "model: prompt rows per forward pass")->capture_default_str();
+  bench.add_option("-f,--file", b.text_file, "model: take the tokens from this text (default: pseudo-random ids)");
+  bench.add_option("--dtype", b.dtype, "model: weight compute type, f32 or bf16")->capture_default_str();
+  bench.add_option("-S,--seq-lens", b.attn.seq_lens, "attention: cache lengths")->delimiter(',')->capture_default_str();
+  bench.add_option("--head-dims", b.attn.head_dims, "attention: head sizes")->delimiter(',')->capture_default_str();
+  bench.add_option("--groups", b.attn.groups, "attention: query heads per KV head")->delimiter(',')->capture_default_str();
+  bench.add_option("--kv-heads", b.attn.n_kv_heads, "attention: KV heads per layer")->capture_default_str();
+  bench.add_option("--kv-type", b.kv_types, "KV cache types, f32 or bf16 (attention: one)")
+      ->delimiter(',')->capture_default_str();
   bench.add_option("--attention", b.settings, "settings, e.g. dense,sparq:8,sparq:r=8,k=512")->capture_default_str();
-  bench.add_option("-t,--threads", b.attn.threads, "threads (0: all cores)")->capture_default_str();
-  bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default)");
-  bench.add_option("-o,--output", b.attn.format, "md, csv or json")->capture_default_str();
-  bench.add_option("--bandwidth", b.attn.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
+  bench.add_option("-t,--threads", b.threads, "threads (0: all cores; attention, matmul: one)")
+      ->delimiter(',')->capture_default_str();
+  bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default; model: 5)");
+  bench.add_option("-o,--output", b.format, "md, csv, json or jsonl")->capture_default_str();
+  bench.add_option("--bandwidth", b.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
+}
+
+int run_model_bench_flags(BenchFlags& b) {
+  ModelBenchOptions& m = b.model;
+  m.weight_type = parse_type(b.dtype, "--dtype");
+  m.kv_types.clear();
+  for (const std::string& t : b.kv_types) m.kv_types.push_back(parse_type(t, "--kv-type"));
+  m.settings = split_settings(b.settings);
+  m.threads = b.threads;
+  if (b.reps > 0) m.reps = b.reps;
+  m.format = b.format;
+  m.bandwidth_gbs = b.bandwidth_gbs;
+  if (!b.text_file.empty()) {
+    m.text = read_file(b.text_file);
+    m.text_name = b.text_file;
+  }
+  return run_model_bench(m);
 }
 
 int run_bench(BenchFlags& b) {
-  const int threads = b.attn.threads > 0 ? b.attn.threads : omp_get_num_procs();
-  omp_set_num_threads(threads);
   if (b.reps < 0) fail("--repetitions must be >= 0, got {}", b.reps);
+  if (b.kernel == "model") return run_model_bench_flags(b);
+  if (b.threads.size() != 1 || b.kv_types.size() != 1) fail("--kernel {} takes one -t and one --kv-type", b.kernel);
+  if (b.threads[0] < 0) fail("--threads must be >= 0, got {}", b.threads[0]);
+  const int threads = b.threads[0] > 0 ? b.threads[0] : omp_get_num_procs();
+  omp_set_num_threads(threads);
   if (b.kernel == "matmul") return run_matmul_bench(threads, b.reps > 0 ? b.reps : 20);
-  if (b.kernel != "attention") fail("--kernel must be attention or matmul, got '{}'", b.kernel);
-  if (b.attn.format == "md") b.attn.format = "markdown";
-  b.attn.kv_type = parse_type(b.kv_type, "--kv-type");
+  if (b.kernel != "attention") fail("--kernel must be model, attention or matmul, got '{}'", b.kernel);
+  b.attn.format = b.format;
+  b.attn.kv_type = parse_type(b.kv_types[0], "--kv-type");
   b.attn.settings = split_settings(b.settings);
   b.attn.threads = threads;
+  b.attn.bandwidth_gbs = b.bandwidth_gbs;
   if (b.reps > 0) b.attn.reps = b.reps;
   return run_attention_bench(b.attn);
 }
@@ -252,7 +292,7 @@ int main(int argc, char** argv) {
   RunFlags flags;
   add_run_flags(app, flags);
   BenchFlags bench_flags;
-  CLI::App* bench = app.add_subcommand("bench", "benchmarks (--kernel attention: one decode attention step, dense vs SparQ)");
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks: a model's prefill and decode speed (like llama-bench), or --kernel attention|matmul");
   add_bench_flags(*bench, bench_flags);
   try {
     app.parse(argc, argv);

@@ -456,15 +456,7 @@ TEST_CASE("decode counters count calls, bytes and dense fallbacks", "[attention]
 namespace {
 
 std::string bench_output(const AttentionBenchOptions& o) {
-  std::FILE* f = std::tmpfile();
-  REQUIRE(f);
-  CHECK(run_attention_bench(o, f) == 0);
-  std::rewind(f);
-  std::string text;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
-  std::fclose(f);
-  return text;
+  return test::output_of([&](std::FILE* f) { CHECK(run_attention_bench(o, f) == 0); });
 }
 
 }  // namespace
@@ -507,7 +499,7 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
   CHECK(md.find("| dense | 300 | 16 | 2 |") != std::string::npos);
 
   o.format = "xml";
-  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("format must be markdown, csv or json"));
+  CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("format must be md, csv, json or jsonl"));
   o.format = "csv";
   o.settings = {"fast"};
   CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("bad attention setting 'fast'"));

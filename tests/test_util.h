@@ -1,5 +1,6 @@
 // Helpers shared by the tests: where ../shared is, and skipping when it is absent.
 #pragma once
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,20 @@ inline std::string read_text(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+// What f(FILE*) writes to a temporary file.
+template <class F>
+std::string output_of(F&& f) {
+  std::FILE* tmp = std::tmpfile();
+  REQUIRE(tmp);
+  f(tmp);
+  std::rewind(tmp);
+  std::string text;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, tmp)) > 0;) text.append(buf, n);
+  std::fclose(tmp);
+  return text;
 }
 
 // The message of the sparq::Error that f throws; fails the test when f

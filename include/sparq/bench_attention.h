@@ -20,7 +20,7 @@ struct AttentionBenchOptions {
   std::vector<std::string> settings = {"dense", "sparq:8", "sparq:16"};  // parse_attention_setting
   int threads = 0;                 // 0: omp_get_max_threads()
   int reps = 10;                   // timed passes over all layers (after one warm-up pass)
-  std::string format = "markdown";  // markdown, csv or json
+  std::string format = "markdown";  // markdown (or md), csv, json or jsonl
   size_t min_cache_mib = 512;      // dense KV bytes of one step over all layers, at least
   double bandwidth_gbs = 0;        // 0: measure it (1 GiB streaming read)
   uint64_t seed = 1;

@@ -41,6 +41,9 @@ class KVCache {
   void store(int layer, int pos, const float* k, const float* v);
   int length(int layer) const { return len_[layer]; }
   void clear();
+  // Drops the positions from `length` on in every layer, so later stores
+  // append without recomputing v_sum (benchmarks rewind to a depth this way).
+  void truncate(int length);
 
   const KVShape& shape() const { return shape_; }
   size_t bytes() const { return bytes_needed(shape_); }
