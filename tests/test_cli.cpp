@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -126,4 +128,88 @@ TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cl
     CHECK(s["kv_bytes"].get<int64_t>() == layers * kv_heads * (S * rr + 2 * k * d) * 2);
     CHECK(double(s["kv_bytes"].get<int64_t>()) / double(s["dense_kv_bytes"].get<int64_t>()) == Approx(ratio));
   }
+}
+
+TEST_CASE("--batch --compare writes a result per line and setting and a summary", "[cli][eval]") {
+  SPARQ_REQUIRE_SHARED(model_dir());
+  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
+  const std::string tag = std::to_string(getpid());
+  const std::string out = (dir / ("batch-" + tag + ".jsonl")).string();
+  const std::string summary = (dir / ("summary-" + tag + ".json")).string();
+  const Result r = run("-m " + quote(model_dir()) + " --batch " + quote(data_dir() + "/eval_small.jsonl") +
+                       " --compare dense,sparq:8,sparq:r=4,k=16 --temp 0 --out " + quote(out) +
+                       " --summary-json " + quote(summary));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  std::map<std::string, std::set<std::string>> settings_of;
+  std::ifstream f(out);
+  for (std::string line; std::getline(f, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    REQUIRE_FALSE(j.contains("error"));
+    settings_of[j["id"].get<std::string>()].insert(j["setting"].get<std::string>());
+  }
+  CHECK(settings_of.size() == 5);
+  for (const auto& [id, s] : settings_of) CHECK(s == std::set<std::string>{"dense", "sparq:8", "sparq:r=4,k=16"});
+  const nlohmann::json sj = nlohmann::json::parse(read_text(summary));
+  fs::remove(out);
+  fs::remove(summary);
+  REQUIRE(sj["settings"].size() == 3);
+  for (const auto& s : sj["settings"]) {
+    INFO(s.dump());
+    for (const char* task : {"generate", "score", "repeat", "match"}) CHECK(s["tasks"].contains(task));
+    CHECK(s["tasks"]["score"]["n"] == 2);
+    if (s["setting"] == "dense") CHECK(s["kv_ratio"] == 1.0);
+    // k = 16 of prompts of 30+ tokens: fewer bytes than dense.
+    if (s["setting"] == "sparq:r=4,k=16") CHECK(s["kv_ratio"].get<double>() < 1.0);
+  }
+}
+
+TEST_CASE("--perplexity: SparQ with r = d and k >= S agrees with dense exactly", "[cli][eval]") {
+  const std::string small = shared_dir() + "/models/stories260K-hf";
+  SPARQ_REQUIRE_SHARED(small);
+  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
+  const std::string summary = (dir / ("ppl-" + std::to_string(getpid()) + ".json")).string();
+  // stories260K: head size 8. f32 throughout so the two differ only by summation order.
+  const Result r = run("-m " + quote(small) + " --perplexity " + quote(data_dir() + "/eval_small_prompt.txt") +
+                       " -c 8 --dtype f32 --kv-type f32 --quiet --compare dense,sparq:r=8,k=1000,nofallback,sparq:r=2,k=2"
+                       " --summary-json " + quote(summary));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  const nlohmann::json sj = nlohmann::json::parse(read_text(summary));
+  fs::remove(summary);
+  REQUIRE(sj["windows"].get<int>() >= 2);
+  const auto& s = sj["settings"];
+  REQUIRE(s.size() == 3);
+  CHECK(s[0]["setting"] == "dense");
+  CHECK(s[1]["perplexity"].get<double>() == Approx(s[0]["perplexity"].get<double>()).epsilon(1e-5));
+  CHECK(s[1]["kl_vs_dense"].get<double>() < 1e-8);
+  CHECK(s[1]["top1_agreement"] == 1.0);
+  CHECK(s[1]["scored_tokens"] == s[0]["scored_tokens"]);
+  // A real compression changes something and fetches less.
+  CHECK(s[2]["kv_ratio"].get<double>() < 1.0);
+  CHECK(s[2]["kl_vs_dense"].get<double>() > 0.0);
+}
+
+TEST_CASE("--profile, --trace and peak memory at the end of a run; bench subcommand", "[cli][profile][bench]") {
+  const std::string small = shared_dir() + "/models/stories260K-hf";
+  SPARQ_REQUIRE_SHARED(small);
+  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
+  const std::string trace = (dir / ("trace-" + std::to_string(getpid()) + ".json")).string();
+  const Result r = run("-m " + quote(small) + " -p 'Once upon a time' -n 8 --temp 0 -t 1 --profile --trace " +
+                       quote(trace));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("peak memory") != std::string::npos);
+  CHECK(r.err.find("| phase | time ms | share | MB | GB/s |") != std::string::npos);
+  CHECK(r.err.find("| tokenizer | ") != std::string::npos);
+  const nlohmann::json t = nlohmann::json::parse(read_text(trace));
+  fs::remove(trace);
+  CHECK(t["traceEvents"].size() > 8 * 7);  // 7 decode passes, each with its phases
+
+  const Result b = run("bench -m " + quote(small) + " -p 8 -n 2 -d 0,4 -r 1 -t 1 --bandwidth 50 -o json");
+  INFO("bench stderr: " << b.err);
+  REQUIRE(b.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(b.out);
+  CHECK(j["rows"].size() == 2 * (1 + 3));  // per depth: pp8, tg2 per default setting
+  require_one_error_line(run("bench -m " + quote(small) + " -o xml"), "md, csv, json or jsonl");
 }
