@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "sparq/trace.h"
+
 namespace sparq {
 namespace {
 
@@ -45,7 +47,10 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     rows.clear();
     for (int i = 0; i < n; ++i)
       rows.push_back(Row{prompt[p0 + i], p0 + i, &cache, nullptr, p0 + i + 1 == int(prompt.size())});
+    const auto tf = Clock::now();
+    const ForwardStats before = opt.trace ? res.prompt_stats : ForwardStats{};
     model.forward(rows, logits.data(), &res.prompt_stats);
+    if (opt.trace) opt.trace->add_forward("prefill", tf, Clock::now(), before, res.prompt_stats, {{"rows", n}});
   }
   res.t_prompt = since(t0);
 
@@ -53,7 +58,10 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
   res.stop_reason = "n_predict";
   auto t_dec = Clock::now();
   for (int n = 0; opt.n_predict < 0 || n < opt.n_predict; ++n) {
+    const auto t_s = Clock::now();
     const int id = sampler.sample(logits, history);
+    res.t_sample += since(t_s);
+    if (opt.trace) opt.trace->add("sampling", "sampling", t_s, Clock::now());
     res.tokens.push_back(id);
     history.push_back(id);
     if (!opt.ignore_eos && is_eos(c, id)) {
@@ -73,6 +81,7 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     auto ts = Clock::now();
     const Row row{id, pos, &cache, &opt.attention, true};
     model.forward({&row, 1}, logits.data(), &res.decode_stats);
+    if (opt.trace) opt.trace->add_forward("decode", ts, Clock::now(), before, res.decode_stats, {{"S", pos + 1}});
     StepRecord rec;
     rec.S = pos + 1;
     rec.token = id;

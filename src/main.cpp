@@ -16,7 +16,9 @@
 #include "sparq/cpu.h"
 #include "sparq/eval.h"
 #include "sparq/generate.h"
+#include "sparq/profile.h"
 #include "sparq/report.h"
+#include "sparq/trace.h"
 
 namespace {
 
@@ -24,7 +26,8 @@ using namespace sparq;
 
 struct RunFlags {
   std::string model, prompt, prompt_file, dtype = "bf16", kv_type = "bf16", attention = "sparq";
-  std::string stats_json;
+  std::string stats_json, trace_file;
+  bool profile = false;
   std::string batch_file, out_file, compare, summary_json, perplexity_file;
   int parallel = 0;
   bool quiet = false, resume = false;
@@ -39,6 +42,10 @@ DType parse_type(const std::string& s, const char* flag) {
   if (s == "f32") return DType::F32;
   if (s == "bf16") return DType::BF16;
   fail("{} must be f32 or bf16, got '{}'", flag, s);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 std::string read_file(const std::string& path) {
@@ -82,6 +89,8 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
                "mix the output with the mean of V (off by default, as the authors for GQA)");
   app.add_option("--stats-json", o.stats_json, "write per-step KV/time statistics to this file");
   app.add_flag("--verbose", o.verbose, "print a line per decode step (S, bytes, ratio, ms)");
+  app.add_flag("--profile", o.profile, "print time, bytes and GB/s per phase at the end");
+  app.add_option("--trace", o.trace_file, "write a Chrome trace-event JSON file (Perfetto, chrome://tracing)");
   app.add_flag("--ignore-eos", o.ignore_eos, "keep generating after end-of-sequence");
   app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token");
   app.add_option("--batch", o.batch_file, "evaluate a JSONL batch file (tasks generate, score, repeat, match)");
@@ -173,7 +182,12 @@ int run(RunFlags& o) {
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
   if (eval) return run_eval(o, g, *model);
+  TraceLog trace;
+  if (!o.trace_file.empty()) g.trace = &trace;
+  const auto t_run = std::chrono::steady_clock::now();
   const std::vector<int> ids = model->tokenizer().encode(o.prompt, !o.no_bos);
+  double t_tokenizer = seconds_since(t_run);
+  if (g.trace) trace.add("tokenizer encode", "tokenizer", t_run, std::chrono::steady_clock::now());
   check_prompt_fits(ids.size(), g.ctx);
   const size_t kv_bytes = KVCache::bytes_needed(model->kv_shape(g.ctx, g.kv_type));
   const size_t kv_plain = kv_bytes * 2 / 3;  // K and V without the transposed K copy
@@ -196,7 +210,10 @@ int run(RunFlags& o) {
 
   TokenStreamer streamer(model->tokenizer());
   GenerateResult res = generate(*model, ids, g, [&](int id) {
+    const auto t_push = std::chrono::steady_clock::now();
     const std::string piece = streamer.push(id);
+    t_tokenizer += seconds_since(t_push);
+    if (g.trace) trace.add("tokenizer decode", "tokenizer", t_push, std::chrono::steady_clock::now());
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     return true;
@@ -207,6 +224,9 @@ int run(RunFlags& o) {
   std::fflush(stdout);
   print_timings(stderr, info, res);
   print_kv_table(stderr, res);
+  print_memory(stderr, model->weight_bytes(), kv_bytes);
+  if (o.profile) print_profile(stderr, res, t_tokenizer, seconds_since(t_run));
+  if (g.trace) trace.write(o.trace_file);
   if (!o.stats_json.empty()) write_stats_json(o.stats_json, info, res);
   return 0;
 }

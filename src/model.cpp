@@ -202,6 +202,13 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
   st.t_logits += since(t0);
   st.weight_bytes += weight_bytes();
+  st.b_embed += uint64_t(M) * H * (embed_bf16_.empty() ? 4 : 2);
+  for (const Layer& L : layers_) {
+    st.b_qkv += L.qkv.weight_bytes();
+    st.b_out += L.o.weight_bytes();
+    st.b_mlp += L.gate_up.weight_bytes() + L.down.weight_bytes();
+  }
+  if (n_out > 0) st.b_logits += lm_head_->weight_bytes();
   st.attn = AttnCounters{};
   for (const AttnCounters& a : st.attn_layers) st.attn.add(a);
 }

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sparq/process_memory.h"
+
 namespace sparq {
 namespace {
 
@@ -63,6 +65,15 @@ void print_step_line(std::FILE* f, int step, const StepRecord& s) {
              step, s.S, s.kv_bytes / 1e3, s.dense_kv_bytes / 1e3,
              s.dense_kv_bytes ? double(s.kv_bytes) / double(s.dense_kv_bytes) : 1.0,
              s.dense_fallback ? " (dense)" : "", s.ms, s.attn_ms);
+}
+
+void print_memory(std::FILE* f, size_t weight_bytes, size_t kv_bytes) {
+  const size_t peak = peak_memory_bytes();
+  const double sum = double(weight_bytes + kv_bytes);
+  fmt::print(f, "sparq-run: peak memory {:.1f} MiB (VmHWM); weights {:.1f} MiB + KV cache {:.1f} MiB = {:.1f} MiB, "
+                "peak {:+.1f}% of that (the KV cache's untouched pages are not resident)\n",
+             peak / 1048576.0, weight_bytes / 1048576.0, kv_bytes / 1048576.0, sum / 1048576.0,
+             sum > 0 ? 100.0 * (double(peak) - sum) / sum : 0.0);
 }
 
 void write_stats_json(const std::string& path, const RunInfo& info, const GenerateResult& r) {

@@ -11,6 +11,8 @@
 
 namespace sparq {
 
+class TraceLog;
+
 // One decode step: the cache length it attended over and what it cost.
 struct StepRecord {
   int S = 0;
@@ -29,12 +31,14 @@ struct GenerateOptions {
   SamplerOptions sampling;
   bool ignore_eos = false;
   std::function<void(const StepRecord&)> on_step;  // after each decode step, if set
+  TraceLog* trace = nullptr;  // if set, gets events for each forward pass, its phases and sampling
 };
 
 struct GenerateResult {
   std::vector<int> tokens;  // generated ids
   int n_prompt = 0;
   double t_prompt = 0, t_decode = 0;  // seconds
+  double t_sample = 0;                // seconds in the sampler (within t_decode)
   ForwardStats prompt_stats, decode_stats;
   std::vector<StepRecord> steps;
   std::string stop_reason;  // "eos", "n_predict", "context full", "stopped"

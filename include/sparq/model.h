@@ -34,6 +34,9 @@ struct Row {
 struct ForwardStats {
   double t_embed = 0, t_qkv = 0, t_attn = 0, t_out = 0, t_mlp = 0, t_logits = 0;
   uint64_t weight_bytes = 0;
+  // Bytes each phase reads besides the KV cache: embedding rows, then the
+  // weight matrices (lm_head only for calls that make logits).
+  uint64_t b_embed = 0, b_qkv = 0, b_out = 0, b_mlp = 0, b_logits = 0;
   std::vector<AttnCounters> attn_layers;  // decode attention, per layer
   AttnCounters attn;                      // the sum over layers
   std::map<const AttentionSettings*, AttnCounters> by_setting;  // decode attention per setting

@@ -18,6 +18,8 @@ struct RunInfo {
 void print_timings(std::FILE* f, const RunInfo& info, const GenerateResult& r);
 void print_kv_table(std::FILE* f, const GenerateResult& r);
 void print_step_line(std::FILE* f, int step, const StepRecord& s);
+// Peak resident memory (VmHWM) against weights + KV cache (with transposed K).
+void print_memory(std::FILE* f, size_t weight_bytes, size_t kv_bytes);
 void write_stats_json(const std::string& path, const RunInfo& info, const GenerateResult& r);
 
 }  // namespace sparq
