@@ -272,7 +272,7 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
 // ---- step 3 ----
 
 // Rows this many ahead of the ones being read are prefetched.
-constexpr int kRowsAhead = 32;
+constexpr int kRowsAhead = 64;
 
 template <class T>
 void prefetch_rows(const T* base, int d, const int* idx, int from, int to) {
@@ -291,9 +291,12 @@ void row_pointers(const T* base, int d, const int* idx, int c, int n, const T* (
   for (int i = 0; i < 16; ++i) rows[i] = base + size_t(idx[std::min(c + i, n - 1)]) * d;
 }
 
-template <class T>
+// NV > 0: d = 16 NV, known at compile time, so the row loops unroll and keep
+// the row pointers in registers (measured 1.3-1.4x at d = 64); NV = 0: any d.
+template <class T, int NV>
 void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
-  const int d = a.d, dp = sparq_dpad(d), nh = a.n_h;
+  const int d = NV > 0 ? 16 * NV : a.d, dp = NV > 0 ? d : sparq_dpad(d), nh = a.n_h;
+  const auto lanes = [d](int v) { return NV > 0 ? __mmask16(0xffff) : first16(d - v); };
   const size_t n16 = size_t(n + 15) / 16 * 16;
   float* x = scratch;               // [nh][n16]: scores, then weights
   float* buf = scratch + nh * n16;  // 16 key rows in f32, [16][dp]
@@ -308,13 +311,13 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
     prefetch_rows(K, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
     row_pointers(K, d, idx, c, n, rows);
     for (int i = 0; i < 16; ++i)
-      for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, first16(d - v)));
+      for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, lanes(v)));
     for (int h = 0; h < nh; ++h) {
       const float* qh = a.q + size_t(h) * d;
       __m512 dot[16];
       for (int i = 0; i < 16; ++i) dot[i] = _mm512_setzero_ps();
       for (int v = 0; v < dp; v += 16) {
-        const __m512 qv = _mm512_maskz_loadu_ps(first16(d - v), qh + v);
+        const __m512 qv = _mm512_maskz_loadu_ps(lanes(v), qh + v);
         for (int i = 0; i < 16; ++i) dot[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(buf + i * dp + v), dot[i]);
       }
       _mm512_storeu_ps(x + h * n16 + c, hsum16(dot));
@@ -346,7 +349,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
     row_pointers(V, d, idx, c, n, rows);
     for (int v = 0; v < dp; v += 16) {
       __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = load16(rows[i] + v, first16(d - v));
+      for (int i = 0; i < 16; ++i) r[i] = load16(rows[i] + v, lanes(v));
       for (int h = 0; h < nh; ++h) {
         const float* p = x + h * n16 + c;
         __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -452,10 +455,12 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
 
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch) {
-  if (a.type == DType::F32)
-    step3<float>(a, idx, n, mx, z, acc, scratch);
-  else
-    step3<uint16_t>(a, idx, n, mx, z, acc, scratch);
+  const bool f32 = a.type == DType::F32;
+  switch (a.d) {
+    case 64: return f32 ? step3<float, 4>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 4>(a, idx, n, mx, z, acc, scratch);
+    case 128: return f32 ? step3<float, 8>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 8>(a, idx, n, mx, z, acc, scratch);
+    default: return f32 ? step3<float, 0>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 0>(a, idx, n, mx, z, acc, scratch);
+  }
 }
 
 }  // namespace sparq::avx512
