@@ -2,7 +2,7 @@
 # Installs the Debian packages sparq-run builds with. Safe to run again.
 set -euo pipefail
 pkgs=(g++ cmake make pkg-config libdnnl-dev libcli11-dev libfmt-dev catch2
-      nlohmann-json3-dev libpcre2-dev
+      nlohmann-json3-dev libpcre2-dev python3-matplotlib  # scripts/plot_bench.py
       clang-14 libclang-rt-14-dev)  # scripts/fuzz.sh: libFuzzer and the sanitizer runtimes
 missing=()
 for p in "${pkgs[@]}"; do
