@@ -200,7 +200,7 @@ TEST_CASE("--profile, --trace and peak memory at the end of a run; bench subcomm
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.err.find("peak memory") != std::string::npos);
-  CHECK(r.err.find("| phase | time ms | share | MB | GB/s |") != std::string::npos);
+  CHECK(r.err.find("| phase | time ms | share | decode ms | decode MB | decode GB/s |") != std::string::npos);
   CHECK(r.err.find("| tokenizer | ") != std::string::npos);
   const nlohmann::json t = nlohmann::json::parse(read_text(trace));
   fs::remove(trace);
@@ -224,7 +224,7 @@ TEST_CASE("run with --profile and --trace reports phases and peak memory, and th
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.err.find("peak memory") != std::string::npos);
-  CHECK(r.err.find("| phase | time ms | share | MB | GB/s |") != std::string::npos);
+  CHECK(r.err.find("| phase | time ms | share | decode ms | decode MB | decode GB/s |") != std::string::npos);
   CHECK(r.err.find("| tokenizer | ") != std::string::npos);
   const nlohmann::json t = nlohmann::json::parse(read_text(trace));
   fs::remove(trace);
