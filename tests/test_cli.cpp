@@ -190,30 +190,6 @@ TEST_CASE("--perplexity: SparQ with r = d and k >= S agrees with dense exactly",
   CHECK(s[2]["kl_vs_dense"].get<double>() > 0.0);
 }
 
-TEST_CASE("--profile, --trace and peak memory at the end of a run; bench subcommand", "[cli][profile][bench]") {
-  const std::string small = shared_dir() + "/models/stories260K-hf";
-  SPARQ_REQUIRE_SHARED(small);
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  const std::string trace = (dir / ("trace-" + std::to_string(getpid()) + ".json")).string();
-  const Result r = run("-m " + quote(small) + " -p 'Once upon a time' -n 8 --temp 0 -t 1 --profile --trace " +
-                       quote(trace));
-  INFO("stderr: " << r.err);
-  REQUIRE(r.code == 0);
-  CHECK(r.err.find("peak memory") != std::string::npos);
-  CHECK(r.err.find("| phase | time ms | share | decode ms | decode MB | decode GB/s |") != std::string::npos);
-  CHECK(r.err.find("| tokenizer | ") != std::string::npos);
-  const nlohmann::json t = nlohmann::json::parse(read_text(trace));
-  fs::remove(trace);
-  CHECK(t["traceEvents"].size() > 8 * 7);  // 7 decode passes, each with its phases
-
-  const Result b = run("bench -m " + quote(small) + " -p 8 -n 2 -d 0,4 -r 1 -t 1 --bandwidth 50 -o json");
-  INFO("bench stderr: " << b.err);
-  REQUIRE(b.code == 0);
-  const nlohmann::json j = nlohmann::json::parse(b.out);
-  CHECK(j["rows"].size() == 2 * (1 + 3));  // per depth: pp8, tg2 per default setting
-  require_one_error_line(run("bench -m " + quote(small) + " -o xml"), "md, csv, json or jsonl");
-}
-
 TEST_CASE("run with --profile and --trace reports phases and peak memory, and the bench subcommand runs", "[cli][profile][bench]") {
   const std::string small = shared_dir() + "/models/stories260K-hf";
   SPARQ_REQUIRE_SHARED(small);
