@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
+
+#include "sparq/interrupt.h"
 
 namespace sparq {
 namespace {
@@ -57,26 +58,10 @@ uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, 
   return uint64_t(c.n_layers) * c.n_kv_heads * sparq_step_bytes(st, S, c.head_dim, kv_type);
 }
 
-int parallel_that_fits(const KVShape& one, int cap) {
-  size_t avail_kb = 0;
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  size_t value;
-  std::string unit;
-  while (f >> key >> value >> unit)
-    if (key == "MemAvailable:") avail_kb = value;
-  const size_t per = KVCache::bytes_needed(one);
-  if (avail_kb == 0) return std::max(1, std::min(cap, 4));
-  const size_t fit = avail_kb * 1024 / 10 * 8 / std::max<size_t>(per, 1);  // keep 20% spare
-  if (fit == 0)
-    fail("one sequence's KV cache needs {:.1f} MiB but only {:.1f} MiB of memory are available (lower -c)",
-         per / 1048576.0, avail_kb / 1024.0);
-  return int(std::min<size_t>(fit, size_t(std::max(cap, 1))));
-}
-
 Engine::Engine(Model& model, int parallel, int ctx, DType kv_type) : model_(model), ctx_(ctx) {
   if (parallel < 1) fail("--parallel must be >= 1, got {}", parallel);
   if (ctx < 2) fail("context size must be at least 2, got {}", ctx);
+  check_kv_fits(model.kv_shape(ctx, kv_type), parallel, available_memory());
   for (int i = 0; i < parallel; ++i)
     caches_.push_back(std::make_unique<KVCache>(model.kv_shape(ctx, kv_type)));
 }
@@ -103,7 +88,8 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
   std::vector<float> logits;
   size_t next = 0;
 
-  while (next < jobs.size() || !active.empty()) {
+  // Ctrl-C drops the jobs in flight; finished ones were reported by on_done.
+  while ((next < jobs.size() || !active.empty()) && !interrupted()) {
     while (next < jobs.size() && jobs[next].variants.size() <= free_caches.size()) {
       const Job& j = jobs[next];
       Active a{next, {}, Clock::now(), std::vector<const float*>(j.variants.size())};

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -25,15 +26,26 @@ struct Pending {
   std::vector<double> logprob;     // score: per variant
 };
 
-// (id, setting) pairs already in the output file, for --resume.
+// (id, setting) pairs already in the output file, for --resume. A last line
+// without its newline was cut short by a kill mid-write: it is cut off the
+// file, so the results appended after it stay whole lines.
 std::set<std::pair<std::string, std::string>> done_in(const std::string& path) {
   std::set<std::pair<std::string, std::string>> done;
-  std::ifstream f(path);
-  std::string line;
-  while (std::getline(f, line)) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string text = ss.str();
+  const size_t end = text.rfind('\n') + 1;  // 0 when there is no newline
+  std::error_code ec;
+  if (end < text.size()) std::filesystem::resize_file(path, end, ec);
+  if (ec) fail("cannot cut the partial last line of {} ({})", path, ec.message());
+  std::istringstream lines(text.substr(0, end));
+  for (std::string line; std::getline(lines, line);) {
     const json j = json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("id") && j.contains("setting") && !j.contains("error"))
-      done.emplace(j["id"].get<std::string>(), j["setting"].get<std::string>());
+    if (!j.is_object() || j.contains("error")) continue;
+    const auto id = j.find("id"), setting = j.find("setting");
+    if (id != j.end() && setting != j.end() && id->is_string() && setting->is_string())
+      done.emplace(id->get<std::string>(), setting->get<std::string>());
   }
   return done;
 }
@@ -50,14 +62,14 @@ int run_batch_file(Model& model, const std::string& path, const EvalOptions& opt
   if (!in) fail("cannot open batch file {}", path);
   const std::string base = std::filesystem::path(path).parent_path().string();
   const Tokenizer& tok = model.tokenizer();
+  const auto already = opt.resume && !opt.out_file.empty() ? done_in(opt.out_file)
+                                                           : std::set<std::pair<std::string, std::string>>{};
   std::ofstream out_file;
   if (!opt.out_file.empty()) {
     out_file.open(opt.out_file, opt.resume ? std::ios::app : std::ios::trunc);
     if (!out_file) fail("cannot write results file {}", opt.out_file);
   }
   std::ostream& out = opt.out_file.empty() ? std::cout : out_file;
-  const auto already = opt.resume && !opt.out_file.empty() ? done_in(opt.out_file)
-                                                           : std::set<std::pair<std::string, std::string>>{};
   int failures = 0;
   auto report = [&](size_t line, const std::string& id, const std::string& msg) {
     fmt::print(stderr, "{}:{}: {}\n", path, line, msg);

@@ -16,6 +16,8 @@
 #include "sparq/cpu.h"
 #include "sparq/eval.h"
 #include "sparq/generate.h"
+#include "sparq/interrupt.h"
+#include "sparq/kv_budget.h"
 #include "sparq/profile.h"
 #include "sparq/report.h"
 #include "sparq/trace.h"
@@ -161,6 +163,10 @@ int run(RunFlags& o) {
   if (o.threads < 0) fail("--threads must be >= 0, got {}", o.threads);
   if (o.n_predict < -1) fail("--n-predict must be >= -1, got {}", o.n_predict);
   if (o.ctx < 0) fail("--ctx-size must be >= 0, got {}", o.ctx);
+  if (o.batch < 1) fail("--batch-size must be >= 1, got {}", o.batch);
+  // More threads than this only fails thread creation inside OpenMP.
+  if (o.threads > 1024) fail("--threads must be at most 1024, got {}", o.threads);
+  o.sp.validate();  // the --sparq-* flags, even when --attention does not use them
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   omp_set_num_threads(threads);
   if (!use_avx512()) fmt::print(stderr, "warning: AVX-512 (F/BW/VL/DQ/BF16) not available, using portable kernels\n");
@@ -181,7 +187,11 @@ int run(RunFlags& o) {
   auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
-  if (eval) return run_eval(o, g, *model);
+  const InterruptGuard ctrl_c;  // Ctrl-C from here on stops the run, keeping its statistics
+  if (eval) {
+    const int code = run_eval(o, g, *model);
+    return interrupted() ? kInterruptedExit : code;
+  }
   TraceLog trace;
   if (!o.trace_file.empty()) g.trace = &trace;
   const auto t_run = std::chrono::steady_clock::now();
@@ -189,6 +199,7 @@ int run(RunFlags& o) {
   double t_tokenizer = seconds_since(t_run);
   if (g.trace) trace.add("tokenizer encode", "tokenizer", t_run, std::chrono::steady_clock::now());
   check_prompt_fits(ids.size(), g.ctx);
+  check_kv_fits(model->kv_shape(g.ctx, g.kv_type), 1, available_memory());
   const size_t kv_bytes = KVCache::bytes_needed(model->kv_shape(g.ctx, g.kv_type));
   const size_t kv_plain = kv_bytes * 2 / 3;  // K and V without the transposed K copy
   RunInfo info;
@@ -216,7 +227,7 @@ int run(RunFlags& o) {
     if (g.trace) trace.add("tokenizer decode", "tokenizer", t_push, std::chrono::steady_clock::now());
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
-    return true;
+    return !interrupted();
   });
   const std::string tail = streamer.finish();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
@@ -228,7 +239,7 @@ int run(RunFlags& o) {
   if (o.profile) print_profile(stderr, res, t_tokenizer, seconds_since(t_run));
   if (g.trace) trace.write(o.trace_file);
   if (!o.stats_json.empty()) write_stats_json(o.stats_json, info, res);
-  return 0;
+  return interrupted() ? kInterruptedExit : 0;
 }
 
 struct BenchFlags {

@@ -81,6 +81,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   } else {
     m->embed_f32_ = std::move(embed);
   }
+  w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
   return m;
 }
 

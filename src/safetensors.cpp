@@ -4,13 +4,16 @@
 #include "sparq/safetensors.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <limits>
+#include <mutex>
 #include <set>
 
 #include <fmt/ranges.h>
@@ -136,6 +139,55 @@ void check_coverage(const std::string& what, const std::vector<TensorRef>& ts,
          cursor, area_size);
 }
 
+// Mapped files, for the SIGBUS handler: a read past the end of a file that
+// shrank after it was mapped faults, and the handler names the file.
+struct Mapping {
+  const uint8_t* begin = nullptr;
+  size_t size = 0;
+  const char* path = nullptr;  // null: free slot
+};
+std::array<Mapping, 64> g_mappings;  // more files than this just go unnamed
+std::mutex g_mappings_mutex;
+
+void write_all(const char* s) { [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, s, std::strlen(s)); }
+
+void on_sigbus(int sig, siginfo_t* info, void*) {
+  const auto* a = static_cast<const uint8_t*>(info->si_addr);
+  for (const Mapping& m : g_mappings)
+    if (m.path && a >= m.begin && a < m.begin + m.size) {
+      write_all("error: ");  // only async-signal-safe calls here
+      write_all(m.path);
+      write_all(": the file shrank or changed while it was being read\n");
+      ::_exit(1);
+    }
+  ::signal(sig, SIG_DFL);  // not ours: the fault repeats and ends the process as usual
+}
+
+void register_mapping(const void* begin, size_t size, const std::string& path) {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+  });
+  const std::lock_guard<std::mutex> lock(g_mappings_mutex);
+  for (Mapping& m : g_mappings)
+    if (!m.path) {
+      m.begin = static_cast<const uint8_t*>(begin);
+      m.size = size;
+      m.path = path.c_str();
+      return;
+    }
+}
+
+void unregister_mapping(const void* begin) {
+  const std::lock_guard<std::mutex> lock(g_mappings_mutex);
+  for (Mapping& m : g_mappings)
+    if (m.path && m.begin == begin) m.path = nullptr;
+}
+
 template <class Out>
 std::vector<Out> convert(const TensorRef& t) {
   const size_t n = size_t(t.numel());
@@ -242,6 +294,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     fail("{}: not a regular file", path);
   }
   map_size_ = size_t(st.st_size);
+  mtime_ = st.st_mtim;
   if (map_size_ == 0) {
     ::close(fd);
     fail("{}: file is empty", path);
@@ -251,15 +304,27 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   ::close(fd);
   if (m == MAP_FAILED) fail("{}: cannot map ({})", path, std::strerror(err));
   map_ = m;
+  register_mapping(map_, map_size_, path_);
   try {
     tensors_ = parse(static_cast<const uint8_t*>(map_), map_size_, path, &metadata_);
   } catch (...) {
+    unregister_mapping(map_);
     ::munmap(map_, map_size_);
     throw;
   }
 }
 
-SafetensorsFile::~SafetensorsFile() { ::munmap(map_, map_size_); }
+SafetensorsFile::~SafetensorsFile() {
+  unregister_mapping(map_);
+  ::munmap(map_, map_size_);
+}
+
+void SafetensorsFile::check_unchanged() const {
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) != 0 || size_t(st.st_size) != map_size_ || st.st_mtim.tv_sec != mtime_.tv_sec ||
+      st.st_mtim.tv_nsec != mtime_.tv_nsec)
+    fail("{}: the file changed while it was being read", path_);
+}
 
 const TensorRef* SafetensorsFile::find(const std::string& name) const {
   for (const TensorRef& t : tensors_)
@@ -306,6 +371,10 @@ const TensorRef& WeightStore::get(const std::string& name,
 std::vector<float> WeightStore::get_f32(const std::string& name,
                                         const std::vector<int64_t>& shape) const {
   return get(name, shape).to_f32();
+}
+
+void WeightStore::check_unchanged() const {
+  for (const auto& f : files_) f->check_unchanged();
 }
 
 size_t WeightStore::file_bytes() const {

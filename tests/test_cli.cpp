@@ -11,53 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "test_util.h"
+#include "cli_run.h"
 
 namespace fs = std::filesystem;
 using namespace sparq::test;
-
-namespace {
-
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-Result run(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  fs::create_directories(dir);
-  // Test cases run as concurrent processes: each call gets its own files.
-  static int calls = 0;
-  const std::string tag = std::to_string(getpid()) + "-" + std::to_string(calls++);
-  const std::string out = (dir / ("out-" + tag)).string(), err = (dir / ("err-" + tag)).string();
-  const std::string cmd =
-      std::string(SPARQ_RUN_BINARY) + " " + args + " >" + quote(out) + " 2>" + quote(err);
-  const int status = std::system(cmd.c_str());
-  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(out), read_text(err)};
-  fs::remove(out);
-  fs::remove(err);
-  return r;
-}
-
-std::string model_dir() { return shared_dir() + "/models/llama-27m-prose"; }
-
-// One line on stderr, starting "error: ", containing `what`.
-void require_one_error_line(const Result& r, const std::string& what) {
-  INFO("stderr: " << r.err);
-  REQUIRE(r.code != 0);
-  REQUIRE(r.code < 128);  // an exit, not a signal
-  REQUIRE(r.err.rfind("error: ", 0) == 0);
-  REQUIRE(r.err.find('\n') == r.err.size() - 1);
-  REQUIRE(r.err.find(what) != std::string::npos);
-}
-
-}  // namespace
 
 TEST_CASE("greedy generation streams the golden continuation", "[cli][golden]") {
   const std::string golden_path = shared_dir() + "/golden/logits_llama-27m-prose.json";

@@ -1,7 +1,12 @@
 // safetensors reader: valid files of every readable dtype, each way a header
 // can be wrong, random corruption, and the shared models read in place.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <bit>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
@@ -398,4 +403,44 @@ TEST_CASE("safetensors: the float64 SparQ goldens have the shapes cases.json giv
     CHECK(f.at(in + ".V").shape == std::vector<int64_t>{S, kvh, d});
     for (double v : out.to_f64()) REQUIRE(std::isfinite(v));
   }
+}
+
+// A 4 MiB F32 tensor "t" written to dir/name.
+static std::string big_file(const TempDir& dir, const std::string& name) {
+  const size_t n = size_t(1) << 20;
+  return dir.write(name, with_header(R"({"t":{"dtype":"F32","shape":[)" + std::to_string(n) +
+                                         R"(],"data_offsets":[0,)" + std::to_string(4 * n) + "]}}",
+                                     std::string(4 * n, '\0')));
+}
+
+TEST_CASE("safetensors: a file that shrinks while mapped ends the process with one error line", "[safetensors][errors]") {
+  const TempDir dir;
+  const std::string path = big_file(dir, "shrinks.safetensors");
+  const std::string err = (dir.path / "stderr").string();
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {  // the child reads the tensor after the file lost its data pages
+    dup2(open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644), 2);
+    const SafetensorsFile f(path);
+    if (truncate(path.c_str(), 4096) != 0) _exit(3);
+    f.at("t").to_f32();
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  const std::string msg = read_text(err);
+  INFO("stderr: " << msg);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK(msg == "error: " + path + ": the file shrank or changed while it was being read\n");
+}
+
+TEST_CASE("safetensors: a file rewritten after it was opened is refused by check_unchanged", "[safetensors][errors]") {
+  const TempDir dir;
+  const std::string path = big_file(dir, "changes.safetensors");
+  const WeightStore w({path});
+  w.check_unchanged();
+  // Another size, so the check does not depend on the file system's time resolution.
+  { std::ofstream(path, std::ios::app) << "more"; }
+  CHECK_THAT(error_of([&] { w.check_unchanged(); }), Contains(path) && Contains("changed while it was being read"));
 }

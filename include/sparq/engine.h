@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "sparq/kv_budget.h"
 #include "sparq/model.h"
 #include "sparq/sampler.h"
 
@@ -46,12 +47,14 @@ struct EngineHooks {
 
 class Engine {
  public:
-  // parallel: sequences in flight (each holds a KV cache of ctx positions).
+  // parallel: sequences in flight (each holds a KV cache of ctx positions);
+  // throws as check_kv_fits when their caches would not fit in memory.
   Engine(Model& model, int parallel, int ctx, DType kv_type);
 
   // Runs the jobs (in order of admission as caches free up); throws Error for
   // a job that cannot fit the context. Prefill rows per step are capped by
-  // batch so decoding sequences are not stalled by a long prompt.
+  // batch so decoding sequences are not stalled by a long prompt. Returns
+  // early, dropping the jobs in flight, once interrupted() (sparq/interrupt.h).
   void run(std::span<const Job> jobs, const EngineHooks& hooks, int batch = 512);
 
   ForwardStats& stats() { return stats_; }
@@ -68,8 +71,5 @@ class Engine {
 // heads under this setting, and what dense attention would read.
 uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type);
 uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type);
-
-// As many sequences as fit in the memory available now (at most `cap`).
-int parallel_that_fits(const KVShape& one_sequence, int cap);
 
 }  // namespace sparq

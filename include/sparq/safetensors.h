@@ -1,6 +1,7 @@
 // safetensors files, mmap'ed and validated, and the set of them that makes a
 // model (one file, or shards listed by model.safetensors.index.json).
 #pragma once
+#include <ctime>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -38,7 +39,9 @@ class SafetensorsFile {
  public:
   // Maps and validates the whole file: header length, JSON, dtypes, shapes,
   // offsets contiguous, inside the file and matching numel * dtype size.
-  // Throws Error naming the file and the problem.
+  // Throws Error naming the file and the problem. While the object lives, a
+  // read past the end of the file after it shrank (SIGBUS) ends the process
+  // with one line "error: PATH: ..." and exit status 1 instead of a crash.
   explicit SafetensorsFile(const std::string& path);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -56,9 +59,13 @@ class SafetensorsFile {
   const TensorRef* find(const std::string& name) const;
   // find() or throws "PATH: missing tensor NAME".
   const TensorRef& at(const std::string& name) const;
+  // Throws Error when the file's size or modification time changed since it
+  // was opened (tensors read since then may mix old and new bytes).
+  void check_unchanged() const;
 
  private:
   std::string path_;
+  struct timespec mtime_ {};
   void* map_ = nullptr;
   size_t map_size_ = 0;
   std::vector<TensorRef> tensors_;
@@ -79,6 +86,8 @@ class WeightStore {
   // The tensor converted to f32 (row-major, same shape).
   std::vector<float> get_f32(const std::string& name, const std::vector<int64_t>& shape) const;
   size_t file_bytes() const;
+  // check_unchanged() of every file: call when done reading the tensors.
+  void check_unchanged() const;
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;

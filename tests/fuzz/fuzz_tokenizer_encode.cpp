@@ -56,7 +56,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // text that is not valid UTF-8
   }
   std::vector<int> raw((size - 1) / 4);
-  std::memcpy(raw.data(), data + 1, raw.size() * 4);
+  if (!raw.empty()) std::memcpy(raw.data(), data + 1, raw.size() * 4);
   // Mostly in-range ids, so decoding gets past the range check.
   if (data[0] & 4)
     for (int& id : raw) id = int(uint32_t(id) % uint32_t(t.vocab_size()));
