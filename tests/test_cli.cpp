@@ -87,7 +87,7 @@ TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cl
   }
 }
 
-TEST_CASE("--batch --compare writes a result per line and setting and a summary", "[cli][eval]") {
+TEST_CASE("batch: --compare writes a result per line and setting and a summary", "[cli][eval]") {
   SPARQ_REQUIRE_SHARED(model_dir());
   const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
   const std::string tag = std::to_string(getpid());
@@ -121,7 +121,7 @@ TEST_CASE("--batch --compare writes a result per line and setting and a summary"
   }
 }
 
-TEST_CASE("--perplexity: SparQ with r = d and k >= S agrees with dense exactly", "[cli][eval]") {
+TEST_CASE("perplexity: SparQ with r = d and k >= S agrees with dense exactly", "[cli][eval]") {
   const std::string small = shared_dir() + "/models/stories260K-hf";
   SPARQ_REQUIRE_SHARED(small);
   const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
