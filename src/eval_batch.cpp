@@ -22,6 +22,7 @@ struct Pending {
   size_t line;
   BatchItem item;
   std::vector<int> targets;        // score: the reference tokens
+  std::vector<int> prompt;         // the prompt tokens, for the text after them
   std::vector<size_t> settings;    // indices into opt.settings, one per variant
   std::vector<double> logprob;     // score: per variant
 };
@@ -84,7 +85,7 @@ int run_batch_file(Model& model, const std::string& path, const EvalOptions& opt
   std::string text;
   for (size_t line_no = 1; std::getline(in, text); ++line_no) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    Pending p{line_no, {}, {}, {}, {}};
+    Pending p{line_no, {}, {}, {}, {}, {}};
     try {
       p.item = parse_batch_line(text, base);
       for (size_t s = 0; s < opt.settings.size(); ++s)
@@ -103,6 +104,7 @@ int run_batch_file(Model& model, const std::string& path, const EvalOptions& opt
       } else {
         j.n_sample = p.item.n_predict;
       }
+      p.prompt = prompt;
       j.prefill = std::move(prompt);
       const size_t need = j.prefill.size() + j.forced.size() + (j.n_sample > 0 ? 1 : 0);
       if (need > size_t(opt.ctx))
@@ -142,7 +144,7 @@ int run_batch_file(Model& model, const std::string& path, const EvalOptions& opt
     for (size_t v = 0; v < r.variants.size(); ++v) {
       const VariantResult& vr = r.variants[v];
       const size_t s = p.settings[v];
-      const std::string gen = tok.decode(vr.sampled);
+      const std::string gen = tok.decode_continuation(p.prompt, vr.sampled);
       json j = {{"id", p.item.id},         {"setting", opt.setting_names[s]}, {"task", p.item.task},
                 {"line", p.line},          {"decode_steps", vr.decode_steps}, {"kv_bytes", vr.kv_bytes},
                 {"dense_kv_bytes", vr.dense_kv_bytes},

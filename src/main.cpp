@@ -105,15 +105,15 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
   app.add_flag("--resume", o.resume, "skip (id, setting) results already in --out");
 }
 
-// Comma-separated settings; "sparq:r=8,k=64" items continue the previous one.
+// Comma-separated settings; the items of "sparq:r=8,k=64,mean" continue the previous one.
 std::vector<std::string> split_settings(const std::string& list) {
   std::vector<std::string> out;
   std::stringstream ss(list);
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (item.empty()) fail("--compare has an empty item: '{}'", list);
-    const bool continues = !out.empty() && out.back().rfind("sparq:", 0) == 0 &&
-                           item.find('=') != std::string::npos && item.rfind("sparq", 0) != 0;
+    const bool continues = !out.empty() && out.back().rfind("sparq:", 0) == 0 && item.rfind("sparq", 0) != 0 &&
+                           item.rfind("dense", 0) != 0;
     if (continues) out.back() += "," + item;
     else out.push_back(item);
   }

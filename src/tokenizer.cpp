@@ -3,6 +3,7 @@
 // tokens, pre-tokenizer, BPE, post-processor; decoding runs the decoder.
 #include "sparq/tokenizer.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <unordered_set>
@@ -207,6 +208,16 @@ std::string Tokenizer::decode(std::span<const int> ids, bool skip_special) const
     if (const std::string* t = impl_->visible(id, skip_special)) stream.push(*t, out);
   stream.finish(out);
   return out;
+}
+
+std::string Tokenizer::decode_continuation(std::span<const int> context, std::span<const int> ids) const {
+  // A few tokens of context settle the leading space and any pending bytes.
+  const std::span<const int> tail = context.last(std::min<size_t>(context.size(), 8));
+  std::vector<int> all(tail.begin(), tail.end());
+  all.insert(all.end(), ids.begin(), ids.end());
+  const std::string before = decode(tail), full = decode(all);
+  if (full.compare(0, before.size(), before) == 0) return full.substr(before.size());
+  return decode(ids);
 }
 
 int Tokenizer::vocab_size() const { return impl_->size; }

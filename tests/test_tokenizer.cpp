@@ -669,3 +669,25 @@ TEST_CASE("tokenizer: bad files and bad input give one clear error line", "[toke
   const Tokenizer t = from_json(ok);
   CHECK_THROWS_WITH(t.encode("a\xFF" "b", false), Contains("not valid UTF-8 (byte 1 is 0xFF)"));
 }
+
+TEST_CASE("tokenizer: a continuation keeps its leading space", "[tokenizer]") {
+  for (const std::string& file : {kProse, kByteLevel}) {
+    SPARQ_REQUIRE_SHARED(shared(file));
+    const Tokenizer t = Tokenizer::load(shared(file));
+    INFO(file);
+    const std::string text = "The name module.version.pyc, where the version encodes the format of the compiled file; caf\xc3\xa9 \xe2\x9c\x93.";
+    const std::vector<int> ids = t.encode(text, true);
+    const std::string whole = t.decode(ids);
+    for (size_t k = 1; k < ids.size(); ++k) {
+      const std::span<const int> head(ids.data(), k), rest(ids.data() + k, ids.size() - k);
+      if (t.decode(head).find("\xef\xbf\xbd") != std::string::npos) continue;  // split inside a character
+      INFO("split at " << k);
+      CHECK(t.decode(head) + t.decode_continuation(head, rest) == whole);
+    }
+    // The case that matters for the repetition task: " of" after a word.
+    const std::vector<int> ctx = t.encode("the format", true), of = t.encode("the format of", true);
+    REQUIRE(of.size() > ctx.size());
+    const std::span<const int> tail(of.data() + ctx.size(), of.size() - ctx.size());
+    CHECK(t.decode_continuation(ctx, tail) == " of");
+  }
+}

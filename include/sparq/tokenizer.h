@@ -29,6 +29,10 @@ class Tokenizer {
   std::vector<int> encode(std::string_view text, bool add_bos) const;
   // As HuggingFace decode(ids, skip_special_tokens=skip_special).
   std::string decode(std::span<const int> ids, bool skip_special = true) const;
+  // The text ids add after context: decode() alone drops the leading space of
+  // a SentencePiece continuation (" of" comes out "of"), which a task
+  // comparing characters must keep.
+  std::string decode_continuation(std::span<const int> context, std::span<const int> ids) const;
 
   int vocab_size() const;
   int bos_id() const;  // -1 when none
