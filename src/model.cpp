@@ -47,6 +47,21 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   std::vector<float> embed = w.get_f32("model.embed_tokens.weight", {V, H});
   m->final_norm_ = w.get_f32("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
+  if (c.tie_word_embeddings) {
+    m->lm_head_ = std::make_unique<Linear>(embed.data(), int(V), int(H), wt);
+  } else {
+    const auto head = w.get_f32("lm_head.weight", {V, H});
+    m->lm_head_ = std::make_unique<Linear>(head.data(), int(V), int(H), wt);
+  }
+  // Embedding rows are looked up, not multiplied: keep them in the compute type,
+  // converted before the layers load so the f32 copy is not part of the peak.
+  if (wt == DType::BF16) {
+    m->embed_bf16_.resize(embed.size());
+    for (size_t i = 0; i < embed.size(); ++i) m->embed_bf16_[i] = f32_to_bf16(embed[i]);
+  } else {
+    m->embed_f32_ = std::move(embed);
+  }
+  std::vector<float>().swap(embed);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
     auto get = [&](const char* name, std::vector<int64_t> shape) {
@@ -67,19 +82,6 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
         Linear(stack({&gate, &up}).data(), int(2 * I), int(H), wt),
         Linear(down.data(), int(H), int(I), wt),
     });
-  }
-  if (c.tie_word_embeddings) {
-    m->lm_head_ = std::make_unique<Linear>(embed.data(), int(V), int(H), wt);
-  } else {
-    const auto head = w.get_f32("lm_head.weight", {V, H});
-    m->lm_head_ = std::make_unique<Linear>(head.data(), int(V), int(H), wt);
-  }
-  // Embedding rows are looked up, not multiplied: keep them in the compute type.
-  if (wt == DType::BF16) {
-    m->embed_bf16_.resize(embed.size());
-    for (size_t i = 0; i < embed.size(); ++i) m->embed_bf16_[i] = f32_to_bf16(embed[i]);
-  } else {
-    m->embed_f32_ = std::move(embed);
   }
   w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
   return m;

@@ -370,7 +370,15 @@ const TensorRef& WeightStore::get(const std::string& name,
 
 std::vector<float> WeightStore::get_f32(const std::string& name,
                                         const std::vector<int64_t>& shape) const {
-  return get(name, shape).to_f32();
+  const TensorRef& t = get(name, shape);
+  std::vector<float> out = t.to_f32();
+  // Weights are read once, at load: drop the file pages just read, so that
+  // peak memory is the converted weights, not those plus the whole file.
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // advice: failure is harmless
+  return out;
 }
 
 void WeightStore::check_unchanged() const {
