@@ -123,7 +123,7 @@ std::vector<std::string> split_settings(const std::string& list) {
 AttentionSettings attention_settings(const RunFlags& o) {
   AttentionSettings a = parse_attention_setting(o.attention);
   if (a.sparq && o.attention == "sparq") a.sp = o.sp;  // bare "sparq" takes the --sparq-* flags
-  else if (a.sparq) a.sp.mean_mixing = o.sp.mean_mixing;
+  else if (a.sparq) a.sp.mean_mixing = a.sp.mean_mixing || o.sp.mean_mixing;  // "sparq:8,mean" or --sparq-mean
   if (a.sparq) a.sp.validate();
   return a;
 }
