@@ -170,3 +170,12 @@ TEST_CASE("run with --profile and --trace reports phases and peak memory, and th
   CHECK(j["rows"].size() == 2 * (1 + 3));  // per depth: pp8, tg2 per default setting
   require_one_error_line(run("bench -m " + quote(small) + " -o xml"), "md, csv, json or jsonl");
 }
+
+TEST_CASE("attention settings given inline keep all their items", "[cli][sparq]") {
+  const std::string small = shared_dir() + "/models/stories260K-hf";
+  SPARQ_REQUIRE_SHARED(small);
+  const Result r = run("-m " + quote(small) + " -p hi -n 2 --attention sparq:8,mean");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("decode attention: sparq 1/8 mean") != std::string::npos);
+}
