@@ -199,12 +199,13 @@ struct Scores {
   int n_h, nb;
   const float* sum = nullptr;  // the scores, when already summed over heads
 
-  __m512 at16(int p) const {
-    if (sum) return _mm512_loadu_ps(sum + p);
+  // Lanes outside k are not read (past the end of the arrays at the tail).
+  __m512 at16(int p, __mmask16 k) const {
+    if (sum) return _mm512_maskz_loadu_ps(k, sum + p);
     const int b = p / B;
     const float* eb = e + size_t(b) * n_h * B + p % B;
     __m512 s = _mm512_setzero_ps();
-    for (int h = 0; h < n_h; ++h) s = _mm512_fmadd_ps(_mm512_loadu_ps(eb + h * B), _mm512_set1_ps(w[h * nb + b]), s);
+    for (int h = 0; h < n_h; ++h) s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, eb + h * B), _mm512_set1_ps(w[h * nb + b]), s);
     return s;
   }
   uint32_t key(int p) const {
@@ -222,7 +223,7 @@ struct Scores {
     const int b = p / B;
     const float* eb = e + size_t(b) * n_h * B + p % B;
     for (int h = 0; h < n_h; ++h)
-      mass[h] = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(eb + h * B), _mm512_set1_ps(w[h * nb + b]), mass[h], sel);
+      mass[h] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(sel, eb + h * B), _mm512_set1_ps(w[h * nb + b]), mass[h], sel);
   }
 };
 
@@ -255,7 +256,7 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
     const __m512i vhi = _mm512_set1_epi32(int(hi)), vlo = _mm512_set1_epi32(int(lo));
     for (int i = 0; i < n; i += 16) {
       const __mmask16 k = first16(n - i);
-      const __m512i x = _mm512_castps_si512(sc.at16(i));
+      const __m512i x = _mm512_castps_si512(sc.at16(i, k));
       const __mmask16 in = _mm512_mask_cmple_epu32_mask(_mm512_mask_cmpge_epu32_mask(k, x, vlo), x, vhi);
       above += __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(k, x, vhi));
       const int c = __builtin_popcount(in);
@@ -268,7 +269,7 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
     above = 0;
     nband = n;
     for (int i = 0; i < n; i += 16)
-      _mm512_mask_storeu_epi32(scratch + i, first16(n - i), _mm512_castps_si512(sc.at16(i)));
+      _mm512_mask_storeu_epi32(scratch + i, first16(n - i), _mm512_castps_si512(sc.at16(i, first16(n - i))));
   }
   const int rank = m - above;  // 1-based rank of the threshold within the band
   std::nth_element(scratch, scratch + (rank - 1), scratch + nband, std::greater<uint32_t>());
@@ -415,7 +416,7 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
     // Several heads: sum them once (into the half of scratch the threshold
     // search leaves alone) rather than in each of the passes below.
     float* s = reinterpret_cast<float*>(scratch + n + 16);
-    for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(s + i, first16(n - i), sc.at16(i));
+    for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(s + i, first16(n - i), sc.at16(i, first16(n - i)));
     sc.sum = s;
   }
   uint32_t t;
@@ -429,7 +430,7 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
   int pos = 0;
   for (int i = 0; i < n; i += 16) {
     const __mmask16 k = first16(n - i);
-    const __m512i x = _mm512_castps_si512(sc.at16(i));
+    const __m512i x = _mm512_castps_si512(sc.at16(i, k));
     __mmask16 sel = _mm512_mask_cmpgt_epu32_mask(k, x, vt);
     unsigned eq = _mm512_mask_cmpeq_epu32_mask(k, x, vt);
     for (; eq && take_eq > 0; --take_eq) {  // ties at the threshold: lowest indices first
