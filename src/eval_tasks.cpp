@@ -28,7 +28,9 @@ BatchItem parse_batch_line(const std::string& line, const std::string& base_dir)
   const auto id = j.find("id");
   if (id == j.end() || !(id->is_string() || id->is_number_integer())) fail("missing \"id\" (string or integer)");
   it.id = id->is_string() ? id->get<std::string>() : std::to_string(id->get<long long>());
-  it.task = j.value("task", std::string("generate"));
+  const auto task = j.find("task");
+  if (task != j.end() && !task->is_string()) fail("\"task\" must be a string");
+  it.task = task == j.end() ? "generate" : task->get<std::string>();
   if (it.task != "generate" && it.task != "score" && it.task != "repeat" && it.task != "match")
     fail("unknown task \"{}\" (generate, score, repeat or match)", it.task);
   const bool has_prompt = j.contains("prompt"), has_file = j.contains("prompt_file");
