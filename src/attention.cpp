@@ -147,15 +147,6 @@ namespace {
 // more than the parallelism gains.
 constexpr int kMinSplit = 1024;
 
-void check_query(const DecodeQuery& q, int layer, int n_heads) {
-  if (!q.cache || !q.q || !q.out) fail("attention: query without cache, q or output");
-  const KVShape& s = q.cache->shape();
-  if (layer < 0 || layer >= s.n_layers) fail("attention: layer {} out of range [0, {})", layer, s.n_layers);
-  if (n_heads <= 0 || n_heads % s.n_kv_heads != 0)
-    fail("attention: {} query heads is not a multiple of {} KV heads", n_heads, s.n_kv_heads);
-  if (q.S < 1 || q.S > q.cache->length(layer))
-    fail("attention: query over {} positions but layer {} holds {}", q.S, layer, q.cache->length(layer));
-}
 
 // One piece of dense work: positions [p0, p1) of one (query, KV head).
 struct Task {
@@ -265,11 +256,21 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+void check_decode_query(const DecodeQuery& q, int layer, int n_heads, const char* who) {
+  if (!q.cache || !q.q || !q.out) fail("{}: query without cache, q or output", who);
+  const KVShape& s = q.cache->shape();
+  if (layer < 0 || layer >= s.n_layers) fail("{}: layer {} out of range [0, {})", who, layer, s.n_layers);
+  if (n_heads <= 0 || n_heads % s.n_kv_heads != 0)
+    fail("{}: {} query heads is not a multiple of {} KV heads", who, n_heads, s.n_kv_heads);
+  if (q.S < 1 || q.S > q.cache->length(layer))
+    fail("{}: query over {} positions but layer {} holds {}", who, q.S, layer, q.cache->length(layer));
+}
+
 void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
                       const AttentionSettings& settings, AttnCounters* counters) {
   const auto t0 = std::chrono::steady_clock::now();
   if (queries.empty()) return;
-  for (const DecodeQuery& q : queries) check_query(q, layer, n_heads);
+  for (const DecodeQuery& q : queries) check_decode_query(q, layer, n_heads, "attention");
   thread_local std::vector<DecodeQuery> sparse, dense;
   sparse.clear();
   dense.clear();
@@ -304,7 +305,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   rows.clear();
   const size_t stride = size_t(n_heads) * cache.shape().head_dim;
   for (int t = 0; t < T; ++t) rows.push_back(DecodeQuery{&cache, p0 + t + 1, q + t * stride, out + t * stride});
-  for (const DecodeQuery& r : rows) check_query(r, layer, n_heads);
+  for (const DecodeQuery& r : rows) check_decode_query(r, layer, n_heads, "attention");
   dense_decode(rows, layer, n_heads);
 }
 

@@ -229,13 +229,8 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
 }
 
 void check(const DecodeQuery& q, int layer, int n_heads, const SparqStep& st) {
-  if (!q.cache || !q.q || !q.out) fail("sparq: query without cache, q or output");
+  check_decode_query(q, layer, n_heads, "sparq");
   const KVShape& s = q.cache->shape();
-  if (layer < 0 || layer >= s.n_layers) fail("sparq: layer {} out of range [0, {})", layer, s.n_layers);
-  if (n_heads <= 0 || n_heads % s.n_kv_heads != 0)
-    fail("sparq: {} query heads is not a multiple of {} KV heads", n_heads, s.n_kv_heads);
-  if (q.S < 1 || q.S > q.cache->length(layer))
-    fail("sparq: query over {} positions but layer {} holds {}", q.S, layer, q.cache->length(layer));
   if (st.mean && q.S != q.cache->length(layer))
     fail("sparq: mean mixing needs the query over all {} positions of layer {} (the mean of V covers them), got {}",
          q.cache->length(layer), layer, q.S);

@@ -67,6 +67,11 @@ struct DecodeQuery {
   float* out;      // [n_heads][head_dim]
 };
 
+// Throws Error (messages prefixed by `who`) unless q has a cache, q and out,
+// layer is in range, n_heads is a multiple of the KV heads and 1 <= S <= the
+// layer's length. Every decode path checks its queries with it.
+void check_decode_query(const DecodeQuery& q, int layer, int n_heads, const char* who);
+
 // Attention for a batch of decode queries at one layer. n_heads query heads
 // share the cache's KV heads in groups (head h uses KV head h / group).
 // Threads split the work over (query, KV head) and, when there are fewer of
