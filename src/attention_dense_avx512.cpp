@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sparq/attention_dense.h"
+#include "sparq/avx512_lanes.h"
 #include "sparq/kv_cache.h"
 
 namespace sparq::avx512 {
@@ -28,14 +29,10 @@ constexpr int kTile = 16;            // value rows per tile
 // elements, f32 gives (first 16, last 16). Masked-off elements are 0.
 template <bool BF16>
 inline void load32(const uint8_t* p, __mmask32 mask, __m512& a, __m512& b) {
-  if constexpr (BF16) {
-    const __m512i x = _mm512_maskz_loadu_epi16(mask, p);
-    a = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-    b = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u))));
-  } else {
-    a = _mm512_maskz_loadu_ps(__mmask16(mask), p);
-    b = _mm512_maskz_loadu_ps(__mmask16(mask >> 16), p + 64);
-  }
+  if constexpr (BF16)
+    avx512::load32(reinterpret_cast<const uint16_t*>(p), mask, a, b);
+  else
+    avx512::load32(reinterpret_cast<const float*>(p), mask, a, b);
 }
 
 // Index in load32's order of natural element c.
@@ -45,8 +42,6 @@ inline int split_index(int c) {
   return BF16 ? j * 32 + (i % 2) * 16 + i / 2 : c;
 }
 
-inline __mmask32 first_n32(int n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? 0 : __mmask32((1u << n) - 1); }
-inline __mmask16 first_n16(int n) { return __mmask16(first_n32(std::min(n, 16))); }
 
 template <int A, int B>
 inline void zero(__m512 (&a)[A][B]) {
@@ -89,7 +84,7 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
   constexpr int NV = chunk_positions<G>() / 32;
   const size_t stride = size_t(kB) * E;  // bytes from one component's row to the next
   __mmask32 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = first_n32(n - 32 * v);
+  for (int v = 0; v < NV; ++v) mask[v] = first32(n - 32 * v);
   __m512 a[NV][G], b[NV][G];
   zero(a);
   zero(b);
@@ -111,13 +106,12 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
     }
   }
   // bf16 gives even and odd positions: interleave them back.
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   for (int v = 0; v < NV; ++v)
     for (int h = 0; h < G; ++h) {
+      if constexpr (BF16) even_odd_in_order(a[v][h], b[v][h]);
       float* out = sc + h * kB + 32 * v;
-      _mm512_storeu_ps(out, BF16 ? _mm512_permutex2var_ps(a[v][h], lo, b[v][h]) : a[v][h]);
-      _mm512_storeu_ps(out + 16, BF16 ? _mm512_permutex2var_ps(a[v][h], hi, b[v][h]) : b[v][h]);
+      _mm512_storeu_ps(out, a[v][h]);
+      _mm512_storeu_ps(out + 16, b[v][h]);
     }
 }
 
@@ -161,7 +155,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
     for (int h = 0; h < G; ++h) {
       float* sh = sc + h * kB;
       __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, first_n16(n - i), mx, _mm512_loadu_ps(sh + i));
+      for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, first16(n - i), mx, _mm512_loadu_ps(sh + i));
       const float mnew = std::max(m[h], _mm512_reduce_max_ps(mx));
       if (mnew > m[h]) {
         const float c = std::exp(m[h] - mnew);
@@ -172,7 +166,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
       const __m512 vm = _mm512_set1_ps(m[h]);
       __m512 sum = _mm512_setzero_ps();
       for (int i = 0; i < ntiles * kTile; i += 16) {  // weights past the chunk's end are 0
-        const __m512 p = _mm512_maskz_mov_ps(first_n16(n - i), exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh + i), vm)));
+        const __m512 p = _mm512_maskz_mov_ps(first16(n - i), exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh + i), vm)));
         _mm512_storeu_ps(sh + i, p);
         sum = _mm512_add_ps(sum, p);
       }
@@ -187,7 +181,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
       const int pr = std::min(kTile, next_rows - t * kTile);
       if (pr > 0) prefetch(V + size_t(c1 + t * kTile) * row_bytes, size_t(pr) * row_bytes);
       for (int j = 0; j < nc; ++j) {
-        const __mmask32 mask = first_n32(d - 32 * j);
+        const __mmask32 mask = first32(d - 32 * j);
         __m512 a0[U][G], a1[U][G];
         zero(a0);
         zero(a1);

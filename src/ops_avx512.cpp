@@ -8,12 +8,11 @@
 
 #include <limits>
 
+#include "sparq/avx512_lanes.h"
 #include "sparq/ops.h"
 
 namespace sparq::avx512 {
 namespace {
-
-__mmask16 tail_mask(int rem) { return __mmask16((1u << rem) - 1u); }
 
 // e^x, within ~2 ulp of expf: x = n ln2 + r with |r| <= ln2/2, a degree-6
 // polynomial for e^r (Cephes coefficients), and scalef for 2^n, which gives
@@ -57,13 +56,13 @@ void rmsnorm(float* out, const float* x, const float* weight, int n, float eps) 
   __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
   int i = 0;
   for (; i + 16 <= n; i += 16) add_squares(_mm512_loadu_ps(x + i), acc0, acc1);
-  if (i < n) add_squares(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), acc0, acc1);
+  if (i < n) add_squares(_mm512_maskz_loadu_ps(first16(n - i), x + i), acc0, acc1);
   const double ss = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
   const __m512d r = _mm512_set1_pd(1.0 / __builtin_sqrt(ss / n + eps));
   for (i = 0; i + 16 <= n; i += 16)
     _mm512_storeu_ps(out + i, scale_row(_mm512_loadu_ps(x + i), r, _mm512_loadu_ps(weight + i)));
   if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     _mm512_mask_storeu_ps(out + i, m,
                           scale_row(_mm512_maskz_loadu_ps(m, x + i), r, _mm512_maskz_loadu_ps(m, weight + i)));
   }
@@ -75,7 +74,7 @@ void rope_apply(float* x, int n_heads, int head_dim, const float* cos_t, const f
     float* a = x + size_t(h) * head_dim;
     float* b = a + half;
     for (int i = 0; i < half; i += 16) {
-      const __mmask16 m = half - i >= 16 ? __mmask16(0xffff) : tail_mask(half - i);
+      const __mmask16 m = first16(half - i);
       const __m512 c = _mm512_maskz_loadu_ps(m, cos_t + i), s = _mm512_maskz_loadu_ps(m, sin_t + i);
       const __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
       _mm512_mask_storeu_ps(a + i, m, _mm512_fmsub_ps(x1, c, _mm512_mul_ps(x2, s)));
@@ -90,7 +89,7 @@ void softmax(float* x, int n) {
   __m512 vmax = _mm512_set1_ps(ninf);
   int i = 0;
   for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
-  if (i < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(ninf), tail_mask(n - i), x + i));
+  if (i < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(ninf), first16(n - i), x + i));
   const float mx = _mm512_reduce_max_ps(vmax);
   if (mx == ninf) {
     for (i = 0; i < n; ++i) x[i] = 0.0f;
@@ -104,7 +103,7 @@ void softmax(float* x, int n) {
     vsum = _mm512_add_ps(vsum, e);
   }
   if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm));
     _mm512_mask_storeu_ps(x + i, m, e);
     vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
@@ -112,7 +111,7 @@ void softmax(float* x, int n) {
   const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
   for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
   if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
   }
 }
@@ -120,7 +119,7 @@ void softmax(float* x, int n) {
 void silu_mul(float* gate, const float* up, int n) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
     const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
     const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, e));
@@ -130,7 +129,7 @@ void silu_mul(float* gate, const float* up, int n) {
 
 void add(float* y, const float* x, int n) {
   for (int i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), _mm512_maskz_loadu_ps(m, x + i)));
   }
 }
@@ -142,7 +141,7 @@ float dot(const float* a, const float* b, int n) {
     for (int j = 0; j < 4; ++j)
       acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * j), _mm512_loadu_ps(b + i + 16 * j), acc[j]);
   for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : tail_mask(n - i);
+    const __mmask16 m = first16(n - i);
     acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc[0]);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
@@ -155,7 +154,7 @@ void to_bf16(uint16_t* out, const float* x, size_t n) {
     _mm512_storeu_si512(out + i, (__m512i)v);
   }
   for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : tail_mask(int(n - i));
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : first16(int(n - i));
     const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
     _mm256_mask_storeu_epi16(out + i, m, (__m256i)v);
   }

@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 
+#include "sparq/avx512_lanes.h"
 #include "sparq/sparq_kernels.h"
 
 namespace sparq::avx512 {
@@ -23,10 +24,6 @@ namespace {
 constexpr int B = kSparqBlock;
 static_assert(B % 128 == 0, "step 1 works in groups of up to 128 positions");
 
-__mmask16 first16(int n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
-__mmask32 first32(int n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u); }
 // For counts that vary at random (how many lanes a compress kept): branches
 // there mispredict and cost more than the vector work (measured 1.8x on step 2).
 __mmask16 first16_nb(int n) { return __mmask16((1u << std::clamp(n, 0, 16)) - 1u); }
@@ -56,28 +53,10 @@ __m512 load16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
-// 32 consecutive elements as f32 (masked-off ones 0). f32: the first and the
-// last 16. bf16, one load and two ops: the even elements, then the odd ones.
-void load32(const float* p, __mmask32 m, __m512& a, __m512& b) {
-  a = _mm512_maskz_loadu_ps(__mmask16(m), p);
-  b = _mm512_maskz_loadu_ps(__mmask16(m >> 16), p + 16);
-}
-void load32(const uint16_t* p, __mmask32 m, __m512& a, __m512& b) {
-  const __m512i x = _mm512_maskz_loadu_epi16(m, p);
-  a = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-  b = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u))));
-}
-
 // load32's (a, b) back in element order: elements 0..15 and 16..31.
 template <class T>
 void in_order(__m512& a, __m512& b) {
-  if constexpr (sizeof(T) == 2) {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const __m512 x = _mm512_permutex2var_ps(a, lo, b);
-    b = _mm512_permutex2var_ps(a, hi, b);
-    a = x;
-  }
+  if constexpr (sizeof(T) == 2) even_odd_in_order(a, b);
 }
 
 void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
