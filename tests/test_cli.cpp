@@ -1,9 +1,5 @@
 // The sparq-run binary end to end: generation on the shared model, and bad
 // input answered with one clear error line and a non-zero exit.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -55,9 +51,7 @@ TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cl
   SPARQ_REQUIRE_SHARED(model_dir());
   // About 400 tokens of held-out text: long enough that no step falls back to dense.
   const std::string prompt = read_text(shared_dir() + "/eval/heldout.txt").substr(0, 1600);
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  const std::string prompt_file = (dir / ("prompt-" + std::to_string(getpid()))).string();
-  const std::string stats = (dir / ("stats-" + std::to_string(getpid()) + ".json")).string();
+  const std::string prompt_file = temp_name("prompt"), stats = temp_name("stats");
   {
     std::ofstream f(prompt_file);
     f << prompt;
@@ -89,10 +83,7 @@ TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cl
 
 TEST_CASE("batch: --compare writes a result per line and setting and a summary", "[cli][eval]") {
   SPARQ_REQUIRE_SHARED(model_dir());
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  const std::string tag = std::to_string(getpid());
-  const std::string out = (dir / ("batch-" + tag + ".jsonl")).string();
-  const std::string summary = (dir / ("summary-" + tag + ".json")).string();
+  const std::string out = temp_name("batch"), summary = temp_name("summary");
   const Result r = run("-m " + quote(model_dir()) + " --batch " + quote(data_dir() + "/eval_small.jsonl") +
                        " --compare dense,sparq:8,sparq:r=4,k=16 --temp 0 --out " + quote(out) +
                        " --summary-json " + quote(summary));
@@ -124,8 +115,7 @@ TEST_CASE("batch: --compare writes a result per line and setting and a summary",
 TEST_CASE("perplexity: SparQ with r = d and k >= S agrees with dense exactly", "[cli][eval]") {
   const std::string small = shared_dir() + "/models/stories260K-hf";
   SPARQ_REQUIRE_SHARED(small);
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  const std::string summary = (dir / ("ppl-" + std::to_string(getpid()) + ".json")).string();
+  const std::string summary = temp_name("ppl");
   // stories260K: head size 8. f32 throughout so the two differ only by summation order.
   const Result r = run("-m " + quote(small) + " --perplexity " + quote(data_dir() + "/eval_small_prompt.txt") +
                        " -c 8 --dtype f32 --kv-type f32 --quiet --compare dense,sparq:r=8,k=1000,nofallback,sparq:r=2,k=2"
@@ -150,8 +140,7 @@ TEST_CASE("perplexity: SparQ with r = d and k >= S agrees with dense exactly", "
 TEST_CASE("run with --profile and --trace reports phases and peak memory, and the bench subcommand runs", "[cli][profile][bench]") {
   const std::string small = shared_dir() + "/models/stories260K-hf";
   SPARQ_REQUIRE_SHARED(small);
-  const fs::path dir = fs::temp_directory_path() / "sparq-cli-test";
-  const std::string trace = (dir / ("trace-" + std::to_string(getpid()) + ".json")).string();
+  const std::string trace = temp_name("trace");
   const Result r = run("-m " + quote(small) + " -p 'Once upon a time' -n 8 --temp 0 -t 1 --profile --trace " +
                        quote(trace));
   INFO("stderr: " << r.err);
