@@ -41,6 +41,7 @@ struct Row {
   MeanSd ms;
   double kv_bytes;  // per step (one layer, all KV heads)
   double gbs, pct, speedup;  // speedup 0: no dense row for this shape
+  double step1_ms, topk_ms, step3_ms;  // SparQ phases per step (0 for dense)
 };
 
 void check(const AttentionBenchOptions& o) {
@@ -85,6 +86,9 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
   return q;
 }
 
+// A SparQ phase time, or empty for dense rows.
+BenchRow phase(double ms) { return ms > 0 ? BenchRow(ms) : BenchRow(); }
+
 void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int threads, const std::vector<Row>& rows) {
   const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
   BenchTable t;
@@ -103,12 +107,16 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int t
                bench_column("KV MiB/step", "kv_bytes", 2, 1.0 / 1048576.0),
                bench_column("GB/s", "gbs", 1),
                bench_column("% of bw", "pct_bandwidth", 0, 1.0, "%"),
-               bench_column("speedup vs dense", "speedup_vs_dense", 2, 1.0, "x")};
+               bench_column("speedup vs dense", "speedup_vs_dense", 2, 1.0, "x"),
+               bench_column("step 1 ms", "step1_ms", 3),
+               bench_column("top-k ms", "topk_ms", 3),
+               bench_column("step 3 ms", "step3_ms", 3)};
   for (const Row& r : rows)
     t.rows.push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group}, {"layers", r.layers},
                       {"ms_mean", r.ms.mean}, {"ms_sd", r.ms.sd}, {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs},
                       {"pct_bandwidth", r.pct},
-                      {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()}});
+                      {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()},
+                      {"step1_ms", phase(r.step1_ms)}, {"topk_ms", phase(r.topk_ms)}, {"step3_ms", phase(r.step3_ms)}});
   print_bench_table(out, t, o.format);
 }
 
@@ -158,7 +166,9 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
           const double bytes = double(counters.kv_bytes) / double(counters.calls);
           const double gbs = bytes / (t.mean * 1e-3) / 1e9;
           if (!settings[si].sparq && dense_ms == 0) dense_ms = t.mean;
-          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 0.0});
+          const double per_step = 1e3 / double(counters.calls);
+          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 0.0,
+                             counters.t_step1 * per_step, counters.t_topk * per_step, counters.t_step3 * per_step});
         }
         // Speedups once the dense time of this shape is known, wherever it was listed.
         for (size_t i = rows.size() - settings.size(); i < rows.size(); ++i)

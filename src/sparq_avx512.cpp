@@ -206,31 +206,78 @@ struct Scores {
   }
 };
 
+// The rank-th largest (1-based, 1 <= rank <= n) of a[0, n), and in *greater
+// how many of them are strictly larger. Quickselect with three-way
+// partitions made by compress: branch-free, where std::nth_element's
+// compares mispredict about half the time (measured 3-4x slower here).
+// Reorders a; tmp: n + 16 words.
+uint32_t kth_largest(uint32_t* a, int n, int rank, uint32_t* tmp, int* greater) {
+  int above = 0;
+  while (n > 16) {
+    const uint32_t x = a[0], y = a[n / 2], z = a[n - 1];  // median of three
+    const uint32_t pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
+    const __m512i vp = _mm512_set1_epi32(int(pivot));
+    int gt = 0, eq = 0;
+    for (int i = 0; i < n; i += 16) {
+      const __mmask16 k = first16(n - i);
+      const __m512i v = _mm512_maskz_loadu_epi32(k, a + i);
+      gt += __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(k, v, vp));
+      eq += __builtin_popcount(_mm512_mask_cmpeq_epu32_mask(k, v, vp));
+    }
+    if (rank > gt && rank <= gt + eq) {
+      *greater = above + gt;
+      return pivot;
+    }
+    const bool high = rank <= gt;  // the wanted key is above the pivot
+    if (!high) {
+      rank -= gt + eq;
+      above += gt + eq;
+    }
+    int kept = 0;
+    for (int i = 0; i < n; i += 16) {
+      const __mmask16 k = first16(n - i);
+      const __m512i v = _mm512_maskz_loadu_epi32(k, a + i);
+      const __mmask16 keep = high ? _mm512_mask_cmpgt_epu32_mask(k, v, vp) : _mm512_mask_cmplt_epu32_mask(k, v, vp);
+      const int c = __builtin_popcount(keep);
+      _mm512_mask_storeu_epi32(tmp + kept, first16_nb(c), _mm512_maskz_compress_epi32(keep, v));
+      kept += c;
+    }
+    std::swap(a, tmp);
+    n = kept;
+  }
+  std::sort(a, a + n, std::greater<uint32_t>());
+  const uint32_t t = a[rank - 1];
+  *greater = above + int(std::count_if(a, a + n, [t](uint32_t v) { return v > t; }));
+  return t;
+}
+
 // The m-th largest key (1 <= m <= n) and how many keys equal to it the
 // selection takes. Estimates a band around it from a strided sample, gathers
 // the keys inside the band in one vector pass and finds the exact threshold
 // among those; falls back to all keys when the band misses it.
+// scratch: the keys (n + 16 words), then kth_largest's tmp (n + 16).
 void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t* thr, int* take_eq) {
   int above = 0;  // keys known to be above the band
   int nband = 0;  // keys in the band, copied to scratch
   bool banded = false;
+  uint32_t* tmp = scratch + n + 16;
   const int ns = std::min(1024, n / 4);
   if (ns >= 256) {
     const int stride = n / ns;
-    for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
     // Rank of the threshold in the sample, and a margin of ~4 sigma on each side.
     const double f = double(m) / n;
     const int j = int(f * ns);
     const int delta = int(4.0 * std::sqrt(ns * f * (1.0 - f))) + 4;
     const int jh = j - delta, jl = j + delta;
     uint32_t hi = std::numeric_limits<uint32_t>::max(), lo = 0;
+    int unused;
     if (jh >= 0) {
-      std::nth_element(scratch, scratch + jh, scratch + ns, std::greater<uint32_t>());
-      hi = scratch[jh];
+      for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
+      hi = kth_largest(scratch, ns, jh + 1, tmp, &unused);
     }
     if (jl < ns) {
-      std::nth_element(scratch, scratch + jl, scratch + ns, std::greater<uint32_t>());
-      lo = scratch[jl];
+      for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
+      lo = kth_largest(scratch, ns, jl + 1, tmp, &unused);
     }
     const __m512i vhi = _mm512_set1_epi32(int(hi)), vlo = _mm512_set1_epi32(int(lo));
     for (int i = 0; i < n; i += 16) {
@@ -250,13 +297,10 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
     for (int i = 0; i < n; i += 16)
       _mm512_mask_storeu_epi32(scratch + i, first16(n - i), _mm512_castps_si512(sc.at16(i, first16(n - i))));
   }
-  const int rank = m - above;  // 1-based rank of the threshold within the band
-  std::nth_element(scratch, scratch + (rank - 1), scratch + nband, std::greater<uint32_t>());
-  const uint32_t t = scratch[rank - 1];
-  int greater = above;
-  for (int i = 0; i < rank - 1; ++i) greater += scratch[i] > t;  // the first rank-1 are >= t
+  int greater;
+  const uint32_t t = kth_largest(scratch, nband, m - above, tmp, &greater);
   *thr = t;
-  *take_eq = m - greater;
+  *take_eq = m - above - greater;
 }
 
 // ---- step 3 ----
@@ -392,9 +436,9 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
   if (m == 0) return;
   Scores sc{e, w, n_h, nb};
   if (n_h > 1) {
-    // Several heads: sum them once (into the half of scratch the threshold
+    // Several heads: sum them once (into the third of scratch the threshold
     // search leaves alone) rather than in each of the passes below.
-    float* s = reinterpret_cast<float*>(scratch + n + 16);
+    float* s = reinterpret_cast<float*>(scratch + 2 * size_t(n) + 32);
     for (int i = 0; i < n; i += 16) _mm512_mask_storeu_ps(s + i, first16(n - i), sc.at16(i, first16(n - i)));
     sc.sum = s;
   }

@@ -142,7 +142,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       grow(x.mx, size_t(nb) * G);
       grow(x.sum, size_t(nb) * G);
       grow(x.w, size_t(nb) * G);
-      grow(x.topk, 2 * size_t(n) + 16);
+      grow(x.topk, sparq_select_scratch(n));
     }
     sparq_select_components(q, G, d, it.r, x.i1.data(), x.qs.data());
     const float scale = float(std::numbers::log2e / std::sqrt(double(d)));

@@ -245,7 +245,7 @@ namespace {
 std::vector<int> run_select(bool use_avx, const std::vector<float>& e, const std::vector<float>& w, int G, int n,
                             int m, std::vector<float>* mass) {
   const int nb = int(w.size()) / G;
-  std::vector<uint32_t> scratch(2 * size_t(n) + 16);
+  std::vector<uint32_t> scratch(sparq_select_scratch(n));
   std::vector<int> out(static_cast<size_t>(m), -1);
   (use_avx ? avx512::sparq_select : ref::sparq_select)(e.data(), w.data(), G, nb, n, m, out.data(),
                                                        mass ? mass->data() : nullptr, scratch.data());

@@ -47,6 +47,9 @@ inline size_t sparq_step3_scratch(int n_h, int n, int d) {
   return size_t(n_h) * size_t((n + 15) / 16 * 16) + 16 * size_t(sparq_dpad(d));
 }
 
+// Words of scratch sparq_select needs for n positions.
+inline size_t sparq_select_scratch(int n) { return 3 * size_t(n) + 48; }
+
 // i1: the r components of largest sum over the n_h heads of |q_h| (ties: the
 // lower index), ascending; qs [n_h][r] as SparqStep1Args::qs wants it, with
 // tau_h = sqrt(d * sum|q_h[i1]| / sum|q_h|) (a head with q_h[i1] = 0 gets 0).
@@ -68,7 +71,7 @@ void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w)
 // patterns read as uint32 (the float order for s >= 0, a total order for
 // anything else); among equal ones the lower index wins. When mass is
 // non-null, adds to mass[h] the sum over those positions of e_h(p) w[h nb + b].
-// scratch: 2 n + 16 words.
+// scratch: sparq_select_scratch(n) words.
 void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
                   uint32_t* scratch);
 // Adds to mass[h] the sum over the n positions idx[i] of e_h(p) w[h nb + b].
