@@ -474,14 +474,15 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
 }
 
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
-  static_assert(B == 256, "the shift and mask below assume 256-position blocks");
+  static_assert((B & (B - 1)) == 0, "the shift and mask below assume a power-of-two block");
+  constexpr int kShift = __builtin_ctz(B);
   const __m512i stride = _mm512_set1_epi32(n_h * B);
   for (int h = 0; h < n_h; ++h) {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
       const __mmask16 k = first16(n - i);
       const __m512i p = _mm512_maskz_loadu_epi32(k, idx + i);
-      const __m512i b = _mm512_srli_epi32(p, 8);
+      const __m512i b = _mm512_srli_epi32(p, kShift);
       const __m512i off = _mm512_add_epi32(_mm512_mullo_epi32(b, stride),
                                            _mm512_add_epi32(_mm512_set1_epi32(h * B),
                                                             _mm512_and_si512(p, _mm512_set1_epi32(B - 1))));

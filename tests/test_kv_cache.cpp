@@ -119,8 +119,8 @@ TEST_CASE("KV cache rewrite drops later positions and keeps v_sum exact", "[kv_c
 
 TEST_CASE("KV cache size counts K, V, the transposed K and v_sum", "[kv_cache]") {
   const KVShape s{.n_layers = 3, .n_kv_heads = 2, .head_dim = 64, .capacity = 1000, .type = DType::BF16};
-  const size_t padded = 1024;  // capacity rounded up to whole blocks of 256
-  CHECK(KVCache::kBlock == 256);
+  const size_t padded = 1024;  // capacity rounded up to whole blocks of 1024
+  CHECK(KVCache::kBlock == 1024);
   CHECK(KVCache::bytes_needed(s) == 3 * (3 * 2 * padded * 64 * 2) + 3 * 2 * 64 * 4);
   KVShape f = s;
   f.type = DType::F32;

@@ -234,7 +234,8 @@ TEST_CASE("sparq weights and mass: avx512 matches the reference", "[sparq]") {
         std::vector<float> ar(static_cast<size_t>(G), 0.5f), av(ar);  // both add to what is there
         ref::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), ar.data());
         avx512::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
-        require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-5, "mass");
+        // Sums of n floats in different orders: rounding grows like sqrt(n).
+        require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-6 * (1.0 + std::sqrt(double(n))), "mass");
       }
     }
 }

@@ -22,8 +22,10 @@ struct KVShape {
 
 class KVCache {
  public:
-  // Positions per block of the transposed key copy.
-  static constexpr int kBlock = 256;
+  // Positions per block of the transposed key copy. SparQ's step 1 reads runs
+  // of kBlock positions of r components: 2 KiB runs (bf16) made step 1 ~25%
+  // faster than 512 B runs did (S = 32k, d = 64, group 4).
+  static constexpr int kBlock = 1024;
 
   // Throws Error for a bad shape (non-positive sizes, type not F32/BF16) or
   // when allocation fails.
