@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "sparq/big_buffer.h"
+#include "sparq/common.h"
 #include "sparq/cpu.h"
 
 namespace sparq {
@@ -25,22 +27,76 @@ uint64_t read_checksum(const void* p, size_t n) {
 }
 }  // namespace ref
 
-double measure_read_bandwidth_gbs(int threads) {
-  constexpr size_t kBytes = size_t(1) << 30;
-  constexpr int kReps = 5;
-  threads = std::max(1, threads);
-  const std::unique_ptr<void, decltype(&std::free)> buf(alloc_big(kBytes, "the bandwidth probe"), &std::free);
-  auto* base = static_cast<uint8_t*>(buf.get());
-  const size_t chunk = kBytes / size_t(threads) / 256 * 256;  // per thread, whole 256-byte steps
-  const bool avx = use_avx512();
+namespace {
+
+constexpr size_t kBytes = size_t(1) << 30;
+constexpr int kReps = 5;
+
+// The probe's buffer, split in per-thread chunks that each thread touches
+// first, so pages sit near the thread that reads them.
+struct Probe {
+  std::unique_ptr<void, decltype(&std::free)> buf{alloc_big(kBytes, "the bandwidth probe"), &std::free};
+  uint8_t* base = static_cast<uint8_t*>(buf.get());
+  int threads;
+  size_t chunk;  // per thread, whole 256-byte steps
+  explicit Probe(int t) : threads(std::max(1, t)), chunk(kBytes / size_t(threads) / 256 * 256) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int i = omp_get_thread_num();
+      std::memset(base + size_t(i) * chunk, i + 1, chunk);
+    }
+  }
+};
+
+uint64_t gather_checksum(const uint8_t* p, size_t row_bytes, const std::vector<uint32_t>& rows) {
+  constexpr size_t kAhead = 32;
+  uint64_t a = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i + kAhead < rows.size()) {
+      const uint8_t* f = p + rows[i + kAhead] * row_bytes;
+      for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(f + o);
+    }
+    const auto* w = reinterpret_cast<const uint64_t*>(p + rows[i] * row_bytes);
+    for (size_t j = 0; j < row_bytes / 8; j += 8) a ^= w[j];  // one word per cache line
+  }
+  return a;
+}
+
+}  // namespace
+
+double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every) {
+  if (row_bytes < 64 || row_bytes % 64 != 0 || every < 1)
+    fail("gather probe: rows must be a multiple of 64 bytes and every >= 1");
+  const Probe pr(threads);
+  const size_t n_rows = pr.chunk / size_t(row_bytes);
+  std::vector<uint32_t> rows;
+  uint64_t s = 0x9e3779b97f4a7c15ull;
+  for (size_t r = 0; r + size_t(every) <= n_rows; r += size_t(every)) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;  // xorshift: one row of each group of `every`
+    rows.push_back(uint32_t(r + s % uint64_t(every)));
+  }
   uint64_t sink = 0;
   double best = 0;
-  // Each thread touches the part it will read, so pages sit near it.
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    std::memset(base + size_t(t) * chunk, t + 1, chunk);
+  for (int rep = 0; rep < kReps; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(pr.threads) reduction(^ : sink)
+    sink ^= gather_checksum(pr.base + size_t(omp_get_thread_num()) * pr.chunk, size_t(row_bytes), rows);
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(rows.size()) * row_bytes * pr.threads / t / 1e9);
   }
+  volatile uint64_t keep = sink;
+  (void)keep;
+  return best;
+}
+
+double measure_read_bandwidth_gbs(int threads) {
+  const Probe pr(threads);
+  const bool avx = use_avx512();
+  const size_t chunk = pr.chunk;
+  uint8_t* base = pr.base;
+  uint64_t sink = 0;
+  double best = 0;
+  threads = pr.threads;
   for (int rep = 0; rep < kReps; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(threads) reduction(^ : sink)

@@ -89,7 +89,12 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
 // A SparQ phase time, or empty for dense rows.
 BenchRow phase(double ms) { return ms > 0 ? BenchRow(ms) : BenchRow(); }
 
-void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int threads, const std::vector<Row>& rows) {
+// Gather bandwidth for rows of each head size, 1 in 16 as sparq:8 reads
+// them in step 3: (row bytes, GB/s).
+using Gathers = std::vector<std::pair<int, double>>;
+
+void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const Gathers& gathers, int threads,
+                const std::vector<Row>& rows) {
   const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
   BenchTable t;
   t.meta = {{"kernel", "attention"}, {"data", note},       {"bandwidth_gbs", bw},         {"threads", threads},
@@ -98,6 +103,16 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, int t
              fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
                          o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
              "time per step = one layer's attention (mean ± sd over reps); KV = bytes read per step"};
+  if (!gathers.empty()) {
+    std::string g;
+    BenchRow j = BenchRow::object();
+    for (const auto& [bytes, gbs] : gathers) {
+      g += fmt::format("{}{} B: {:.1f} GB/s", g.empty() ? "" : ", ", bytes, gbs);
+      j[std::to_string(bytes)] = gbs;
+    }
+    t.notes.push_back(fmt::format("measured gather of random rows, 1 in 16 in ascending order (as SparQ's step 3 reads them): {}", g));
+    t.meta["gather_gbs"] = j;
+  }
   t.columns = {bench_column("setting", "setting"),
                bench_column("S", "S"),
                bench_column("d", "d"),
@@ -130,6 +145,13 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
   const int threads = o.threads > 0 ? o.threads : saved_threads;
   omp_set_num_threads(threads);
   const double bw = o.bandwidth_gbs > 0 ? o.bandwidth_gbs : measure_read_bandwidth_gbs(threads);
+  Gathers gathers;  // measured along with the bandwidth, not when it is given
+  if (o.bandwidth_gbs <= 0)
+    for (int d : o.head_dims) {
+      const int bytes = (d * int(dtype_size(o.kv_type)) + 63) / 64 * 64;
+      if (std::none_of(gathers.begin(), gathers.end(), [&](const auto& g) { return g.first == bytes; }))
+        gathers.emplace_back(bytes, measure_gather_bandwidth_gbs(threads, bytes, 16));
+    }
 
   Rng rng{o.seed};
   std::vector<Row> rows;
@@ -176,7 +198,7 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
       }
     }
   omp_set_num_threads(saved_threads);
-  print_rows(out, o, bw, threads, rows);
+  print_rows(out, o, bw, gathers, threads, rows);
   return 0;
 }
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sparq/attention.h"
+#include "sparq/bandwidth.h"
 #include "sparq/bench_attention.h"
 #include "sparq/cpu.h"
 #include "sparq/safetensors.h"
@@ -509,4 +510,12 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
   o.reps = 1;
   o.seq_lens = {};
   CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("no sequence lengths"));
+}
+
+TEST_CASE("gather probe measures rows and rejects odd row sizes", "[attention][bench]") {
+  CHECK_THROWS_WITH(measure_gather_bandwidth_gbs(1, 100, 16), Catch::Contains("multiple of 64 bytes"));
+  CHECK_THROWS_WITH(measure_gather_bandwidth_gbs(1, 128, 0), Catch::Contains("every >= 1"));
+  const double g = measure_gather_bandwidth_gbs(2, 128, 16);
+  CHECK(g > 0.1);
+  CHECK(std::isfinite(g));
 }

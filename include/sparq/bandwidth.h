@@ -10,6 +10,13 @@ namespace sparq {
 // last-level cache), first touched by the same threads. Prints nothing.
 double measure_read_bandwidth_gbs(int threads);
 
+// Best of a few gathers like SparQ's step 3: one row of row_bytes out of
+// every `every` rows, at random but ascending, each row prefetched 32 rows
+// ahead, over the same kind of buffer. Counts only the bytes of the rows read.
+// One core can keep only so many cache misses in flight, so this is well
+// below the streaming figure.
+double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every);
+
 // The read loops: a checksum of n bytes (n a multiple of 256, p 64-byte
 // aligned), so the loads cannot be optimised away. They prefetch kReadAhead
 // bytes ahead, as the attention kernels do.
