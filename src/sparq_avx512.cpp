@@ -270,15 +270,13 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
     const int delta = int(4.0 * std::sqrt(ns * f * (1.0 - f))) + 4;
     const int jh = j - delta, jl = j + delta;
     uint32_t hi = std::numeric_limits<uint32_t>::max(), lo = 0;
+    // The sample, and a copy for the second search (kth_largest reorders its
+    // input); both fit before tmp since ns <= n / 4.
+    uint32_t* copy = scratch + ns;
+    for (int i = 0; i < ns; ++i) copy[i] = scratch[i] = sc.key(i * stride);
     int unused;
-    if (jh >= 0) {
-      for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
-      hi = kth_largest(scratch, ns, jh + 1, tmp, &unused);
-    }
-    if (jl < ns) {
-      for (int i = 0; i < ns; ++i) scratch[i] = sc.key(i * stride);
-      lo = kth_largest(scratch, ns, jl + 1, tmp, &unused);
-    }
+    if (jh >= 0) hi = kth_largest(scratch, ns, jh + 1, tmp, &unused);
+    if (jl < ns) lo = kth_largest(copy, ns, jl + 1, tmp, &unused);
     const __m512i vhi = _mm512_set1_epi32(int(hi)), vlo = _mm512_set1_epi32(int(lo));
     for (int i = 0; i < n; i += 16) {
       const __mmask16 k = first16(n - i);
