@@ -62,6 +62,14 @@ Input load_input(const SafetensorsFile& f, const json& c) {
   return in;
 }
 
+// cases.json, its two tolerances and the vectors file, as both test cases read them.
+struct Goldens {
+  json doc = json::parse(test::read_text(kDir + "/cases.json"));
+  std::vector<double> tol = tolerances(doc["tolerance"]);
+  SafetensorsFile vectors{kDir + "/vectors.safetensors"};
+  Goldens() { REQUIRE(tol.size() == 2); }
+};
+
 double max_abs_diff(const std::vector<float>& got, const std::vector<double>& want) {
   REQUIRE(got.size() == want.size());
   double m = 0;
@@ -73,10 +81,10 @@ double max_abs_diff(const std::vector<float>& got, const std::vector<double>& wa
 
 TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq][golden]") {
   SPARQ_REQUIRE_SHARED(kDir + "/cases.json");
-  const json doc = json::parse(test::read_text(kDir + "/cases.json"));
-  const std::vector<double> tol = tolerances(doc["tolerance"]);
-  REQUIRE(tol.size() == 2);
-  const SafetensorsFile vectors(kDir + "/vectors.safetensors");
+  const Goldens g;
+  const json& doc = g.doc;
+  const std::vector<double>& tol = g.tol;
+  const SafetensorsFile& vectors = g.vectors;
   std::map<std::string, Input> inputs;
   set_avx512_enabled(true);
   const bool avx = use_avx512();
@@ -135,10 +143,10 @@ TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq]
 
 TEST_CASE("sparq goldens: dense decode attention matches the dense outputs", "[sparq][golden]") {
   SPARQ_REQUIRE_SHARED(kDir + "/cases.json");
-  const json doc = json::parse(test::read_text(kDir + "/cases.json"));
-  const std::vector<double> tol = tolerances(doc["tolerance"]);
-  REQUIRE(tol.size() == 2);
-  const SafetensorsFile vectors(kDir + "/vectors.safetensors");
+  const Goldens g;
+  const json& doc = g.doc;
+  const std::vector<double>& tol = g.tol;
+  const SafetensorsFile& vectors = g.vectors;
   std::map<std::string, Input> inputs;
   for (const json& c : doc["cases"]) {
     const std::string name = c["input"];
