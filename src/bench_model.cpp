@@ -233,7 +233,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
       const KVShape shape = model->kv_shape(d + max_len, kv);
       for (int b = 0; b < max_B; ++b) s.caches.push_back(std::make_unique<KVCache>(shape));
       s.logits.resize(size_t(max_B) * c.vocab_size);
-      most_bytes = std::max(most_bytes, model->weight_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
+      most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
       if (d > 0) {
         if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
         omp_set_num_threads(most_threads);

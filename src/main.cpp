@@ -211,7 +211,7 @@ int run(RunFlags& o) {
              c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
              c.vocab_size, c.max_position_embeddings);
   fmt::print(stderr, "sparq-run: weights {:.1f} MiB ({}), KV cache {:.1f} MiB ({}, ctx {}; K and V {:.1f} MiB + transposed K {:.1f} MiB), threads {}, {}\n",
-             model->weight_bytes() / 1048576.0, o.dtype, kv_bytes / 1048576.0, o.kv_type, g.ctx,
+             model->memory_bytes() / 1048576.0, o.dtype, kv_bytes / 1048576.0, o.kv_type, g.ctx,
              kv_plain / 1048576.0, (kv_bytes - kv_plain) / 1048576.0, threads,
              use_avx512() ? "AVX-512" : "portable kernels");
   if (g.ctx > c.max_position_embeddings)
@@ -235,7 +235,7 @@ int run(RunFlags& o) {
   std::fflush(stdout);
   print_timings(stderr, info, res);
   print_kv_table(stderr, res);
-  print_memory(stderr, model->weight_bytes(), kv_bytes);
+  print_memory(stderr, model->memory_bytes(), kv_bytes);
   if (o.profile) print_profile(stderr, res, t_tokenizer, seconds_since(t_run));
   if (g.trace) trace.write(o.trace_file);
   if (!o.stats_json.empty()) write_stats_json(o.stats_json, info, res);

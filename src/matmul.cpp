@@ -29,6 +29,24 @@ dnnl::engine& cpu_engine() {
   return eng;
 }
 
+// Offset (in elements) that index i of dimension dim adds in a blocked
+// layout: its outer block times the dimension's stride, plus its place in each
+// inner block of that dimension. Offsets of an element sum over dimensions.
+int64_t blocked_offset(const dnnl_blocking_desc_t& b, int dim, int64_t i) {
+  int64_t block = 1;
+  for (int j = 0; j < b.inner_nblks; ++j)
+    if (b.inner_idxs[j] == dim) block *= b.inner_blks[j];
+  int64_t off = i / block * b.strides[dim], rem = i % block, inner_stride = 1;
+  for (int j = b.inner_nblks - 1; j >= 0; --j) {
+    if (b.inner_idxs[j] == dim) {
+      off += rem % b.inner_blks[j] * inner_stride;
+      rem /= b.inner_blks[j];
+    }
+    inner_stride *= b.inner_blks[j];
+  }
+  return off;
+}
+
 bool is_reference_impl(const dnnl::matmul::primitive_desc& pd) {
   return std::strncmp(pd.impl_info_str(), "ref", 3) == 0;
 }
@@ -50,7 +68,7 @@ struct Linear::Impl {
   dnnl::memory weights;
   std::map<int, Prim> prims;     // by M; cleared when the thread count changes
   int prims_threads = 0;         // omp_get_max_threads() the prims were made for
-  std::vector<uint16_t> x_bf16;  // activations converted for the bf16 product
+  std::vector<int64_t> k_offset;  // blocked_offset of each index of dimension 0 (K)
 
   dnnl::matmul::primitive_desc make_pd(int N, int K, int M, const dnnl::memory::desc& w) const {
     const dnnl::memory::desc src({M, K}, type, tag::ab), dst({M, N}, dt::f32, tag::ab);
@@ -90,19 +108,27 @@ struct Linear::Impl {
   }
 };
 
-Linear::Linear(const float* w, int N, int K, DType compute) : N_(N), K_(K), impl_(std::make_unique<Impl>()) {
+Linear::Linear(const void* w, DType w_type, int N, int K, DType compute)
+    : N_(N), K_(K), impl_(std::make_unique<Impl>()) {
   if (N <= 0 || K <= 0) fail("linear layer: bad weight shape {} x {}", N, K);
   if (compute == DType::F16) fail("linear layer: compute type f16 is not supported (use bf16 or f32)");
+  if (w_type == DType::F16) fail("linear layer: f16 weights are not supported (widen them to f32)");
   Impl& im = *impl_;
   im.type = compute == DType::BF16 ? dt::bf16 : dt::f32;
   try {
     const auto pd = im.make_pd(N, K, 1, dnnl::memory::desc({K, N}, im.type, tag::any));
     // W is [N][K] row-major, i.e. the K x N weights matrix in "ba" order. The
-    // reorder converts to bf16 (round to nearest even) and zero-fills padding.
-    dnnl::memory plain({{K, N}, dt::f32, tag::ba}, cpu_engine(), const_cast<float*>(w));
+    // reorder converts the type (f32 to bf16 rounds to nearest even) and
+    // zero-fills padding.
+    const dt src_type = w_type == DType::BF16 ? dt::bf16 : dt::f32;
+    dnnl::memory plain({{K, N}, src_type, tag::ba}, cpu_engine(), const_cast<void*>(w));
     im.weights = dnnl::memory(pd.weights_desc(), cpu_engine());
     dnnl::reorder(plain, im.weights).execute(im.stream, plain, im.weights);
     im.stream.wait();
+    const dnnl_memory_desc_t& md = im.weights.get_desc().data;
+    if (md.format_kind != dnnl_blocked) fail("linear layer {} x {}: oneDNN chose a non-blocked weight layout", N, K);
+    im.k_offset.resize(size_t(K));
+    for (int k = 0; k < K; ++k) im.k_offset[k] = md.offset0 + blocked_offset(md.format_desc.blocking, 0, k);
   } catch (const dnnl::error& e) {
     fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, dtype_name(compute), e.what());
   }
@@ -114,14 +140,30 @@ Linear& Linear::operator=(Linear&&) noexcept = default;
 
 size_t Linear::weight_bytes() const { return impl_->weights.get_desc().get_size(); }
 
+void Linear::row(int n, float* out) const {
+  if (n < 0 || n >= N_) fail("linear layer: row {} is outside [0, {})", n, N_);
+  const Impl& im = *impl_;
+  const int64_t off = blocked_offset(im.weights.get_desc().data.format_desc.blocking, 1, n);
+  const void* w = im.weights.get_data_handle();
+  if (im.type == dt::bf16) {
+    const auto* p = static_cast<const uint16_t*>(w) + off;
+    for (int k = 0; k < K_; ++k) out[k] = bf16_to_f32(p[im.k_offset[k]]);
+  } else {
+    const auto* p = static_cast<const float*>(w) + off;
+    for (int k = 0; k < K_; ++k) out[k] = p[im.k_offset[k]];
+  }
+}
+
 void Linear::forward(const float* x, float* y, int M) const {
   if (M < 1) fail("linear layer: bad number of rows {}", M);
   Impl& im = *impl_;
   const void* src = x;
   if (im.type == dt::bf16) {
-    im.x_bf16.resize(size_t(M) * K_);
-    ops::to_bf16(im.x_bf16.data(), x, size_t(M) * K_);
-    src = im.x_bf16.data();
+    // Activations converted for the bf16 product: one buffer for all layers.
+    thread_local std::vector<uint16_t> x_bf16;
+    x_bf16.resize(size_t(M) * K_);
+    ops::to_bf16(x_bf16.data(), x, size_t(M) * K_);
+    src = x_bf16.data();
   }
   try {
     Impl::Prim& p = im.prim(N_, K_, M);

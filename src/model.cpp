@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <malloc.h>
+#include <cstring>
 
 #include "sparq/ops.h"
 #include "sparq/safetensors.h"
@@ -18,11 +20,29 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Stacks f32 matrices with the same column count into one [sum rows][cols].
-std::vector<float> stack(std::initializer_list<const std::vector<float>*> parts) {
-  std::vector<float> out;
-  for (const auto* p : parts) out.insert(out.end(), p->begin(), p->end());
+using Data = WeightStore::Data;
+
+// Stacks matrices with the same column count into one [sum rows][cols], in
+// their shared type (f32 if the types differ).
+Data stack(std::initializer_list<const Data*> parts) {
+  Data out;
+  out.type = parts.begin()[0]->type;
+  for (const Data* p : parts)
+    if (p->type != out.type) out.type = DType::F32;
+  for (const Data* p : parts) {
+    if (p->type == out.type) {
+      out.bytes.insert(out.bytes.end(), p->bytes.begin(), p->bytes.end());
+      continue;
+    }
+    const size_t n = p->bytes.size() / 2, at = out.bytes.size();  // bf16 to f32
+    out.bytes.resize(at + n * 4);
+    convert_to_f32(p->bytes.data(), DType::BF16, reinterpret_cast<float*>(out.bytes.data() + at), n);
+  }
   return out;
+}
+
+Linear linear(const Data& w, int64_t N, int64_t K, DType compute) {
+  return Linear(w.bytes.data(), w.type, int(N), int(K), compute);
 }
 
 }  // namespace
@@ -42,54 +62,47 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   const WeightStore w(files.safetensors);
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
-  const DType wt = opt.weight_type;
+  const DType wt = m->weight_type_ = opt.weight_type;
 
-  std::vector<float> embed = w.get_f32("model.embed_tokens.weight", {V, H});
   m->final_norm_ = w.get_f32("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
-  if (c.tie_word_embeddings) {
-    m->lm_head_ = std::make_unique<Linear>(embed.data(), int(V), int(H), wt);
-  } else {
-    const auto head = w.get_f32("lm_head.weight", {V, H});
-    m->lm_head_ = std::make_unique<Linear>(head.data(), int(V), int(H), wt);
+  {
+    const Data embed = w.get_data("model.embed_tokens.weight", {V, H});
+    if (c.tie_word_embeddings) {
+      m->lm_head_ = std::make_unique<Linear>(linear(embed, V, H, wt));  // embed() reads its rows
+    } else {
+      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), V, H, wt));
+      m->embed_ = std::make_unique<Linear>(linear(embed, V, H, wt));
+    }
   }
-  // Embedding rows are looked up, not multiplied: keep them in the compute type,
-  // converted before the layers load so the f32 copy is not part of the peak.
-  if (wt == DType::BF16) {
-    m->embed_bf16_.resize(embed.size());
-    for (size_t i = 0; i < embed.size(); ++i) m->embed_bf16_[i] = f32_to_bf16(embed[i]);
-  } else {
-    m->embed_f32_ = std::move(embed);
-  }
-  std::vector<float>().swap(embed);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    auto get = [&](const char* name, std::vector<int64_t> shape) {
-      return w.get_f32(p + name, shape);
-    };
-    const auto q = get("self_attn.q_proj.weight", {q_rows, H});
-    const auto k = get("self_attn.k_proj.weight", {kv_rows, H});
-    const auto v = get("self_attn.v_proj.weight", {kv_rows, H});
-    const auto o = get("self_attn.o_proj.weight", {H, q_rows});
-    const auto gate = get("mlp.gate_proj.weight", {I, H});
-    const auto up = get("mlp.up_proj.weight", {I, H});
-    const auto down = get("mlp.down_proj.weight", {H, I});
+    auto get = [&](const char* name, std::vector<int64_t> shape) { return w.get_data(p + name, shape); };
+    const Data q = get("self_attn.q_proj.weight", {q_rows, H});
+    const Data k = get("self_attn.k_proj.weight", {kv_rows, H});
+    const Data v = get("self_attn.v_proj.weight", {kv_rows, H});
+    const Data gate = get("mlp.gate_proj.weight", {I, H});
+    const Data up = get("mlp.up_proj.weight", {I, H});
     m->layers_.push_back(Layer{
-        get("input_layernorm.weight", {H}),
-        get("post_attention_layernorm.weight", {H}),
-        Linear(stack({&q, &k, &v}).data(), int(q_rows + 2 * kv_rows), int(H), wt),
-        Linear(o.data(), int(H), int(q_rows), wt),
-        Linear(stack({&gate, &up}).data(), int(2 * I), int(H), wt),
-        Linear(down.data(), int(H), int(I), wt),
+        w.get_f32(p + "input_layernorm.weight", {H}),
+        w.get_f32(p + "post_attention_layernorm.weight", {H}),
+        linear(stack({&q, &k, &v}), q_rows + 2 * kv_rows, H, wt),
+        linear(get("self_attn.o_proj.weight", {H, q_rows}), H, q_rows, wt),
+        linear(stack({&gate, &up}), 2 * I, H, wt),
+        linear(get("mlp.down_proj.weight", {H, I}), H, I, wt),
     });
   }
   w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
+  // The loading buffers are freed but glibc keeps their pages: hand them back.
+  malloc_trim(0);
   return m;
 }
 
 KVShape Model::kv_shape(int capacity, DType kv_type) const {
   return KVShape{cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, capacity, kv_type};
 }
+
+size_t Model::memory_bytes() const { return weight_bytes() + (embed_ ? embed_->weight_bytes() : 0); }
 
 size_t Model::weight_bytes() const {
   size_t b = lm_head_->weight_bytes();
@@ -102,12 +115,7 @@ size_t Model::weight_bytes() const {
 void Model::embed(int token, float* out) const {
   if (token < 0 || token >= cfg_.vocab_size)
     fail("token id {} is outside the vocabulary (size {})", token, cfg_.vocab_size);
-  const size_t H = size_t(cfg_.hidden_size), off = size_t(token) * H;
-  if (!embed_bf16_.empty()) {
-    for (size_t i = 0; i < H; ++i) out[i] = bf16_to_f32(embed_bf16_[off + i]);
-  } else {
-    std::copy_n(embed_f32_.data() + off, H, out);
-  }
+  (embed_ ? *embed_ : *lm_head_).row(token, out);
 }
 
 void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stats) {
@@ -205,7 +213,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
   st.t_logits += since(t0);
   st.weight_bytes += weight_bytes();
-  st.b_embed += uint64_t(M) * H * (embed_bf16_.empty() ? 4 : 2);
+  st.b_embed += uint64_t(M) * H * dtype_size(weight_type_);
   for (const Layer& L : layers_) {
     st.b_qkv += L.qkv.weight_bytes();
     st.b_out += L.o.weight_bytes();

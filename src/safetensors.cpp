@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -368,16 +369,40 @@ const TensorRef& WeightStore::get(const std::string& name,
   return t;
 }
 
-std::vector<float> WeightStore::get_f32(const std::string& name,
-                                        const std::vector<int64_t>& shape) const {
-  const TensorRef& t = get(name, shape);
-  std::vector<float> out = t.to_f32();
-  // Weights are read once, at load: drop the file pages just read, so that
-  // peak memory is the converted weights, not those plus the whole file.
+namespace {
+
+// Weights are read once, at load: drop the file pages just read, so that
+// peak memory is the converted weights, not those plus the whole file.
+void drop_file_pages(const TensorRef& t) {
   const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
   const uintptr_t b = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
   const uintptr_t e = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
   if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // advice: failure is harmless
+}
+
+}  // namespace
+
+std::vector<float> WeightStore::get_f32(const std::string& name,
+                                        const std::vector<int64_t>& shape) const {
+  const TensorRef& t = get(name, shape);
+  std::vector<float> out = t.to_f32();
+  drop_file_pages(t);
+  return out;
+}
+
+WeightStore::Data WeightStore::get_data(const std::string& name, const std::vector<int64_t>& shape) const {
+  const TensorRef& t = get(name, shape);
+  Data out;
+  if (t.dtype == DType::F16) {
+    const std::vector<float> f = t.to_f32();
+    out.bytes.resize(f.size() * sizeof(float));
+    std::memcpy(out.bytes.data(), f.data(), out.bytes.size());
+  } else {
+    out.type = t.dtype;
+    out.bytes.resize(t.nbytes);
+    std::memcpy(out.bytes.data(), t.data, t.nbytes);
+  }
+  drop_file_pages(t);
   return out;
 }
 

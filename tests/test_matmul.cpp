@@ -71,6 +71,35 @@ TEST_CASE("Linear matches a double-precision product on odd shapes", "[matmul]")
   }
 }
 
+TEST_CASE("Linear gives back its rows from the blocked layout, from bf16 or f32 weights", "[matmul]") {
+  // Shapes around oneDNN's block sizes (16, 32, 64) and the model's embedding.
+  for (auto [N, K] : {std::pair{1, 1}, {5, 3}, {33, 17}, {64, 100}, {130, 64}, {1000, 512}, {8192, 96}})
+    for (DType compute : {DType::F32, DType::BF16})
+      for (DType given : {DType::F32, DType::BF16}) {
+        std::vector<float> w = uniform(size_t(N) * K, uint32_t(N + K));
+        std::vector<uint16_t> w16(w.size());
+        for (size_t i = 0; i < w.size(); ++i) {
+          w16[i] = f32_to_bf16(w[i]);
+          if (given == DType::BF16) w[i] = bf16_to_f32(w16[i]);
+        }
+        const Linear lin(given == DType::BF16 ? static_cast<const void*>(w16.data()) : w.data(), given, N, K,
+                         compute);
+        std::vector<float> row(static_cast<size_t>(K));
+        for (int n = 0; n < N; n += (n % 7 == 6 ? 1 + N / 9 : 1)) {
+          lin.row(n, row.data());
+          for (int k = 0; k < K; ++k)
+            if (row[k] != round_to(compute, w[size_t(n) * K + k])) {
+              INFO(dtype_name(given) << " weights, " << dtype_name(compute) << " compute, N=" << N << " K=" << K
+                                     << " row " << n << " element " << k);
+              REQUIRE(row[k] == round_to(compute, w[size_t(n) * K + k]));
+            }
+        }
+        if (given == DType::BF16 && compute == DType::BF16) check_forward(lin, w, compute, 3, 11);
+        REQUIRE_THROWS_AS(lin.row(N, row.data()), Error);
+        REQUIRE_THROWS_AS(lin.row(-1, row.data()), Error);
+      }
+}
+
 TEST_CASE("Linear on a model-sized shape, after a thread-count change, and moved", "[matmul]") {
   const int N = 768, K = 512;
   const auto w = uniform(size_t(N) * K, 99);
@@ -91,6 +120,7 @@ TEST_CASE("Linear rejects bad shapes, f16 compute and empty batches", "[matmul]"
   REQUIRE_THROWS_AS(Linear(w.data(), 0, 12, DType::BF16), Error);
   REQUIRE_THROWS_AS(Linear(w.data(), 3, -4, DType::F32), Error);
   REQUIRE_THROWS_AS(Linear(w.data(), 3, 4, DType::F16), Error);
+  REQUIRE_THROWS_AS(Linear(w.data(), DType::F16, 3, 2, DType::BF16), Error);
   const Linear lin(w.data(), 3, 4, DType::F32);
   float x[4] = {}, y[3] = {};
   REQUIRE_THROWS_AS(lin.forward(x, y, 0), Error);

@@ -10,9 +10,11 @@ namespace sparq {
 
 class Linear {
  public:
-  // w: [N][K] row-major f32. compute: BF16 (activations converted to bf16 for
-  // the product, f32 accumulate and output) or F32.
-  Linear(const float* w, int N, int K, DType compute);
+  // w: [N][K] row-major, elements of w_type (F32 or BF16). compute: BF16
+  // (activations converted to bf16 for the product, f32 accumulate and
+  // output) or F32.
+  Linear(const void* w, DType w_type, int N, int K, DType compute);
+  Linear(const float* w, int N, int K, DType compute) : Linear(w, DType::F32, N, K, compute) {}
   ~Linear();
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;
@@ -23,6 +25,10 @@ class Linear {
   int rows() const { return N_; }  // N
   int cols() const { return K_; }  // K
   size_t weight_bytes() const;     // bytes read per forward (weights in compute type)
+  // Row n of W ([K] elements, in the compute type's precision) read back from
+  // the stored layout: tied embeddings look their rows up here instead of
+  // keeping a second copy of the table.
+  void row(int n, float* out) const;
 
   struct Impl;
 

@@ -52,6 +52,7 @@ class Model {
   const Tokenizer& tokenizer() const { return *tok_; }
   KVShape kv_shape(int capacity, DType kv_type) const;
   size_t weight_bytes() const;  // bytes of all matrices in compute format
+  size_t memory_bytes() const;  // weight_bytes() plus an untied embedding table
 
   // Runs the rows; logits is [number of rows with logits=true][vocab].
   void forward(std::span<const Row> rows, float* logits, ForwardStats* stats = nullptr);
@@ -68,8 +69,8 @@ class Model {
 
   ModelConfig cfg_;
   std::unique_ptr<Tokenizer> tok_;
-  std::vector<uint16_t> embed_bf16_;  // [vocab][hidden], bf16 compute
-  std::vector<float> embed_f32_;      // [vocab][hidden], f32 compute
+  DType weight_type_ = DType::BF16;
+  std::unique_ptr<Linear> embed_;  // untied models' table; tied ones read lm_head_'s rows
   std::vector<float> final_norm_;
   std::vector<float> inv_freq_;
   std::vector<Layer> layers_;
