@@ -1,10 +1,15 @@
 // AVX-512 dense decode kernel. Scores come from the transposed key copy
-// (positions contiguous per component), so one FMA multiplies a broadcast q
-// component into 16 positions and no horizontal sums are needed; the weighted
-// sum runs over the value rows. Every byte is read once for all query heads
-// of the group. bf16 becomes f32 by a shift (even elements) and a mask (odd
-// elements); the value accumulators are kept in that even/odd order and put
-// back in natural order at the end.
+// (positions contiguous per component), so one instruction multiplies a
+// broadcast q component into 16 positions and no horizontal sums are needed;
+// the weighted sum runs over the value rows. Every byte is read once for all
+// query heads of the group.
+// For bf16 caches the scores are bf16 dot products (vdpbf16ps, two products
+// per lane and instruction: half the FMAs, which bound groups of 4), so q is
+// rounded to bf16 as the keys already are; llama.cpp does the same with a
+// bf16 K cache. Products are exact and sums f32. The weights and the value
+// sums stay f32: bf16 values become f32 by a shift (even elements) and a mask
+// (odd elements); the value accumulators are kept in that even/odd order and
+// put back in natural order at the end.
 // The pragmas silence GCC 12.2 false positives from immintrin.h (PR 105593).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -75,29 +80,28 @@ template <int G>
 constexpr int chunk_positions() { return 32 * (8 / G); }
 
 // Scores of n <= chunk_positions<G>() positions whose keys start at column o
-// of a k_t block ([d][kB]), into sc[h * kB + i] for position i of the chunk.
-// q is [G][d], already scaled. While the chunk is read, pf (the next chunk's
-// first column, or null) is fetched.
-template <bool BF16, int G>
+// of a f32 k_t block ([d][kB]), into sc[h * kB + i] for position i of the
+// chunk. q is [G][d], already scaled. While the chunk is read, pf (the next
+// chunk's first column, or null) is fetched.
+template <int G>
 void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const float* q, float* sc) {
-  constexpr size_t E = BF16 ? 2 : 4;
   constexpr int NV = chunk_positions<G>() / 32;
-  const size_t stride = size_t(kB) * E;  // bytes from one component's row to the next
+  const size_t stride = size_t(kB) * 4;  // bytes from one component's row to the next
   __mmask32 mask[NV];
   for (int v = 0; v < NV; ++v) mask[v] = first32(n - 32 * v);
   __m512 a[NV][G], b[NV][G];
   zero(a);
   zero(b);
-  const uint8_t* col = blk + size_t(o) * E;
+  const uint8_t* col = blk + size_t(o) * 4;
   for (int c = 0; c < d; ++c, col += stride) {
-    if (pf) prefetch(pf + size_t(c) * stride, NV * 32 * E);
+    if (pf) prefetch(pf + size_t(c) * stride, NV * 32 * 4);
     __m512 qc[G];
 #pragma GCC unroll 8
     for (int h = 0; h < G; ++h) qc[h] = _mm512_set1_ps(q[size_t(h) * d + c]);
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       __m512 x0, x1;
-      load32<BF16>(col + size_t(v) * 32 * E, mask[v], x0, x1);
+      avx512::load32(reinterpret_cast<const float*>(col) + v * 32, mask[v], x0, x1);
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
         a[v][h] = _mm512_fmadd_ps(qc[h], x0, a[v][h]);
@@ -105,13 +109,60 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
       }
     }
   }
-  // bf16 gives even and odd positions: interleave them back.
   for (int v = 0; v < NV; ++v)
     for (int h = 0; h < G; ++h) {
-      if constexpr (BF16) even_odd_in_order(a[v][h], b[v][h]);
       float* out = sc + h * kB + 32 * v;
       _mm512_storeu_ps(out, a[v][h]);
       _mm512_storeu_ps(out + 16, b[v][h]);
+    }
+}
+
+// The same for a bf16 k_t block. q2 is [G][(d + 1) / 2] pairs of bf16
+// components (2c low, 2c + 1 high; unscaled), the scores are scaled on the
+// way out. Rows 2c and 2c + 1, interleaved word by word, pair each position's
+// two components for vdpbf16ps: within each 128-bit lane, unpacklo holds
+// positions 0-3 and unpackhi positions 4-7 of that lane's eight.
+template <int G>
+void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const uint32_t* q2, float scale,
+                  float* sc) {
+  constexpr int NV = chunk_positions<G>() / 32;
+  const size_t stride = size_t(kB) * 2;
+  const int pairs = (d + 1) / 2;
+  __mmask32 mask[NV];
+  for (int v = 0; v < NV; ++v) mask[v] = first32(n - 32 * v);
+  __m512 lo[NV][G], hi[NV][G];
+  zero(lo);
+  zero(hi);
+  const uint8_t* col = blk + size_t(o) * 2;
+  for (int c = 0; c < pairs; ++c, col += 2 * stride) {
+    const bool odd_tail = 2 * c + 1 == d;  // the last component has no partner: pair it with 0
+    if (pf) {
+      prefetch(pf + size_t(2 * c) * stride, NV * 64);
+      if (!odd_tail) prefetch(pf + size_t(2 * c + 1) * stride, NV * 64);
+    }
+    __m512i qc[G];
+#pragma GCC unroll 8
+    for (int h = 0; h < G; ++h) qc[h] = _mm512_set1_epi32(int(q2[size_t(h) * pairs + c]));
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m512i x0 = _mm512_maskz_loadu_epi16(mask[v], col + v * 64);
+      const __m512i x1 = odd_tail ? _mm512_setzero_si512() : _mm512_maskz_loadu_epi16(mask[v], col + stride + v * 64);
+      const __m512bh l = __m512bh(_mm512_unpacklo_epi16(x0, x1)), u = __m512bh(_mm512_unpackhi_epi16(x0, x1));
+#pragma GCC unroll 8
+      for (int h = 0; h < G; ++h) {
+        lo[v][h] = _mm512_dpbf16_ps(lo[v][h], l, __m512bh(qc[h]));
+        hi[v][h] = _mm512_dpbf16_ps(hi[v][h], u, __m512bh(qc[h]));
+      }
+    }
+  }
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int v = 0; v < NV; ++v)
+    for (int h = 0; h < G; ++h) {
+      float* out = sc + h * kB + 32 * v;
+      _mm512_storeu_ps(out, _mm512_mul_ps(vs, _mm512_permutex2var_ps(lo[v][h], first, hi[v][h])));
+      _mm512_storeu_ps(out + 16, _mm512_mul_ps(vs, _mm512_permutex2var_ps(lo[v][h], second, hi[v][h])));
     }
 }
 
@@ -128,15 +179,25 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   const size_t row_bytes = size_t(d) * E;
   const size_t block_bytes = size_t(d) * kB * E;
 
-  // Scaled q [G][d], acc [G][w] in load32 order, scores then weights [G][kB];
-  // 64-byte aligned so no load splits across cache lines.
+  // q [G][d] (f32: scaled; bf16: unscaled, in bf16 pairs), acc [G][w] in
+  // load32 order, scores then weights [G][kB]; 64-byte aligned so no load
+  // splits across cache lines.
   thread_local std::vector<float> buf;
-  buf.resize(size_t(G) * (d + w + kB) + 16);
+  buf.resize(size_t(G) * (d + 1 + w + kB) + 16);
   float* q = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
-  float* acc = q + size_t(G) * d;
+  auto* q2 = reinterpret_cast<uint32_t*>(q);
+  float* acc = q + size_t(G) * (d + 1);
   float* sc = acc + size_t(G) * w;
   const float scale = 1.0f / std::sqrt(float(d));
-  for (int i = 0; i < G * d; ++i) q[i] = s.q[size_t(h0) * d + i] * scale;
+  const int pairs = (d + 1) / 2;
+  for (int h = 0; h < G; ++h) {
+    const float* qh = s.q + size_t(h0 + h) * d;
+    if constexpr (BF16)
+      for (int c = 0; c < pairs; ++c)
+        q2[h * pairs + c] = f32_to_bf16(qh[2 * c]) | (2 * c + 1 < d ? uint32_t(f32_to_bf16(qh[2 * c + 1])) << 16 : 0u);
+    else
+      for (int c = 0; c < d; ++c) q[h * d + c] = qh[c] * scale;
+  }
   std::fill(acc, acc + size_t(G) * w, 0.0f);
   float m[G], l[G];
   std::fill_n(m, G, -std::numeric_limits<float>::infinity());
@@ -149,7 +210,11 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
     // Chunks are aligned to P (so never cross a k_t block), the first may be shorter.
     const int c1 = std::min(c0 - c0 % P + P, s.p1), n = c1 - c0;
     const uint8_t* next_k = c1 < s.p1 ? kt_col(c1) : nullptr;
-    chunk_scores<BF16, G>(kt_col(c0) - size_t(c0 % kB) * E, c0 % kB, n, next_k, d, q, sc);
+    const uint8_t* blk = kt_col(c0) - size_t(c0 % kB) * E;
+    if constexpr (BF16)
+      chunk_scores<G>(blk, c0 % kB, n, next_k, d, q2, scale, sc);
+    else
+      chunk_scores<G>(blk, c0 % kB, n, next_k, d, q, sc);
 
     const int ntiles = (n + kTile - 1) / kTile;
     for (int h = 0; h < G; ++h) {

@@ -1,5 +1,6 @@
 // Portable dense decode kernel: scores for the whole range, then the
-// max-subtracted weights and the weighted sum of values.
+// max-subtracted weights and the weighted sum of values. q meets bf16 keys
+// rounded to bf16, as in the AVX-512 kernel's bf16 dot products.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -9,18 +10,20 @@
 namespace sparq::ref {
 
 void dense_partial(const DenseSpan& s, const DensePartial& out) {
-  thread_local std::vector<float> row, score;
+  thread_local std::vector<float> row, score, q;
   const int d = s.d, n = s.p1 - s.p0;
   const float scale = 1.0f / std::sqrt(float(d));
   row.resize(size_t(d));
   score.resize(size_t(n) * s.group);
+  q.resize(size_t(s.group) * d);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = query_for(s.type, s.q[i]);
   for (int i = 0; i < n; ++i) {
     convert_to_f32(static_cast<const uint8_t*>(s.k) + size_t(s.p0 + i) * d * dtype_size(s.type), s.type,
                    row.data(), size_t(d));
     for (int h = 0; h < s.group; ++h) {
-      const float* q = s.q + size_t(h) * d;
+      const float* qh = q.data() + size_t(h) * d;
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += q[c] * row[c];
+      for (int c = 0; c < d; ++c) dot += qh[c] * row[c];
       score[size_t(h) * n + i] = dot * scale;
     }
   }

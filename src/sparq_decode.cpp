@@ -146,7 +146,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     }
     sparq_select_components(q, G, d, it.r, x.i1.data(), x.qs.data());
     const float scale = float(std::numbers::log2e / std::sqrt(double(d)));
-    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = q[i] * scale;
+    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]) * scale;  // as dense does
   }
   sync(nt);
 
