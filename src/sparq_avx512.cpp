@@ -331,28 +331,46 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   const auto lanes = [d](int v) { return NV > 0 ? __mmask16(0xffff) : first16(d - v); };
   const size_t n16 = size_t(n + 15) / 16 * 16;
   float* x = scratch;               // [nh][n16]: scores, then weights
-  float* buf = scratch + nh * n16;  // 16 key rows in f32, [16][dp]
+  float* buf = scratch + nh * n16;  // 16 key rows in f32 [16][dp], then q in bf16
   const T* K = static_cast<const T*>(a.k_rows);
   const T* V = static_cast<const T*>(a.v_rows);
   const T* rows[16];
 
-  // Scores: 16 rows at a time, converted once, then one dot product per
-  // (row, head) summed across lanes for 16 rows together.
+  // Scores, 16 rows at a time, summed across lanes for 16 rows together.
+  // f32: one FMA per 16 components; bf16: one vdpbf16ps per 32, straight
+  // from the rows, with q in bf16 (exact: it comes rounded).
+  const __m512 vscale = _mm512_set1_ps(a.scale);
+  auto* qb = reinterpret_cast<uint16_t*>(buf + 16 * dp);  // [nh][dp] bf16
+  if constexpr (sizeof(T) == 2)
+    for (int h = 0; h < nh; ++h)
+      for (int v = 0; v < dp; v += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + h * dp + v),
+                            __m256i(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes(v), a.q + size_t(h) * d + v))));
   prefetch_rows(K, d, idx, 0, std::min(n, kRowsAhead));
   for (int c = 0; c < n; c += 16) {
     prefetch_rows(K, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
     row_pointers(K, d, idx, c, n, rows);
-    for (int i = 0; i < 16; ++i)
-      for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, lanes(v)));
+    if constexpr (sizeof(T) == 4)
+      for (int i = 0; i < 16; ++i)
+        for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, lanes(v)));
     for (int h = 0; h < nh; ++h) {
-      const float* qh = a.q + size_t(h) * d;
       __m512 dot[16];
       for (int i = 0; i < 16; ++i) dot[i] = _mm512_setzero_ps();
-      for (int v = 0; v < dp; v += 16) {
-        const __m512 qv = _mm512_maskz_loadu_ps(lanes(v), qh + v);
-        for (int i = 0; i < 16; ++i) dot[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(buf + i * dp + v), dot[i]);
+      if constexpr (sizeof(T) == 2) {
+        for (int v = 0; v < dp; v += 32) {
+          const __mmask32 m = NV > 0 && NV % 2 == 0 ? ~__mmask32(0) : first32(d - v);
+          const __m512bh qv = __m512bh(_mm512_maskz_loadu_epi16(m, qb + h * dp + v));
+          for (int i = 0; i < 16; ++i)
+            dot[i] = _mm512_dpbf16_ps(dot[i], __m512bh(_mm512_maskz_loadu_epi16(m, rows[i] + v)), qv);
+        }
+      } else {
+        const float* qh = a.q + size_t(h) * d;
+        for (int v = 0; v < dp; v += 16) {
+          const __m512 qv = _mm512_maskz_loadu_ps(lanes(v), qh + v);
+          for (int i = 0; i < 16; ++i) dot[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(buf + i * dp + v), dot[i]);
+        }
       }
-      _mm512_storeu_ps(x + h * n16 + c, hsum16(dot));
+      _mm512_storeu_ps(x + h * n16 + c, _mm512_mul_ps(vscale, hsum16(dot)));
     }
   }
 

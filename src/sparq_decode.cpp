@@ -145,8 +145,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       grow(x.topk, sparq_select_scratch(n));
     }
     sparq_select_components(q, G, d, it.r, x.i1.data(), x.qs.data());
-    const float scale = float(std::numbers::log2e / std::sqrt(double(d)));
-    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]) * scale;  // as dense does
+    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
   }
   sync(nt);
 
@@ -186,7 +185,8 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     const auto [r0, r1] = share(it.k, 16, tid, nt);
     x.rows[tid] = r1 - r0;
     if (r1 > r0) {
-      const SparqStep3Args a{cache.k_rows(layer, it.kv), cache.v_rows(layer, it.kv), sh.type, d, x.q3.data(), G};
+      const SparqStep3Args a{cache.k_rows(layer, it.kv), cache.v_rows(layer, it.kv), sh.type, d, x.q3.data(), G,
+                             float(std::numbers::log2e / std::sqrt(double(d)))};
       float* scratch = grow(step3_scratch(), sparq_step3_scratch(G, r1 - r0, d));
       K.step3(a, x.i2.data() + r0, r1 - r0, &x.part_m[size_t(tid) * G], &x.part_z[size_t(tid) * G],
               &x.part_acc[size_t(tid) * G * dp], scratch);

@@ -107,8 +107,8 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
     for (int i = 0; i < n; ++i) {
       float dot = 0;
       for (int c = 0; c < d; ++c) dot += qh[c] * elem(a.k_rows, a.type, size_t(idx[i]) * d + c);
-      x[i] = dot;
-      m = std::max(m, dot);
+      x[i] = dot * a.scale;
+      m = std::max(m, x[i]);
     }
     float* ah = acc + size_t(h) * dp;
     std::fill(ah, ah + dp, 0.0f);

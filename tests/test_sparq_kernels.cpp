@@ -328,9 +328,10 @@ TEST_CASE("sparq step 3: avx512 matches the reference", "[sparq]") {
           INFO("type " << dtype_name(t) << " d " << d << " G " << G << " n " << n << " huge " << huge);
           const std::vector<float> k = huge ? grid(size_t(S) * d, 3, 40, rng) : gaussian(size_t(S) * d, 1.0f, rng);
           const KVCache c = make_cache(1, d, S, t, k, gaussian(size_t(S) * d, 1.0f, rng));
-          const std::vector<float> q = huge ? grid(size_t(G) * d, 2, -40, rng) : gaussian(size_t(G) * d, 0.3f, rng);
+          std::vector<float> q = huge ? grid(size_t(G) * d, 2, -40, rng) : gaussian(size_t(G) * d, 0.3f, rng);
+          for (float& x : q) x = query_for(t, x);
           const std::vector<int> idx = some_positions(S, n, rng);
-          const SparqStep3Args a{c.k_rows(0, 0), c.v_rows(0, 0), t, d, q.data(), G};
+          const SparqStep3Args a{c.k_rows(0, 0), c.v_rows(0, 0), t, d, q.data(), G, 1.0f / float(d)};
           const size_t dp = size_t(sparq_dpad(d));
           std::vector<float> scratch(sparq_step3_scratch(G, n, d));
           std::vector<float> mr(static_cast<size_t>(G)), zr(mr.size()), ar(G * dp), mv(mr), zv(zr), av(ar);

@@ -35,8 +35,9 @@ struct SparqStep3Args {
   const void* v_rows = nullptr;  // KVCache::v_rows
   DType type = DType::BF16;
   int d = 0;
-  const float* q = nullptr;  // [n_h][d]: q_h * log2(e) / sqrt(d)
+  const float* q = nullptr;  // [n_h][d], as the keys meet it (query_for: bf16-rounded for bf16)
   int n_h = 0;
+  float scale = 0;  // log2(e) / sqrt(d): the scores are (q_h . K[p]) * scale
 };
 
 // Row stride of step 3's partial sums: d rounded up to 16.
@@ -44,7 +45,7 @@ inline int sparq_dpad(int d) { return (d + 15) / 16 * 16; }
 
 // Floats of scratch sparq_step3 needs for n rows.
 inline size_t sparq_step3_scratch(int n_h, int n, int d) {
-  return size_t(n_h) * size_t((n + 15) / 16 * 16) + 16 * size_t(sparq_dpad(d));
+  return size_t(n_h) * size_t((n + 15) / 16 * 16 + sparq_dpad(d)) + 16 * size_t(sparq_dpad(d));
 }
 
 // Words of scratch sparq_select needs for n positions.
@@ -77,7 +78,7 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
 // Adds to mass[h] the sum over the n positions idx[i] of e_h(p) w[h nb + b].
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 // Softmax attention over the n >= 1 rows idx[i], as a partial to merge: with
-// x_h(p) = q_h . K[p], mx[h] = max_i x_h, z[h] = sum_i 2^(x_h - mx[h]) and
+// x_h(p) = (q_h . K[p]) scale, mx[h] = max_i x_h, z[h] = sum_i 2^(x_h - mx[h]) and
 // acc[h sparq_dpad(d) + c] = sum_i 2^(x_h - mx[h]) V[p, c].
 // scratch: sparq_step3_scratch(n_h, n, d) floats.
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
