@@ -1,10 +1,12 @@
 // The forward pass against HuggingFace transformers: logits of the golden
 // prompts and the greedy continuations in ../shared/golden/logits_*.json.
 #include <cmath>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "sparq/generate.h"
+#include "sparq/safetensors.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -117,4 +119,40 @@ TEST_CASE("bf16 compute keeps the top-1 token of transformers", "[model][golden]
         REQUIRE(argmax({row, size_t(V)}) == top_ids[pos][0]);
     }
   }
+}
+
+TEST_CASE("an untied copy with bf16 and f32 tensors mixed gives the same bf16 logits", "[model]") {
+  // The loader's other paths: a separate embedding table, f32 tensors, and
+  // fused projections stacked from tensors of two dtypes. With bf16 compute
+  // every weight is rounded to bf16 anyway, so the logits must not move.
+  const std::string src = shared_dir() + "/models/stories260K-hf";
+  SPARQ_REQUIRE_SHARED(src);
+  const SafetensorsFile file(src + "/model.safetensors");
+  std::vector<Raw> tensors;
+  for (const TensorRef& t : file.tensors()) {
+    std::vector<float> v = t.to_f32();
+    if (t.name.find("k_proj") != std::string::npos || t.name.find("up_proj") != std::string::npos) {
+      std::vector<uint16_t> b(v.size());
+      for (size_t i = 0; i < v.size(); ++i) b[i] = f32_to_bf16(v[i]);
+      tensors.push_back(Raw{t.name, "BF16", t.shape, bytes_of(b)});
+    } else {
+      tensors.push_back(Raw{t.name, "F32", t.shape, bytes_of(v)});
+    }
+    if (t.name == "model.embed_tokens.weight") tensors.push_back(Raw{"lm_head.weight", "F32", t.shape, bytes_of(v)});
+  }
+  TempDir dir;
+  json config = json::parse(read_text(src + "/config.json"));
+  REQUIRE(config["tie_word_embeddings"] == true);
+  config["tie_word_embeddings"] = false;
+  std::ofstream(dir.path / "config.json") << config.dump();
+  std::ofstream(dir.path / "tokenizer.json", std::ios::binary) << read_text(src + "/tokenizer.json");
+  std::ofstream(dir.path / "model.safetensors", std::ios::binary) << image(tensors);
+
+  auto tied = Model::load(src, LoadOptions{DType::BF16});
+  auto untied = Model::load(dir.path.string(), LoadOptions{DType::BF16});
+  REQUIRE(untied->memory_bytes() > untied->weight_bytes());  // it holds its own embedding table
+  REQUIRE(tied->memory_bytes() == tied->weight_bytes());
+  const std::vector<int> ids = tied->tokenizer().encode("Once upon a time, a little fox", true);
+  REQUIRE(ids.size() > 5);
+  CHECK(prompt_logits(*untied, ids, DType::F32, 4) == prompt_logits(*tied, ids, DType::F32, 4));
 }

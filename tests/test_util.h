@@ -2,12 +2,15 @@
 #pragma once
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "sparq/common.h"
 
@@ -72,6 +75,41 @@ struct TempDir {
     return p.string();
   }
 };
+
+// Safetensors images for tests (host byte order, little-endian).
+template <class T>
+inline std::string bytes_of(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+// The 8-byte little-endian length, the header text, the data area.
+inline std::string with_header(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  std::memcpy(out.data(), &n, 8);
+  return out + header + data;
+}
+
+struct Raw {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+// A well-formed image with the tensors laid out in the given order; `pad`
+// trailing spaces after the JSON shift the data area off 8-byte alignment.
+inline std::string image(const std::vector<Raw>& ts, const nlohmann::json& metadata = nullptr, size_t pad = 0) {
+  nlohmann::json h = nlohmann::json::object();
+  std::string data;
+  for (const Raw& t : ts) {
+    h[t.name] = {{"dtype", t.dtype},
+                 {"shape", t.shape},
+                 {"data_offsets", {data.size(), data.size() + t.bytes.size()}}};
+    data += t.bytes;
+  }
+  if (!metadata.is_null()) h["__metadata__"] = metadata;
+  return with_header(h.dump() + std::string(pad, ' '), data);
+}
 
 }  // namespace sparq::test
 
