@@ -29,6 +29,11 @@ namespace {
 
 constexpr int kB = KVCache::kBlock;  // positions per k_t block
 constexpr int kTile = 16;            // value rows per tile
+// Prefetch distances: key blocks of score_positions<G>() ahead, value rows
+// ahead. Measured best at S = 32k; fetches are spread over the loops that
+// compute, as bursts of them stall the core.
+constexpr int kKeysAhead = 2;
+constexpr int kValuesAhead = 64;
 
 // 32 consecutive elements as two f32 vectors: bf16 gives (even, odd)
 // elements, f32 gives (first 16, last 16). Masked-off elements are 0.
@@ -74,21 +79,47 @@ inline __m512 exp_neg(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// Positions per chunk for G heads: scores of a chunk keep 2*(chunk/32)*G
+// Positions whose scores are computed together for G heads: 2*(n/32)*G
 // accumulators, 16 of the 32 registers.
 template <int G>
-constexpr int chunk_positions() { return 32 * (8 / G); }
+constexpr int score_positions() { return 32 * (8 / G); }
 
-// Scores of n <= chunk_positions<G>() positions whose keys start at column o
-// of a f32 k_t block ([d][kB]), into sc[h * kB + i] for position i of the
-// chunk. q is [G][d], already scaled. While the chunk is read, pf (the next
-// chunk's first column, or null) is fetched.
-template <int G>
-void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const float* q, float* sc) {
-  constexpr int NV = chunk_positions<G>() / 32;
+// Positions per softmax chunk: the max, the exponentials and the rescaling
+// of the sums run once per chunk for every group size, over independent
+// heads, so their latency chains overlap. Divides kB: no chunk crosses a k_t
+// block.
+constexpr int kChunk = 256;
+
+// The score vectors lo/hi[v][h] (16 positions each, in order once permuted
+// for bf16) go to sc[h * kB + 32 * v ..], scaled, and mx[h] keeps their max
+// over the first n positions.
+template <int NV, int G>
+inline void store_scores(__m512 (&lo)[NV][G], __m512 (&hi)[NV][G], int n, float scale, float* sc, __m512 (&mx)[G]) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int v = 0; v < NV; ++v) {
+    const __mmask16 m0 = first16(n - 32 * v), m1 = first16(n - 32 * v - 16);
+    for (int h = 0; h < G; ++h) {
+      const __m512 a = _mm512_mul_ps(vs, lo[v][h]), b = _mm512_mul_ps(vs, hi[v][h]);
+      mx[h] = _mm512_mask_max_ps(mx[h], m0, mx[h], a);
+      mx[h] = _mm512_mask_max_ps(mx[h], m1, mx[h], b);
+      float* out = sc + h * kB + 32 * v;
+      _mm512_storeu_ps(out, a);
+      _mm512_storeu_ps(out + 16, b);
+    }
+  }
+}
+
+// Scores of n <= score_positions<G>() positions whose keys start at column o
+// of a f32 k_t block ([d][kB]), as store_scores leaves them. q is [G][d].
+// While the block is read, the keys from column pf on (or none if null) are
+// fetched.
+template <int G, bool Full>
+void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const float* q, float scale, float* sc,
+                  __m512 (&mx)[G]) {
+  constexpr int NV = score_positions<G>() / 32;
   const size_t stride = size_t(kB) * 4;  // bytes from one component's row to the next
   __mmask32 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = first32(n - 32 * v);
+  for (int v = 0; v < NV; ++v) mask[v] = Full ? ~__mmask32(0) : first32(n - 32 * v);
   __m512 a[NV][G], b[NV][G];
   zero(a);
   zero(b);
@@ -109,27 +140,22 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
       }
     }
   }
-  for (int v = 0; v < NV; ++v)
-    for (int h = 0; h < G; ++h) {
-      float* out = sc + h * kB + 32 * v;
-      _mm512_storeu_ps(out, a[v][h]);
-      _mm512_storeu_ps(out + 16, b[v][h]);
-    }
+  store_scores(a, b, n, scale, sc, mx);
 }
 
 // The same for a bf16 k_t block. q2 is [G][(d + 1) / 2] pairs of bf16
-// components (2c low, 2c + 1 high; unscaled), the scores are scaled on the
-// way out. Rows 2c and 2c + 1, interleaved word by word, pair each position's
-// two components for vdpbf16ps: within each 128-bit lane, unpacklo holds
-// positions 0-3 and unpackhi positions 4-7 of that lane's eight.
-template <int G>
+// components (2c low, 2c + 1 high). Rows 2c and 2c + 1, interleaved word by
+// word, pair each position's two components for vdpbf16ps: within each
+// 128-bit lane, unpacklo holds positions 0-3 and unpackhi positions 4-7 of
+// that lane's eight.
+template <int G, bool Full>
 void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const uint32_t* q2, float scale,
-                  float* sc) {
-  constexpr int NV = chunk_positions<G>() / 32;
+                  float* sc, __m512 (&mx)[G]) {
+  constexpr int NV = score_positions<G>() / 32;
   const size_t stride = size_t(kB) * 2;
   const int pairs = (d + 1) / 2;
   __mmask32 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = first32(n - 32 * v);
+  for (int v = 0; v < NV; ++v) mask[v] = Full ? ~__mmask32(0) : first32(n - 32 * v);
   __m512 lo[NV][G], hi[NV][G];
   zero(lo);
   zero(hi);
@@ -145,8 +171,10 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
     for (int h = 0; h < G; ++h) qc[h] = _mm512_set1_epi32(int(q2[size_t(h) * pairs + c]));
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      const __m512i x0 = _mm512_maskz_loadu_epi16(mask[v], col + v * 64);
-      const __m512i x1 = odd_tail ? _mm512_setzero_si512() : _mm512_maskz_loadu_epi16(mask[v], col + stride + v * 64);
+      const __m512i x0 = Full ? _mm512_loadu_si512(col + v * 64) : _mm512_maskz_loadu_epi16(mask[v], col + v * 64);
+      const __m512i x1 = odd_tail ? _mm512_setzero_si512()
+                         : Full   ? _mm512_loadu_si512(col + stride + v * 64)
+                                  : _mm512_maskz_loadu_epi16(mask[v], col + stride + v * 64);
       const __m512bh l = __m512bh(_mm512_unpacklo_epi16(x0, x1)), u = __m512bh(_mm512_unpackhi_epi16(x0, x1));
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
@@ -157,31 +185,76 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
   }
   const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  const __m512 vs = _mm512_set1_ps(scale);
   for (int v = 0; v < NV; ++v)
     for (int h = 0; h < G; ++h) {
-      float* out = sc + h * kB + 32 * v;
-      _mm512_storeu_ps(out, _mm512_mul_ps(vs, _mm512_permutex2var_ps(lo[v][h], first, hi[v][h])));
-      _mm512_storeu_ps(out + 16, _mm512_mul_ps(vs, _mm512_permutex2var_ps(lo[v][h], second, hi[v][h])));
+      const __m512 a = _mm512_permutex2var_ps(lo[v][h], first, hi[v][h]);
+      hi[v][h] = _mm512_permutex2var_ps(lo[v][h], second, hi[v][h]);
+      lo[v][h] = a;
     }
+  store_scores(lo, hi, n, scale, sc, mx);
+}
+
+// Weights w[h * kB + r] times value rows base + r * row_bytes, r < kTile,
+// added to acc [G][32 * nc] (load32 order). Past row last (a chunk's short
+// end) the last row is reread, with weight 0. Rows pf + r * row_bytes (if
+// pf) are fetched along the way.
+template <bool BF16, int G, bool Full>
+void value_tile(const uint8_t* base, size_t row_bytes, int last, const uint8_t* pf, const float* w, int d, float* acc) {
+  constexpr size_t E = BF16 ? 2 : 4;
+  // Rows handled together so that 2*U*G independent FMA chains hide the latency.
+  constexpr int U = 8 / G;
+  const int nc = (d + 31) / 32;
+  for (int j = 0; j < nc; ++j) {
+    const __mmask32 mask = first32(d - 32 * j);
+    __m512 a0[U][G], a1[U][G];
+    zero(a0);
+    zero(a1);
+#pragma GCC unroll 4
+    for (int r = 0; r < kTile; r += U)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        const int row = Full ? r + u : std::min(r + u, last);
+        if (pf && j == 0) prefetch(pf + size_t(r + u) * row_bytes, row_bytes);
+        __m512 x0, x1;
+        load32<BF16>(base + size_t(row) * row_bytes + size_t(j) * 32 * E, mask, x0, x1);
+#pragma GCC unroll 8
+        for (int h = 0; h < G; ++h) {
+          const __m512 p = _mm512_set1_ps(w[h * kB + r + u]);
+          a0[u][h] = _mm512_fmadd_ps(p, x0, a0[u][h]);
+          a1[u][h] = _mm512_fmadd_ps(p, x1, a1[u][h]);
+        }
+      }
+    const int width = nc * 32;
+#pragma GCC unroll 8
+    for (int h = 0; h < G; ++h) {
+      float* ah = acc + size_t(h) * width + j * 32;
+      __m512 s0 = _mm512_loadu_ps(ah), s1 = _mm512_loadu_ps(ah + 16);
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        s0 = _mm512_add_ps(s0, a0[u][h]);
+        s1 = _mm512_add_ps(s1, a1[u][h]);
+      }
+      _mm512_storeu_ps(ah, s0);
+      _mm512_storeu_ps(ah + 16, s1);
+    }
+  }
 }
 
 // Chunk by chunk: scores from k_t, online softmax (what was accumulated is
-// rescaled when the max grows), weights times the value rows. Each chunk's
-// reads prefetch the next chunk's keys and values, so both streams stay ahead.
+// rescaled when the max grows), weights times the value rows. Keys and
+// values are fetched ahead (kKeysAhead, kValuesAhead), so both streams stay
+// ahead of the loads.
 template <bool BF16, int G>
 void run(const DenseSpan& s, int h0, const DensePartial& out) {
   constexpr size_t E = BF16 ? 2 : 4;
-  constexpr int P = chunk_positions<G>();
-  // Value rows handled together so that 2*U*G independent FMA chains hide the latency.
-  constexpr int U = 8 / G;
+  constexpr int SP = score_positions<G>();
   const int d = s.d, nc = (d + 31) / 32, w = nc * 32;
   const size_t row_bytes = size_t(d) * E;
   const size_t block_bytes = size_t(d) * kB * E;
 
-  // q [G][d] (f32: scaled; bf16: unscaled, in bf16 pairs), acc [G][w] in
-  // load32 order, scores then weights [G][kB]; 64-byte aligned so no load
-  // splits across cache lines.
+  // q [G][d] (f32) or [G][pairs] (bf16 pairs), acc [G][w] in load32 order,
+  // scores then weights [G][kB]; 64-byte aligned so no load splits across
+  // cache lines.
   thread_local std::vector<float> buf;
   buf.resize(size_t(G) * (d + 1 + w + kB) + 16);
   float* q = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
@@ -196,7 +269,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
       for (int c = 0; c < pairs; ++c)
         q2[h * pairs + c] = f32_to_bf16(qh[2 * c]) | (2 * c + 1 < d ? uint32_t(f32_to_bf16(qh[2 * c + 1])) << 16 : 0u);
     else
-      for (int c = 0; c < d; ++c) q[h * d + c] = qh[c] * scale;
+      std::copy(qh, qh + d, q + size_t(h) * d);
   }
   std::fill(acc, acc + size_t(G) * w, 0.0f);
   float m[G], l[G];
@@ -207,75 +280,58 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   const auto* V = static_cast<const uint8_t*>(s.v);
   auto kt_col = [&](int p) { return KT + size_t(p / kB) * block_bytes + size_t(p % kB) * E; };
   for (int c0 = s.p0; c0 < s.p1;) {
-    // Chunks are aligned to P (so never cross a k_t block), the first may be shorter.
-    const int c1 = std::min(c0 - c0 % P + P, s.p1), n = c1 - c0;
-    const uint8_t* next_k = c1 < s.p1 ? kt_col(c1) : nullptr;
-    const uint8_t* blk = kt_col(c0) - size_t(c0 % kB) * E;
-    if constexpr (BF16)
-      chunk_scores<G>(blk, c0 % kB, n, next_k, d, q2, scale, sc);
-    else
-      chunk_scores<G>(blk, c0 % kB, n, next_k, d, q, sc);
+    // Chunks are aligned to kChunk, the first may be shorter.
+    const int c1 = std::min(c0 - c0 % kChunk + kChunk, s.p1), n = c1 - c0;
+    __m512 mx[G];
+    for (int h = 0; h < G; ++h) mx[h] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int i = 0; i < n; i += SP) {
+      const int p = c0 + i, ni = std::min(SP, n - i);
+      const int pk = p + ni + (kKeysAhead - 1) * SP;
+      const uint8_t* next_k = pk < s.p1 ? kt_col(pk) : nullptr;
+      const uint8_t* blk = kt_col(p) - size_t(p % kB) * E;
+      const auto* qs = [&] {
+        if constexpr (BF16) return q2; else return q;
+      }();
+      if (ni == SP)
+        chunk_scores<G, true>(blk, p % kB, ni, next_k, d, qs, scale, sc + i, mx);
+      else
+        chunk_scores<G, false>(blk, p % kB, ni, next_k, d, qs, scale, sc + i, mx);
+    }
 
-    const int ntiles = (n + kTile - 1) / kTile;
+    __m512 vm[G], sum[G];
     for (int h = 0; h < G; ++h) {
-      float* sh = sc + h * kB;
-      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int i = 0; i < n; i += 16) mx = _mm512_mask_max_ps(mx, first16(n - i), mx, _mm512_loadu_ps(sh + i));
-      const float mnew = std::max(m[h], _mm512_reduce_max_ps(mx));
+      const float mnew = std::max(m[h], _mm512_reduce_max_ps(mx[h]));
       if (mnew > m[h]) {
         const float c = std::exp(m[h] - mnew);
         l[h] *= c;
         for (int i = 0; i < w; ++i) acc[size_t(h) * w + i] *= c;
         m[h] = mnew;
       }
-      const __m512 vm = _mm512_set1_ps(m[h]);
-      __m512 sum = _mm512_setzero_ps();
-      for (int i = 0; i < ntiles * kTile; i += 16) {  // weights past the chunk's end are 0
-        const __m512 p = _mm512_maskz_mov_ps(first16(n - i), exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh + i), vm)));
-        _mm512_storeu_ps(sh + i, p);
-        sum = _mm512_add_ps(sum, p);
-      }
-      l[h] += _mm512_reduce_add_ps(sum);
+      vm[h] = _mm512_set1_ps(m[h]);
+      sum[h] = _mm512_setzero_ps();
     }
-
-    // Tiles past the end reread the last row, with weight 0.
-    const int next_rows = std::min(P, s.p1 - c1);  // of the next chunk, fetched tile by tile
-    const uint8_t* rows[kTile];
-    for (int t = 0; t < ntiles; ++t) {
-      for (int r = 0; r < kTile; ++r) rows[r] = V + size_t(std::min(c0 + t * kTile + r, s.p1 - 1)) * row_bytes;
-      const int pr = std::min(kTile, next_rows - t * kTile);
-      if (pr > 0) prefetch(V + size_t(c1 + t * kTile) * row_bytes, size_t(pr) * row_bytes);
-      for (int j = 0; j < nc; ++j) {
-        const __mmask32 mask = first32(d - 32 * j);
-        __m512 a0[U][G], a1[U][G];
-        zero(a0);
-        zero(a1);
-#pragma GCC unroll 4
-        for (int r = 0; r < kTile; r += U)
+    const int ntiles = (n + kTile - 1) / kTile;
+    for (int i = 0; i < ntiles * kTile; i += 16) {  // weights past the chunk's end are 0
+      const __mmask16 k = first16(n - i);
 #pragma GCC unroll 8
-          for (int u = 0; u < U; ++u) {
-            __m512 x0, x1;
-            load32<BF16>(rows[r + u] + size_t(j) * 32 * E, mask, x0, x1);
-#pragma GCC unroll 8
-            for (int h = 0; h < G; ++h) {
-              const __m512 p = _mm512_set1_ps(sc[h * kB + t * kTile + r + u]);
-              a0[u][h] = _mm512_fmadd_ps(p, x0, a0[u][h]);
-              a1[u][h] = _mm512_fmadd_ps(p, x1, a1[u][h]);
-            }
-          }
-#pragma GCC unroll 8
-        for (int h = 0; h < G; ++h) {
-          float* ah = acc + size_t(h) * w + j * 32;
-          __m512 s0 = _mm512_loadu_ps(ah), s1 = _mm512_loadu_ps(ah + 16);
-#pragma GCC unroll 8
-          for (int u = 0; u < U; ++u) {
-            s0 = _mm512_add_ps(s0, a0[u][h]);
-            s1 = _mm512_add_ps(s1, a1[u][h]);
-          }
-          _mm512_storeu_ps(ah, s0);
-          _mm512_storeu_ps(ah + 16, s1);
-        }
+      for (int h = 0; h < G; ++h) {
+        float* sh = sc + h * kB + i;
+        const __m512 p = _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
+        _mm512_storeu_ps(sh, p);
+        sum[h] = _mm512_add_ps(sum[h], p);
       }
+    }
+    for (int h = 0; h < G; ++h) l[h] += _mm512_reduce_add_ps(sum[h]);
+
+    for (int t = 0; t < ntiles; ++t) {
+      const int pv = c0 + t * kTile + kValuesAhead;
+      const uint8_t* pf = pv + kTile <= s.p1 ? V + size_t(pv) * row_bytes : nullptr;
+      const uint8_t* base = V + size_t(c0 + t * kTile) * row_bytes;
+      const int last = n - 1 - t * kTile;
+      if (last >= kTile - 1)
+        value_tile<BF16, G, true>(base, row_bytes, last, pf, sc + t * kTile, d, acc);
+      else
+        value_tile<BF16, G, false>(base, row_bytes, last, pf, sc + t * kTile, d, acc);
     }
     c0 = c1;
   }
