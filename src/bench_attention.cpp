@@ -102,7 +102,7 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
   t.notes = {fmt::format("attention bench: one decode step, {}", note),
              fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
                          o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
-             "time per step = one layer's attention (mean ± sd over reps); KV = bytes read per step"};
+             "time per step = one layer's attention (mean ± sd over reps, the settings taking turns in each); KV = bytes read per step"};
   if (!gathers.empty()) {
     std::string g;
     BenchRow j = BenchRow::object();
@@ -167,11 +167,12 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
         const int n_heads = o.n_kv_heads * group;
         std::vector<std::vector<float>> q, y(size_t(layers), std::vector<float>(size_t(n_heads) * d));
         for (int l = 0; l < layers; ++l) q.push_back(heavy_tailed(size_t(n_heads) * d, rng));
-        double dense_ms = 0;
-        for (size_t si = 0; si < settings.size(); ++si) {
-          AttnCounters counters;
-          std::vector<double> ms;
-          for (int rep = 0; rep <= o.reps; ++rep) {  // rep 0 warms up
+        // Repetitions take the settings in turn, so a slow spell of a shared
+        // machine hits them alike and the speedups compare like with like.
+        std::vector<AttnCounters> counters(settings.size());
+        std::vector<std::vector<double>> ms(settings.size());
+        for (int rep = 0; rep <= o.reps; ++rep)  // rep 0 warms up
+          for (size_t si = 0; si < settings.size(); ++si) {
             AttnCounters c;
             const auto t0 = Clock::now();
             for (int l = 0; l < layers; ++l) {
@@ -180,17 +181,20 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
             }
             const double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
             if (rep > 0) {
-              ms.push_back(t / layers);
-              counters.add(c);
+              ms[si].push_back(t / layers);
+              counters[si].add(c);
             }
           }
-          const MeanSd t = mean_sd(ms);
-          const double bytes = double(counters.kv_bytes) / double(counters.calls);
+        double dense_ms = 0;
+        for (size_t si = 0; si < settings.size(); ++si) {
+          const MeanSd t = mean_sd(ms[si]);
+          const AttnCounters& cs = counters[si];
+          const double bytes = double(cs.kv_bytes) / double(cs.calls);
           const double gbs = bytes / (t.mean * 1e-3) / 1e9;
           if (!settings[si].sparq && dense_ms == 0) dense_ms = t.mean;
-          const double per_step = 1e3 / double(counters.calls);
+          const double per_step = 1e3 / double(cs.calls);
           rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 0.0,
-                             counters.t_step1 * per_step, counters.t_topk * per_step, counters.t_step3 * per_step});
+                             cs.t_step1 * per_step, cs.t_topk * per_step, cs.t_step3 * per_step});
         }
         // Speedups once the dense time of this shape is known, wherever it was listed.
         for (size_t i = rows.size() - settings.size(); i < rows.size(); ++i)

@@ -16,6 +16,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The MLP runs over blocks of at most this many rows: its hidden activations
+// (2 * intermediate floats a row) would be a prompt batch's largest buffer.
+constexpr int kMlpRows = 128;
+
 double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -128,8 +132,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   qkv_.resize(size_t(M) * QKV);
   q_.resize(size_t(M) * NH * D);
   att_.resize(size_t(M) * NH * D);
-  hb_.resize(size_t(M) * 2 * I);
-  hb2_.resize(size_t(M) * I);
+  hb_.resize(size_t(std::min(M, kMlpRows)) * 2 * I);
   ForwardStats local;
   ForwardStats& st = stats ? *stats : local;
   if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
@@ -193,13 +196,17 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     t0 = Clock::now();
     for (int i = 0; i < M; ++i)
       ops::rmsnorm(&xb_[size_t(i) * H], &x_[size_t(i) * H], L.mlp_norm.data(), H, c.rms_norm_eps);
-    L.gate_up.forward(xb_.data(), hb_.data(), M);
-    for (int i = 0; i < M; ++i) {
-      float* g = &hb_[size_t(i) * 2 * I];
-      ops::silu_mul(g, g + I, I);
-      std::copy_n(g, I, &hb2_[size_t(i) * I]);
+    for (int r0 = 0; r0 < M; r0 += kMlpRows) {
+      const int m = std::min(kMlpRows, M - r0);
+      float* xr = &xb_[size_t(r0) * H];  // the block's input, then its output
+      L.gate_up.forward(xr, hb_.data(), m);
+      for (int i = 0; i < m; ++i) {
+        float* g = &hb_[size_t(i) * 2 * I];
+        ops::silu_mul(g, g + I, I);
+        if (i > 0) std::copy_n(g, I, &hb_[size_t(i) * I]);  // packed in place: that slot held rows already used
+      }
+      L.down.forward(hb_.data(), xr, m);
     }
-    L.down.forward(hb2_.data(), xb_.data(), M);
     ops::add(x_.data(), xb_.data(), M * H);
     st.t_mlp += since(t0);
   }

@@ -76,7 +76,7 @@ class Model {
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> lm_head_;
   // activations, grown to the largest batch seen
-  std::vector<float> x_, xb_, qkv_, q_, att_, hb_, hb2_;
+  std::vector<float> x_, xb_, qkv_, q_, att_, hb_;
   std::vector<DecodeQuery> decode_queries_;
   std::vector<char> decode_done_;  // per row, within one layer's attention
 };
