@@ -91,7 +91,7 @@ constexpr int score_positions() { return 32 * (8 / G); }
 constexpr int kChunk = 256;
 
 // The score vectors lo/hi[v][h] (16 positions each, in order once permuted
-// for bf16) go to sc[h * kB + 32 * v ..], scaled, and mx[h] keeps their max
+// for bf16) go to sc[h * kChunk + 32 * v ..], scaled, and mx[h] keeps their max
 // over the first n positions.
 template <int NV, int G>
 inline void store_scores(__m512 (&lo)[NV][G], __m512 (&hi)[NV][G], int n, float scale, float* sc, __m512 (&mx)[G]) {
@@ -102,7 +102,7 @@ inline void store_scores(__m512 (&lo)[NV][G], __m512 (&hi)[NV][G], int n, float 
       const __m512 a = _mm512_mul_ps(vs, lo[v][h]), b = _mm512_mul_ps(vs, hi[v][h]);
       mx[h] = _mm512_mask_max_ps(mx[h], m0, mx[h], a);
       mx[h] = _mm512_mask_max_ps(mx[h], m1, mx[h], b);
-      float* out = sc + h * kB + 32 * v;
+      float* out = sc + h * kChunk + 32 * v;
       _mm512_storeu_ps(out, a);
       _mm512_storeu_ps(out + 16, b);
     }
@@ -194,7 +194,7 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
   store_scores(lo, hi, n, scale, sc, mx);
 }
 
-// Weights w[h * kB + r] times value rows base + r * row_bytes, r < kTile,
+// Weights w[h * kChunk + r] times value rows base + r * row_bytes, r < kTile,
 // added to acc [G][32 * nc] (load32 order). Past row last (a chunk's short
 // end) the last row is reread, with weight 0. Rows pf + r * row_bytes (if
 // pf) are fetched along the way.
@@ -219,7 +219,7 @@ void value_tile(const uint8_t* base, size_t row_bytes, int last, const uint8_t* 
         load32<BF16>(base + size_t(row) * row_bytes + size_t(j) * 32 * E, mask, x0, x1);
 #pragma GCC unroll 8
         for (int h = 0; h < G; ++h) {
-          const __m512 p = _mm512_set1_ps(w[h * kB + r + u]);
+          const __m512 p = _mm512_set1_ps(w[h * kChunk + r + u]);
           a0[u][h] = _mm512_fmadd_ps(p, x0, a0[u][h]);
           a1[u][h] = _mm512_fmadd_ps(p, x1, a1[u][h]);
         }
@@ -253,13 +253,14 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   const size_t block_bytes = size_t(d) * kB * E;
 
   // q [G][d] (f32) or [G][pairs] (bf16 pairs), acc [G][w] in load32 order,
-  // scores then weights [G][kB]; 64-byte aligned so no load splits across
-  // cache lines.
+  // scores then weights [G][kChunk]; each 64-byte aligned so no load splits
+  // across cache lines.
+  const size_t q_floats = (size_t(G) * d + 15) / 16 * 16;
   thread_local std::vector<float> buf;
-  buf.resize(size_t(G) * (d + 1 + w + kB) + 16);
+  buf.resize(q_floats + size_t(G) * (w + kChunk) + 16);
   float* q = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
   auto* q2 = reinterpret_cast<uint32_t*>(q);
-  float* acc = q + size_t(G) * (d + 1);
+  float* acc = q + q_floats;
   float* sc = acc + size_t(G) * w;
   const float scale = 1.0f / std::sqrt(float(d));
   const int pairs = (d + 1) / 2;
@@ -315,7 +316,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
       const __mmask16 k = first16(n - i);
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
-        float* sh = sc + h * kB + i;
+        float* sh = sc + h * kChunk + i;
         const __m512 p = _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
         _mm512_storeu_ps(sh, p);
         sum[h] = _mm512_add_ps(sum[h], p);
