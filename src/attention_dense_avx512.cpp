@@ -109,6 +109,13 @@ inline void store_scores(__m512 (&lo)[NV][G], __m512 (&hi)[NV][G], int n, float 
   }
 }
 
+// Lanes of a score block's 32-position vectors that hold one of its n
+// positions; all of them in a full block, whose loads then need no mask.
+template <bool Full, int NV>
+inline void block_masks(int n, __mmask32 (&mask)[NV]) {
+  for (int v = 0; v < NV; ++v) mask[v] = Full ? ~__mmask32(0) : first32(n - 32 * v);
+}
+
 // Scores of n <= score_positions<G>() positions whose keys start at column o
 // of a f32 k_t block ([d][kB]), as store_scores leaves them. q is [G][d].
 // While the block is read, the keys from column pf on (or none if null) are
@@ -119,7 +126,7 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
   constexpr int NV = score_positions<G>() / 32;
   const size_t stride = size_t(kB) * 4;  // bytes from one component's row to the next
   __mmask32 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = Full ? ~__mmask32(0) : first32(n - 32 * v);
+  block_masks<Full>(n, mask);
   __m512 a[NV][G], b[NV][G];
   zero(a);
   zero(b);
@@ -155,7 +162,7 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
   const size_t stride = size_t(kB) * 2;
   const int pairs = (d + 1) / 2;
   __mmask32 mask[NV];
-  for (int v = 0; v < NV; ++v) mask[v] = Full ? ~__mmask32(0) : first32(n - 32 * v);
+  block_masks<Full>(n, mask);
   __m512 lo[NV][G], hi[NV][G];
   zero(lo);
   zero(hi);
@@ -260,6 +267,9 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   buf.resize(q_floats + size_t(G) * (w + kChunk) + 16);
   float* q = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
   auto* q2 = reinterpret_cast<uint32_t*>(q);
+  const auto* qs = [&] {  // what chunk_scores takes
+    if constexpr (BF16) return q2; else return q;
+  }();
   float* acc = q + q_floats;
   float* sc = acc + size_t(G) * w;
   const float scale = 1.0f / std::sqrt(float(d));
@@ -290,9 +300,6 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
       const int pk = p + ni + (kKeysAhead - 1) * SP;
       const uint8_t* next_k = pk < s.p1 ? kt_col(pk) : nullptr;
       const uint8_t* blk = kt_col(p) - size_t(p % kB) * E;
-      const auto* qs = [&] {
-        if constexpr (BF16) return q2; else return q;
-      }();
       if (ni == SP)
         chunk_scores<G, true>(blk, p % kB, ni, next_k, d, qs, scale, sc + i, mx);
       else
