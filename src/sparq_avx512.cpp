@@ -46,13 +46,6 @@ __m512 exp2_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// 16 elements as f32; lanes outside m are 0.
-__m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-__m512 load16(const uint16_t* p, __mmask16 m) {
-  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-
 // load32's (a, b) back in element order: elements 0..15 and 16..31.
 template <class T>
 void in_order(__m512& a, __m512& b) {
@@ -62,7 +55,8 @@ void in_order(__m512& a, __m512& b) {
 void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // Lane i of the result is the sum of the 16 lanes of a[i].
-__m512 hsum16(const __m512 (&a)[16]) {
+// Inlined: as a call, the 16 inputs go through memory.
+[[gnu::always_inline]] inline __m512 hsum16(const __m512 (&a)[16]) {
   __m512 t[8], u[4];
   for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0 b0 a1 b1] + [a2 b2 a3 b3]
     t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
@@ -303,114 +297,174 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
 
 // ---- step 3 ----
 
-// Rows this many ahead of the ones being read are prefetched.
-constexpr int kRowsAhead = 64;
+// Rows this many ahead of the ones being read are prefetched (tuned: 16 and
+// 64 were slower than 32 at d = 64, group 1 and 4).
+constexpr int kRowsAhead = 32;
+// The largest group one pass takes; larger ones run in slices.
+constexpr int kMaxStep3Group = 8;
 
 template <class T>
-void prefetch_rows(const T* base, int d, const int* idx, int from, int to) {
-  const size_t bytes = size_t(d) * sizeof(T);
-  for (int i = from; i < to; ++i) {
-    const char* p = reinterpret_cast<const char*>(base + size_t(idx[i]) * d);
-    for (size_t o = 0; o < bytes; o += 64) prefetch(p + o);
-    prefetch(p + bytes - 1);
+void prefetch_row(const T* row, int d) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(row + d);
+  for (uintptr_t l = reinterpret_cast<uintptr_t>(row) & ~uintptr_t(63); l < end; l += 64)
+    prefetch(reinterpret_cast<const void*>(l));
+}
+
+// 32 bf16 values (lanes outside m: 0). A plain load where it can: GCC 12
+// sends a masked load's cast to __m512bh through memory.
+[[gnu::always_inline]] inline __m512bh load_bh(const uint16_t* p, __mmask32 m) {
+  const __m512i x = m == ~__mmask32(0) ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(m, p);
+  __m512bh r;
+  std::memcpy(&r, &x, sizeof r);
+  return r;
+}
+
+// x laid out [row][head] (lane i: head i % G, lanes from R G on unused):
+// lane i of the result is the max (Max) or sum over head i % G's lanes.
+template <int G, int R, bool Max>
+__m512 per_head(__m512 x) {
+  alignas(64) float v[16], out[16];
+  _mm512_store_ps(v, x);
+  for (int h = 0; h < G; ++h) {
+    float t = v[h];
+    for (int r = 1; r < R; ++r) t = Max ? std::max(t, v[r * G + h]) : t + v[r * G + h];
+    for (int i = h; i < 16; i += G) out[i] = t;
   }
+  return _mm512_load_ps(out);
 }
 
-// Pointers to the 16 rows idx[c..c+16) of base; past n, the last row again
-// (its weight there is 0).
-template <class T>
-void row_pointers(const T* base, int d, const int* idx, int c, int n, const T* (&rows)[16]) {
-  for (int i = 0; i < 16; ++i) rows[i] = base + size_t(idx[std::min(c + i, n - 1)]) * d;
-}
-
-// NV > 0: d = 16 NV, known at compile time, so the row loops unroll and keep
-// the row pointers in registers (measured 1.3-1.4x at d = 64); NV = 0: any d.
-template <class T, int NV>
+// One pass over the selected rows; each row's key and value are fetched
+// together, so both gathers are in flight at once.
+// Scores: R = 16 / G rows times G heads make the dot products one hsum16
+// finishes, so each key row is loaded once for all heads; they come out
+// [row][head]. A chunk is NG such groups.
+// Softmax: weights are 2^(x - m) for a reference m that only moves when a
+// score passes it (kHeadroom above the max seen keeps that rare, and 2^-16
+// per row cannot underflow a sum), so no row waits on a horizontal max.
+// Values: as in the dense kernel, 32 components per load in load32's order,
+// U rows at a time so that 2 U G FMA chains hide the FMA latency.
+template <class T, int NV, int G>
 void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
-  const int d = NV > 0 ? 16 * NV : a.d, dp = NV > 0 ? d : sparq_dpad(d), nh = a.n_h;
-  const auto lanes = [d](int v) { return NV > 0 ? __mmask16(0xffff) : first16(d - v); };
-  const size_t n16 = size_t(n + 15) / 16 * 16;
-  float* x = scratch;               // [nh][n16]: scores, then weights
-  float* buf = scratch + nh * n16;  // 16 key rows in f32 [16][dp], then q in bf16
+  constexpr int R = 16 / G, NG = 16 / R, CR = R * NG, U = G >= 4 ? 1 : 4 / G;
+  constexpr float kHeadroom = 16.0f;
+  constexpr int kStep = sizeof(T) == 2 ? 32 : 16;  // components per dot-product instruction
+  const int d = NV > 0 ? 16 * NV : a.d, dp = NV > 0 ? d : sparq_dpad(d), nc = (d + 31) / 32, wd = nc * 32;
+  const auto full = [](int left) { return NV > 0 && NV % 2 == 0 ? ~__mmask32(0) : first32(left); };
   const T* K = static_cast<const T*>(a.k_rows);
   const T* V = static_cast<const T*>(a.v_rows);
-  const T* rows[16];
-
-  // Scores, 16 rows at a time, summed across lanes for 16 rows together.
-  // f32: one FMA per 16 components; bf16: one vdpbf16ps per 32, straight
-  // from the rows, with q in bf16 (exact: it comes rounded).
-  const __m512 vscale = _mm512_set1_ps(a.scale);
-  auto* qb = reinterpret_cast<uint16_t*>(buf + 16 * dp);  // [nh][dp] bf16
+  float* w = scratch;                                   // [NG][16]: a chunk's weights, [row][head] per group
+  float* ac = w + 16 * NG;                              // [G][wd], in load32's order
+  auto* qb = reinterpret_cast<uint16_t*>(ac + G * wd);  // [G][dp] bf16 (exact: q comes rounded)
   if constexpr (sizeof(T) == 2)
-    for (int h = 0; h < nh; ++h)
+    for (int h = 0; h < G; ++h)
       for (int v = 0; v < dp; v += 16)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + h * dp + v),
-                            __m256i(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes(v), a.q + size_t(h) * d + v))));
-  prefetch_rows(K, d, idx, 0, std::min(n, kRowsAhead));
-  for (int c = 0; c < n; c += 16) {
-    prefetch_rows(K, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
-    row_pointers(K, d, idx, c, n, rows);
-    if constexpr (sizeof(T) == 4)
-      for (int i = 0; i < 16; ++i)
-        for (int v = 0; v < dp; v += 16) _mm512_storeu_ps(buf + i * dp + v, load16(rows[i] + v, lanes(v)));
-    for (int h = 0; h < nh; ++h) {
+                            __m256i(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first16(d - v), a.q + size_t(h) * d + v))));
+  std::fill(ac, ac + size_t(G) * wd, 0.0f);
+  for (int i = 0; i < std::min(n, kRowsAhead); ++i)
+    prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+  const __m512 vscale = _mm512_set1_ps(a.scale);
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 m = _mm512_setzero_ps(), l = _mm512_setzero_ps();  // lane i: head i % G
+  const T* rows[CR];
+  for (int c = 0; c < n; c += CR) {
+    for (int i = 0; i < CR; ++i) rows[i] = K + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int g = 0; g < NG; ++g) {
+      for (int i = c + kRowsAhead + g * R; i < std::min(n, c + kRowsAhead + (g + 1) * R); ++i)
+        prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
       __m512 dot[16];
       for (int i = 0; i < 16; ++i) dot[i] = _mm512_setzero_ps();
-      if constexpr (sizeof(T) == 2) {
-        for (int v = 0; v < dp; v += 32) {
-          const __mmask32 m = NV > 0 && NV % 2 == 0 ? ~__mmask32(0) : first32(d - v);
-          const __m512bh qv = __m512bh(_mm512_maskz_loadu_epi16(m, qb + h * dp + v));
-          for (int i = 0; i < 16; ++i)
-            dot[i] = _mm512_dpbf16_ps(dot[i], __m512bh(_mm512_maskz_loadu_epi16(m, rows[i] + v)), qv);
-        }
-      } else {
-        const float* qh = a.q + size_t(h) * d;
-        for (int v = 0; v < dp; v += 16) {
-          const __m512 qv = _mm512_maskz_loadu_ps(lanes(v), qh + v);
-          for (int i = 0; i < 16; ++i) dot[i] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(buf + i * dp + v), dot[i]);
+      for (int v = 0; v < dp; v += kStep) {
+        if constexpr (sizeof(T) == 2) {
+          const __mmask32 mk = full(d - v);
+          for (int r = 0; r < R; ++r) {
+            const __m512bh k = load_bh(rows[g * R + r] + v, mk);
+            for (int h = 0; h < G; ++h) dot[r * G + h] = _mm512_dpbf16_ps(dot[r * G + h], k, load_bh(qb + h * dp + v, mk));
+          }
+        } else {
+          const __mmask16 mk = NV > 0 ? __mmask16(0xffff) : first16(d - v);
+          for (int r = 0; r < R; ++r) {
+            const __m512 k = _mm512_maskz_loadu_ps(mk, rows[g * R + r] + v);
+            for (int h = 0; h < G; ++h)
+              dot[r * G + h] = _mm512_fmadd_ps(k, _mm512_maskz_loadu_ps(mk, a.q + size_t(h) * d + v), dot[r * G + h]);
+          }
         }
       }
-      _mm512_storeu_ps(x + h * n16 + c, _mm512_mul_ps(vscale, hsum16(dot)));
+      const __mmask16 valid = first16(std::min(R, n - c - g * R) * G);
+      const __m512 s = _mm512_maskz_mul_ps(valid, vscale, hsum16(dot));
+      const auto top = [&] {
+        return _mm512_add_ps(per_head<G, R, true>(_mm512_mask_mov_ps(minus_inf, valid, s)), _mm512_set1_ps(kHeadroom));
+      };
+      if (c == 0 && g == 0) m = top();
+      if (_mm512_mask_cmp_ps_mask(valid, s, m, _CMP_GT_OQ)) [[unlikely]] {
+        // A score passed the reference: move it up and rescale what was summed.
+        const __m512 m2 = _mm512_max_ps(m, top()), f = exp2_ps(_mm512_sub_ps(m, m2));
+        alignas(64) float fh[16];
+        _mm512_store_ps(fh, f);
+        for (int h = 0; h < G; ++h)
+          for (int v = 0; v < wd; v += 16)
+            _mm512_storeu_ps(ac + h * wd + v, _mm512_mul_ps(_mm512_set1_ps(fh[h]), _mm512_loadu_ps(ac + h * wd + v)));
+        for (int i = 0; i < g; ++i) _mm512_storeu_ps(w + 16 * i, _mm512_mul_ps(f, _mm512_loadu_ps(w + 16 * i)));
+        l = _mm512_mul_ps(l, f);
+        m = m2;
+      }
+      const __m512 p = _mm512_maskz_mov_ps(valid, exp2_ps(_mm512_sub_ps(s, m)));
+      _mm512_storeu_ps(w + 16 * g, p);
+      l = _mm512_add_ps(l, p);
     }
-  }
-
-  // Softmax weights (0 past n).
-  prefetch_rows(V, d, idx, 0, std::min(n, kRowsAhead));
-  for (int h = 0; h < nh; ++h) {
-    float* xh = x + h * n16;
-    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int c = 0; c < n; c += 16) vmax = _mm512_mask_max_ps(vmax, first16(n - c), vmax, _mm512_loadu_ps(xh + c));
-    const float m = _mm512_reduce_max_ps(vmax);
-    const __m512 vm = _mm512_set1_ps(m);
-    __m512 vs = _mm512_setzero_ps();
-    for (int c = 0; c < n; c += 16) {
-      const __m512 p = _mm512_maskz_mov_ps(first16(n - c), exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(xh + c), vm)));
-      _mm512_storeu_ps(xh + c, p);
-      vs = _mm512_add_ps(vs, p);
-    }
-    mx[h] = m;
-    z[h] = _mm512_reduce_add_ps(vs);
-  }
-
-  // Weighted values: each value vector is loaded once for all heads.
-  std::fill(acc, acc + size_t(nh) * dp, 0.0f);
-  for (int c = 0; c < n; c += 16) {
-    prefetch_rows(V, d, idx, std::min(n, c + kRowsAhead), std::min(n, c + kRowsAhead + 16));
-    row_pointers(V, d, idx, c, n, rows);
-    for (int v = 0; v < dp; v += 16) {
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = load16(rows[i] + v, lanes(v));
-      for (int h = 0; h < nh; ++h) {
-        const float* p = x + h * n16 + c;
-        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-        for (int i = 0; i < 16; i += 2) {
-          s0 = _mm512_fmadd_ps(r[i], _mm512_set1_ps(p[i]), s0);
-          s1 = _mm512_fmadd_ps(r[i + 1], _mm512_set1_ps(p[i + 1]), s1);
+    for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int j = 0; j < nc; ++j) {
+      const __mmask32 mk = full(d - 32 * j);
+      __m512 a0[U][G], a1[U][G];
+      for (int u = 0; u < U; ++u)
+        for (int h = 0; h < G; ++h) a0[u][h] = a1[u][h] = _mm512_setzero_ps();
+      for (int r = 0; r < CR; r += U)
+        for (int u = 0; u < U; ++u) {
+          const int i = r + u;
+          __m512 x0, x1;
+          load32(rows[i] + 32 * j, mk, x0, x1);
+          for (int h = 0; h < G; ++h) {
+            const __m512 p = _mm512_set1_ps(w[16 * (i / R) + (i % R) * G + h]);
+            a0[u][h] = _mm512_fmadd_ps(p, x0, a0[u][h]);
+            a1[u][h] = _mm512_fmadd_ps(p, x1, a1[u][h]);
+          }
         }
-        float* o = acc + size_t(h) * dp + v;
-        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(s0, s1)));
+      for (int h = 0; h < G; ++h) {
+        float* o = ac + h * wd + 32 * j;
+        __m512 s0 = _mm512_loadu_ps(o), s1 = _mm512_loadu_ps(o + 16);
+        for (int u = 0; u < U; ++u) s0 = _mm512_add_ps(s0, a0[u][h]), s1 = _mm512_add_ps(s1, a1[u][h]);
+        _mm512_storeu_ps(o, s0);
+        _mm512_storeu_ps(o + 16, s1);
       }
     }
+  }
+  alignas(64) float mh[16], zh[16];
+  _mm512_store_ps(mh, m);
+  _mm512_store_ps(zh, per_head<G, R, false>(l));
+  for (int h = 0; h < G; ++h) {
+    mx[h] = mh[h];
+    z[h] = zh[h];
+    for (int j = 0; j < nc; ++j) {
+      __m512 x0 = _mm512_loadu_ps(ac + h * wd + 32 * j), x1 = _mm512_loadu_ps(ac + h * wd + 32 * j + 16);
+      in_order<T>(x0, x1);
+      float* o = acc + size_t(h) * dp + 32 * j;
+      _mm512_mask_storeu_ps(o, first16(dp - 32 * j), x0);
+      _mm512_mask_storeu_ps(o + 16, first16(dp - 32 * j - 16), x1);
+    }
+  }
+}
+
+template <class T, int NV>
+void step3_group(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
+  switch (a.n_h) {
+    case 1: return step3<T, NV, 1>(a, idx, n, mx, z, acc, scratch);
+    case 2: return step3<T, NV, 2>(a, idx, n, mx, z, acc, scratch);
+    case 3: return step3<T, NV, 3>(a, idx, n, mx, z, acc, scratch);
+    case 4: return step3<T, NV, 4>(a, idx, n, mx, z, acc, scratch);
+    case 5: return step3<T, NV, 5>(a, idx, n, mx, z, acc, scratch);
+    case 6: return step3<T, NV, 6>(a, idx, n, mx, z, acc, scratch);
+    case 7: return step3<T, NV, 7>(a, idx, n, mx, z, acc, scratch);
+    default: return step3<T, NV, 8>(a, idx, n, mx, z, acc, scratch);
   }
 }
 
@@ -513,11 +567,20 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
 
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch) {
-  const bool f32 = a.type == DType::F32;
-  switch (a.d) {
-    case 64: return f32 ? step3<float, 4>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 4>(a, idx, n, mx, z, acc, scratch);
-    case 128: return f32 ? step3<float, 8>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 8>(a, idx, n, mx, z, acc, scratch);
-    default: return f32 ? step3<float, 0>(a, idx, n, mx, z, acc, scratch) : step3<uint16_t, 0>(a, idx, n, mx, z, acc, scratch);
+  const int dp = sparq_dpad(a.d);
+  for (int h0 = 0; h0 < a.n_h; h0 += kMaxStep3Group) {
+    SparqStep3Args s = a;
+    s.q = a.q + size_t(h0) * a.d;
+    s.n_h = std::min(kMaxStep3Group, a.n_h - h0);
+    float *m = mx + h0, *zh = z + h0, *ah = acc + size_t(h0) * dp;
+    if (a.type == DType::F32)
+      step3_group<float, 0>(s, idx, n, m, zh, ah, scratch);
+    else if (a.d == 64)
+      step3_group<uint16_t, 4>(s, idx, n, m, zh, ah, scratch);
+    else if (a.d == 128)
+      step3_group<uint16_t, 8>(s, idx, n, m, zh, ah, scratch);
+    else
+      step3_group<uint16_t, 0>(s, idx, n, m, zh, ah, scratch);
   }
 }
 

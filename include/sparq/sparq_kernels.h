@@ -45,7 +45,7 @@ inline int sparq_dpad(int d) { return (d + 15) / 16 * 16; }
 
 // Floats of scratch sparq_step3 needs for n rows.
 inline size_t sparq_step3_scratch(int n_h, int n, int d) {
-  return size_t(n_h) * size_t((n + 15) / 16 * 16 + sparq_dpad(d)) + 16 * size_t(sparq_dpad(d));
+  return size_t(n + 15) / 16 * 16 + 256 + size_t(n_h) * (2 * size_t(sparq_dpad(d)) + 32);
 }
 
 // Words of scratch sparq_select needs for n positions.
@@ -78,7 +78,9 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
 // Adds to mass[h] the sum over the n positions idx[i] of e_h(p) w[h nb + b].
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 // Softmax attention over the n >= 1 rows idx[i], as a partial to merge: with
-// x_h(p) = (q_h . K[p]) scale, mx[h] = max_i x_h, z[h] = sum_i 2^(x_h - mx[h]) and
+// x_h(p) = (q_h . K[p]) scale, a reference mx[h] >= max_i x_h (the max
+// itself in ref; at most 16 above it in avx512, which then never waits on a
+// horizontal max), z[h] = sum_i 2^(x_h - mx[h]) and
 // acc[h sparq_dpad(d) + c] = sum_i 2^(x_h - mx[h]) V[p, c].
 // scratch: sparq_step3_scratch(n_h, n, d) floats.
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
