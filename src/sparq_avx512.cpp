@@ -73,18 +73,51 @@ void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HIN
 
 // ---- step 1 ----
 
+// bf16 keys meet the query pairwise: runs j and j+1 interleaved by unpack
+// are the pairs vdpbf16ps multiplies by (qs_j, qs_{j+1}), half the
+// instructions of converting and FMA-ing each run. The unpacks leave
+// positions {0-3, 8-11, 16-19, 24-27} in lo and the other quads in hi; this
+// puts positions 0..15 in lo and 16..31 in hi.
+void unpacked_in_order(__m512& lo, __m512& hi) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const __m512 x = _mm512_permutex2var_ps(lo, first, hi);
+  hi = _mm512_permutex2var_ps(lo, second, hi);
+  lo = x;
+}
+
+// 2^(x - max) in place over a block's n scores of one head; returns their sum.
+template <bool Full>
+float block_exp(float* x, int n, __m512 vm) {
+  __m512 vs = _mm512_setzero_ps();
+  for (int i = 0; i < B; i += 16) {
+    __m512 y = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    if (!Full) y = _mm512_maskz_mov_ps(first16(n - i), y);
+    _mm512_storeu_ps(x + i, y);
+    vs = _mm512_add_ps(vs, y);
+  }
+  return _mm512_reduce_add_ps(vs);
+}
+
 // One block for NH heads starting at h0, P units of 32 positions at a time so
-// each loaded key vector feeds NH accumulators. pf: the block whose runs to
+// each loaded key vector feeds NH accumulators. qp: for bf16, the heads'
+// (qs_j, qs_{j+1}) bf16 pairs, [n_h][(r + 1) / 2]. pf: the block whose runs to
 // prefetch, a slice per group (null: none).
 template <class T, int NH, int P>
-void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, float* e, float* mx, float* sum) {
+void step1_block(const SparqStep1Args& a, const uint32_t* qp, int nb, int h0, int b, const T* pf, float* e, float* mx,
+                 float* sum) {
   constexpr int kGroups = B / (32 * P);
   constexpr int kLinesPerGroup = int(B * sizeof(T)) / 64 / kGroups;
   const T* blk = static_cast<const T*>(a.k_t) + size_t(b) * a.d * B;
   const int valid = std::min(B, a.S - b * B);
-  const int r = a.r;
+  const int r = a.r, np = (r + 1) / 2;
   const float* qs = a.qs + size_t(h0) * r;
   float* eb = e + (size_t(b) * a.n_h + h0) * B;
+  const auto prefetch_run = [&](int j, int g) {
+    if (pf)
+      for (int l = 0; l < kLinesPerGroup; ++l)
+        prefetch(reinterpret_cast<const char*>(pf + size_t(a.i1[j]) * B) + (g * kLinesPerGroup + l) * 64);
+  };
   __m512 vmax[NH];
   for (int h = 0; h < NH; ++h) vmax[h] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int g = 0; g < kGroups && g * 32 * P < valid; ++g) {
@@ -94,24 +127,47 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
     for (int v = 0; v < P; ++v) part[v] = first32(valid - p0 - 32 * v);
     for (int h = 0; h < NH; ++h)
       for (int v = 0; v < P; ++v) lo[h][v] = hi[h][v] = _mm512_setzero_ps();
-    for (int j = 0; j < r; ++j) {
-      const size_t run = size_t(a.i1[j]) * B;
-      if (pf)
-        for (int l = 0; l < kLinesPerGroup; ++l)
-          prefetch(reinterpret_cast<const char*>(pf + run) + (g * kLinesPerGroup + l) * 64);
-      for (int v = 0; v < P; ++v) {
-        __m512 x0, x1;
-        load32(blk + run + p0 + 32 * v, part[v], x0, x1);
-        for (int h = 0; h < NH; ++h) {
-          const __m512 q = _mm512_set1_ps(qs[h * r + j]);
-          lo[h][v] = _mm512_fmadd_ps(x0, q, lo[h][v]);
-          hi[h][v] = _mm512_fmadd_ps(x1, q, hi[h][v]);
+    if constexpr (sizeof(T) == 2) {
+      for (int jp = 0; jp < np; ++jp) {
+        const int j = 2 * jp;
+        const bool pair = j + 1 < r;
+        prefetch_run(j, g);
+        if (pair) prefetch_run(j + 1, g);
+        const T* run0 = blk + size_t(a.i1[j]) * B + p0;
+        const T* run1 = blk + size_t(a.i1[pair ? j + 1 : j]) * B + p0;
+        for (int v = 0; v < P; ++v) {
+          const __m512i x0 = _mm512_maskz_loadu_epi16(part[v], run0 + 32 * v);
+          const __m512i x1 = pair ? _mm512_maskz_loadu_epi16(part[v], run1 + 32 * v) : _mm512_setzero_si512();
+          __m512bh l, u;
+          const __m512i il = _mm512_unpacklo_epi16(x0, x1), iu = _mm512_unpackhi_epi16(x0, x1);
+          std::memcpy(&l, &il, sizeof l);
+          std::memcpy(&u, &iu, sizeof u);
+          for (int h = 0; h < NH; ++h) {
+            __m512bh q;
+            const __m512i qv = _mm512_set1_epi32(int(qp[size_t(h0 + h) * np + jp]));
+            std::memcpy(&q, &qv, sizeof q);
+            lo[h][v] = _mm512_dpbf16_ps(lo[h][v], l, q);
+            hi[h][v] = _mm512_dpbf16_ps(hi[h][v], u, q);
+          }
+        }
+      }
+    } else {
+      for (int j = 0; j < r; ++j) {
+        prefetch_run(j, g);
+        for (int v = 0; v < P; ++v) {
+          __m512 x0, x1;
+          load32(blk + size_t(a.i1[j]) * B + p0 + 32 * v, part[v], x0, x1);
+          for (int h = 0; h < NH; ++h) {
+            const __m512 q = _mm512_set1_ps(qs[h * r + j]);
+            lo[h][v] = _mm512_fmadd_ps(x0, q, lo[h][v]);
+            hi[h][v] = _mm512_fmadd_ps(x1, q, hi[h][v]);
+          }
         }
       }
     }
     for (int h = 0; h < NH; ++h)
       for (int v = 0; v < P; ++v) {
-        in_order<T>(lo[h][v], hi[h][v]);
+        if constexpr (sizeof(T) == 2) unpacked_in_order(lo[h][v], hi[h][v]);
         const int p = p0 + 32 * v;
         _mm512_storeu_ps(eb + h * B + p, lo[h][v]);
         _mm512_storeu_ps(eb + h * B + p + 16, hi[h][v]);
@@ -121,16 +177,10 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
   }
   for (int h = 0; h < NH; ++h) {
     const float m = _mm512_reduce_max_ps(vmax[h]);
-    const __m512 vm = _mm512_set1_ps(m);
-    __m512 vs = _mm512_setzero_ps();
     float* eh = eb + h * B;
-    for (int i = 0; i < B; i += 16) {
-      const __m512 x = _mm512_maskz_mov_ps(first16(valid - i), exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(eh + i), vm)));
-      _mm512_storeu_ps(eh + i, x);
-      vs = _mm512_add_ps(vs, x);
-    }
     mx[(h0 + h) * nb + b] = m;
-    sum[(h0 + h) * nb + b] = _mm512_reduce_add_ps(vs);
+    sum[(h0 + h) * nb + b] = valid == B ? block_exp<true>(eh, valid, _mm512_set1_ps(m))
+                                        : block_exp<false>(eh, valid, _mm512_set1_ps(m));
   }
 }
 
@@ -141,19 +191,35 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
   const int run_bytes = B * int(sizeof(T));
   const int dist = std::clamp(8192 / std::max(1, a.r * run_bytes) + 1, 1, 8);
   const T* kt = static_cast<const T*>(a.k_t);
+  thread_local std::vector<uint32_t> qp;
+  if constexpr (sizeof(T) == 2) {
+    const int np = (a.r + 1) / 2;
+    qp.resize(size_t(a.n_h) * np);
+    const auto bits = [](float x) {
+      uint32_t u;
+      std::memcpy(&u, &x, 4);
+      return u >> 16;  // exact: qs is bf16 for bf16 keys
+    };
+    for (int h = 0; h < a.n_h; ++h)
+      for (int jp = 0; jp < np; ++jp) {
+        const float* q = a.qs + size_t(h) * a.r + 2 * jp;
+        qp[size_t(h) * np + jp] = bits(q[0]) | (2 * jp + 1 < a.r ? bits(q[1]) << 16 : 0u);
+      }
+  }
   for (int b = b0; b < b1; ++b) {
     const T* pf = b + dist < nb ? kt + size_t(b + dist) * a.d * B : nullptr;
     for (int h0 = 0; h0 < a.n_h; h0 += 8) {
       const T* p = h0 == 0 ? pf : nullptr;  // later head chunks find the block in cache
+      const uint32_t* q = qp.data();
       switch (std::min(8, a.n_h - h0)) {
-        case 1: step1_block<T, 1, 4>(a, nb, h0, b, p, e, mx, sum); break;
-        case 2: step1_block<T, 2, 4>(a, nb, h0, b, p, e, mx, sum); break;
-        case 3: step1_block<T, 3, 2>(a, nb, h0, b, p, e, mx, sum); break;
-        case 4: step1_block<T, 4, 2>(a, nb, h0, b, p, e, mx, sum); break;
-        case 5: step1_block<T, 5, 1>(a, nb, h0, b, p, e, mx, sum); break;
-        case 6: step1_block<T, 6, 1>(a, nb, h0, b, p, e, mx, sum); break;
-        case 7: step1_block<T, 7, 1>(a, nb, h0, b, p, e, mx, sum); break;
-        default: step1_block<T, 8, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        case 1: step1_block<T, 1, 4>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 2: step1_block<T, 2, 4>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 3: step1_block<T, 3, 2>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 4: step1_block<T, 4, 2>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 5: step1_block<T, 5, 1>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 6: step1_block<T, 6, 1>(a, q, nb, h0, b, p, e, mx, sum); break;
+        case 7: step1_block<T, 7, 1>(a, q, nb, h0, b, p, e, mx, sum); break;
+        default: step1_block<T, 8, 1>(a, q, nb, h0, b, p, e, mx, sum); break;
       }
     }
   }

@@ -16,7 +16,7 @@
 
 namespace sparq {
 
-void sparq_select_components(const float* q, int n_h, int d, int r, int* i1, float* qs) {
+void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs) {
   thread_local std::vector<std::pair<double, int>> order;  // (-sum |q_c|, c): ascending = wanted
   order.resize(size_t(d));
   for (int c = 0; c < d; ++c) {
@@ -34,7 +34,7 @@ void sparq_select_components(const float* q, int n_h, int d, int r, int* i1, flo
     for (int c = 0; c < d; ++c) total += std::abs(double(qh[c]));
     // 1/tau, with log2(e) folded in for the kernels' exp2.
     const double scale = part > 0 ? std::sqrt(total / (d * part)) * std::numbers::log2e : 0.0;
-    for (int j = 0; j < r; ++j) qs[size_t(h) * r + j] = float(qh[i1[j]] * scale);
+    for (int j = 0; j < r; ++j) qs[size_t(h) * r + j] = query_for(type, float(qh[i1[j]] * scale));
   }
 }
 
@@ -144,7 +144,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       grow(x.w, size_t(nb) * G);
       grow(x.topk, sparq_select_scratch(n));
     }
-    sparq_select_components(q, G, d, it.r, x.i1.data(), x.qs.data());
+    sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
     for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
   }
   sync(nt);

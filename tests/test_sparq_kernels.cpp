@@ -155,7 +155,7 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
   const float q[G * d] = {1, -2, 3, 4, 0, -1, -2, 3, 0, -1, 1, 2};
   int i1[r];
   float qs[G * r];
-  sparq_select_components(q, G, d, r, i1, qs);
+  sparq_select_components(q, G, d, r, DType::F32, i1, qs);
   REQUIRE(std::vector<int>(i1, i1 + r) == std::vector<int>{0, 1, 3});
   for (int h = 0; h < G; ++h) {
     double part = 0, total = 0;
@@ -165,11 +165,17 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
     for (int j = 0; j < r; ++j)
       REQUIRE(qs[h * r + j] == Approx(q[h * d + i1[j]] * inv_tau * std::numbers::log2e).epsilon(1e-6));
   }
+  // For bf16 keys the same values, rounded to bf16 as queries meet such keys.
+  int i1b[r];
+  float qsb[G * r];
+  sparq_select_components(q, G, d, r, DType::BF16, i1b, qsb);
+  REQUIRE(std::vector<int>(i1b, i1b + r) == std::vector<int>(i1, i1 + r));
+  for (int j = 0; j < G * r; ++j) REQUIRE(qsb[j] == query_for(DType::BF16, qs[j]));
   // r = d keeps every component and tau = sqrt(d); a zero head gets zeros.
   const float z[d] = {0, 0, 0, 0, 0, 0};
   int all[d];
   float zs[d];
-  sparq_select_components(z, 1, d, d, all, zs);
+  sparq_select_components(z, 1, d, d, DType::F32, all, zs);
   for (int c = 0; c < d; ++c) {
     REQUIRE(all[c] == c);
     REQUIRE(zs[c] == 0.0f);
@@ -188,7 +194,8 @@ TEST_CASE("sparq step 1: avx512 matches the reference on random keys", "[sparq]"
           const KVCache c = make_cache(1, d, S, t, gaussian(size_t(S) * d, 1.0f, rng),
                                        gaussian(size_t(S) * d, 1.0f, rng));
           const std::vector<int> i1 = some_components(d, r, rng);
-          const std::vector<float> qs = gaussian(size_t(G) * r, 0.5f, rng);
+          std::vector<float> qs = gaussian(size_t(G) * r, 0.5f, rng);
+          for (float& x : qs) x = query_for(t, x);  // the kernels' contract for bf16 keys
           // |x| <= sum_j |qs_j| max|K|; f32 sums of r terms agree to ~r ulp of that.
           double mag = 0;
           for (float x : qs) mag = std::max(mag, double(std::abs(x)) * 5.0 * r);

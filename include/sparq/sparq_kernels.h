@@ -25,7 +25,7 @@ struct SparqStep1Args {
   int S = 0;                  // positions
   const int* i1 = nullptr;    // r components, ascending
   int r = 0;
-  const float* qs = nullptr;  // [n_h][r]: q_h[i1[j]] * log2(e) / tau_h
+  const float* qs = nullptr;  // [n_h][r]: q_h[i1[j]] * log2(e) / tau_h, bf16 values for bf16 keys
   int n_h = 0;
 };
 
@@ -53,9 +53,11 @@ inline size_t sparq_select_scratch(int n) { return 3 * size_t(n) + 48; }
 
 // i1: the r components of largest sum over the n_h heads of |q_h| (ties: the
 // lower index), ascending; qs [n_h][r] as SparqStep1Args::qs wants it, with
-// tau_h = sqrt(d * sum|q_h[i1]| / sum|q_h|) (a head with q_h[i1] = 0 gets 0).
+// tau_h = sqrt(d * sum|q_h[i1]| / sum|q_h|) (a head with q_h[i1] = 0 gets 0),
+// rounded as keys of the cache's type meet queries (query_for), as the dense
+// kernel and step 3 round q: bf16 keys then multiply in pairs.
 // Shared by both paths: it is O(n_h d) next to the O(S r n_h) steps.
-void sparq_select_components(const float* q, int n_h, int d, int r, int* i1, float* qs);
+void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs);
 
 namespace ref {
 // Blocks [b0, b1) of kSparqBlock positions, with x_h(p) = qs_h . K[p, i1]: for
