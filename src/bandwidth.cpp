@@ -89,9 +89,12 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every) {
   return best;
 }
 
+uint64_t read_checksum(const void* p, size_t n) {
+  return use_avx512() ? avx512::read_checksum(p, n) : ref::read_checksum(p, n);
+}
+
 double measure_read_bandwidth_gbs(int threads) {
   const Probe pr(threads);
-  const bool avx = use_avx512();
   const size_t chunk = pr.chunk;
   uint8_t* base = pr.base;
   uint64_t sink = 0;
@@ -102,7 +105,7 @@ double measure_read_bandwidth_gbs(int threads) {
 #pragma omp parallel num_threads(threads) reduction(^ : sink)
     {
       const uint8_t* p = base + size_t(omp_get_thread_num()) * chunk;
-      sink ^= avx ? avx512::read_checksum(p, chunk) : ref::read_checksum(p, chunk);
+      sink ^= read_checksum(p, chunk);
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, double(chunk) * threads / s / 1e9);

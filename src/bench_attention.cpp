@@ -40,7 +40,7 @@ struct Row {
   int S, d, group, layers;
   MeanSd ms;
   double kv_bytes;  // per step (one layer, all KV heads)
-  double gbs, pct, speedup;  // speedup 0: no dense row for this shape
+  double gbs, pct, pct_read, speedup;  // speedup 0: no dense row for this shape
   double step1_ms, topk_ms, step3_ms;  // SparQ phases per step (0 for dense)
 };
 
@@ -86,6 +86,23 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
   return q;
 }
 
+// A plain streaming read of the bytes dense attention reads (every layer's
+// k_t and v_rows, S positions), over the same threads; returns a checksum so
+// the loads stay. Timed in the same repetitions as the kernels, it is the
+// yardstick a noisy shared machine cannot skew.
+uint64_t read_dense_bytes(const KVCache& c, int S) {
+  const KVShape& s = c.shape();
+  const size_t bytes = size_t(S) * s.head_dim * dtype_size(s.type) / 256 * 256;  // the loop's unit
+  const int arrays = s.n_layers * s.n_kv_heads * 2;
+  uint64_t sum = 0;
+#pragma omp parallel for schedule(static) reduction(^ : sum)
+  for (int i = 0; i < arrays; ++i) {
+    const int l = i / (2 * s.n_kv_heads), h = i / 2 % s.n_kv_heads;
+    sum ^= read_checksum(i % 2 ? c.v_rows(l, h) : c.k_t(l, h), bytes);
+  }
+  return sum;
+}
+
 // A SparQ phase time, or empty for dense rows.
 BenchRow phase(double ms) { return ms > 0 ? BenchRow(ms) : BenchRow(); }
 
@@ -102,7 +119,8 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
   t.notes = {fmt::format("attention bench: one decode step, {}", note),
              fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
                          o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
-             "time per step = one layer's attention (mean ± sd over reps, the settings taking turns in each); KV = bytes read per step"};
+             "time per step = one layer's attention (mean ± sd over reps, the settings taking turns in each); KV = bytes read per step",
+             "read = a plain streaming read of dense's bytes, timed in the same reps; % of read = GB/s against it"};
   if (!gathers.empty()) {
     std::string g;
     BenchRow j = BenchRow::object();
@@ -122,6 +140,7 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
                bench_column("KV MiB/step", "kv_bytes", 2, 1.0 / 1048576.0),
                bench_column("GB/s", "gbs", 1),
                bench_column("% of bw", "pct_bandwidth", 0, 1.0, "%"),
+               bench_column("% of read", "pct_read", 0, 1.0, "%"),
                bench_column("speedup vs dense", "speedup_vs_dense", 2, 1.0, "x"),
                bench_column("step 1 ms", "step1_ms", 3),
                bench_column("top-k ms", "topk_ms", 3),
@@ -129,7 +148,7 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
   for (const Row& r : rows)
     t.rows.push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group}, {"layers", r.layers},
                       {"ms_mean", r.ms.mean}, {"ms_sd", r.ms.sd}, {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs},
-                      {"pct_bandwidth", r.pct},
+                      {"pct_bandwidth", r.pct}, {"pct_read", r.pct_read},
                       {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()},
                       {"step1_ms", phase(r.step1_ms)}, {"topk_ms", phase(r.topk_ms)}, {"step3_ms", phase(r.step3_ms)}});
   print_bench_table(out, t, o.format);
@@ -167,38 +186,51 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
         const int n_heads = o.n_kv_heads * group;
         std::vector<std::vector<float>> q, y(size_t(layers), std::vector<float>(size_t(n_heads) * d));
         for (int l = 0; l < layers; ++l) q.push_back(heavy_tailed(size_t(n_heads) * d, rng));
-        // Repetitions take the settings in turn, so a slow spell of a shared
-        // machine hits them alike and the speedups compare like with like.
-        std::vector<AttnCounters> counters(settings.size());
-        std::vector<std::vector<double>> ms(settings.size());
+        // Repetitions take the settings in turn, then the plain read (slot
+        // ns), so a slow spell of a shared machine hits them alike and the
+        // ratios compare like with like.
+        const size_t ns = settings.size();
+        std::vector<AttnCounters> counters(ns);
+        std::vector<std::vector<double>> ms(ns + 1);
+        uint64_t sink = 0;
         for (int rep = 0; rep <= o.reps; ++rep)  // rep 0 warms up
-          for (size_t si = 0; si < settings.size(); ++si) {
+          for (size_t si = 0; si <= ns; ++si) {
             AttnCounters c;
             const auto t0 = Clock::now();
-            for (int l = 0; l < layers; ++l) {
-              const DecodeQuery dq{&cache, S, q[l].data(), y[l].data()};
-              attention_decode({&dq, 1}, l, n_heads, settings[si], &c);
-            }
+            if (si == ns)
+              sink ^= read_dense_bytes(cache, S);
+            else
+              for (int l = 0; l < layers; ++l) {
+                const DecodeQuery dq{&cache, S, q[l].data(), y[l].data()};
+                attention_decode({&dq, 1}, l, n_heads, settings[si], &c);
+              }
             const double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
             if (rep > 0) {
               ms[si].push_back(t / layers);
-              counters[si].add(c);
+              if (si < ns) counters[si].add(c);
             }
           }
+        volatile uint64_t keep = sink;
+        (void)keep;
+        const double read_bytes = double(o.n_kv_heads) * 2.0 * double(size_t(S) * d * dtype_size(o.kv_type) / 256 * 256);
+        const MeanSd read_ms = mean_sd(ms[ns]);
+        const double read_gbs = read_bytes / (read_ms.mean * 1e-3) / 1e9;
         double dense_ms = 0;
-        for (size_t si = 0; si < settings.size(); ++si) {
+        const size_t first = rows.size();
+        for (size_t si = 0; si < ns; ++si) {
           const MeanSd t = mean_sd(ms[si]);
           const AttnCounters& cs = counters[si];
           const double bytes = double(cs.kv_bytes) / double(cs.calls);
           const double gbs = bytes / (t.mean * 1e-3) / 1e9;
           if (!settings[si].sparq && dense_ms == 0) dense_ms = t.mean;
           const double per_step = 1e3 / double(cs.calls);
-          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 0.0,
-                             cs.t_step1 * per_step, cs.t_topk * per_step, cs.t_step3 * per_step});
+          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 100.0 * gbs / read_gbs,
+                             0.0, cs.t_step1 * per_step, cs.t_topk * per_step, cs.t_step3 * per_step});
         }
+        rows.push_back(Row{"read", S, d, group, layers, read_ms, read_bytes, read_gbs, 100.0 * read_gbs / bw, 100.0,
+                           0.0, 0.0, 0.0, 0.0});
         // Speedups once the dense time of this shape is known, wherever it was listed.
-        for (size_t i = rows.size() - settings.size(); i < rows.size(); ++i)
-          rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms.mean : 0.0;
+        for (size_t i = first; i < rows.size(); ++i) rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms.mean : 0.0;
       }
     }
   omp_set_num_threads(saved_threads);

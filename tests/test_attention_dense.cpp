@@ -479,9 +479,16 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
   o.format = "json";
   const nlohmann::json j = nlohmann::json::parse(bench_output(o));
   CHECK(j["bandwidth_gbs"] == 50.0);
-  REQUIRE(j["rows"].size() == 2);
+  REQUIRE(j["rows"].size() == 3);
   const auto& sparse = j["rows"][0];
   const auto& dense = j["rows"][1];
+  const auto& read = j["rows"][2];  // the plain read of dense's bytes, timed alongside
+  CHECK(read["setting"] == "read");
+  // each of the 2 KV heads' k_t and v_rows, read in 256-byte steps
+  CHECK(read["kv_bytes"] == double(2 * 2 * (dense_step_bytes(300, 16, DType::BF16) / 2 / 256 * 256)));
+  CHECK(read["pct_read"] == 100.0);
+  CHECK(read["speedup_vs_dense"].get<double>() == Approx(dense["ms_mean"].get<double>() / read["ms_mean"].get<double>()));
+  CHECK(sparse["pct_read"].get<double>() == Approx(100 * sparse["gbs"].get<double>() / read["gbs"].get<double>()));
   CHECK(dense["setting"] == "dense");
   CHECK(dense["kv_bytes"] == double(2 * dense_step_bytes(300, 16, DType::BF16)));
   CHECK(dense["speedup_vs_dense"] == 1.0);
@@ -495,7 +502,7 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
 
   o.format = "csv";
   const std::string csv = bench_output(o);
-  CHECK(std::count(csv.begin(), csv.end(), '\n') == 3);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 4);
   CHECK(csv.rfind("setting,S,d,group,layers,ms_mean", 0) == 0);
   o.format = "markdown";
   const std::string md = bench_output(o);

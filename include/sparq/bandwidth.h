@@ -21,6 +21,7 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every);
 // aligned), so the loads cannot be optimised away. They prefetch kReadAhead
 // bytes ahead, as the attention kernels do.
 inline constexpr size_t kReadAhead = 2048;
+uint64_t read_checksum(const void* p, size_t n);  // the AVX-512 loop where it runs
 namespace ref {
 uint64_t read_checksum(const void* p, size_t n);
 }
