@@ -1,8 +1,9 @@
 // AVX-512 SparQ kernels (compiled with AVX-512 flags; only reached after
-// use_avx512()). Keys are converted bf16 -> f32 and multiplied in f32, so the
-// results match the scalar reference up to summation order; step 2 computes
-// its scores with the reference's exact operation order, so both select the
-// same positions from the same step-1 output.
+// use_avx512()). bf16 keys meet bf16 query values in vdpbf16ps, whose
+// products are exact, so the results match the scalar reference up to
+// summation order (f32 keys: f32 FMAs); step 2 computes its scores with the
+// reference's exact operation order, so both select the same positions from
+// the same step-1 output.
 // GCC 12.2 warns about the _mm512_undefined_* self-initialisation inside
 // immintrin.h (GCC PR 105593, fixed in 12.3); these are false positives.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -53,6 +54,14 @@ void in_order(__m512& a, __m512& b) {
 }
 
 void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+// The bits of x as vdpbf16ps's operand type. Through memcpy: GCC 12 sends a
+// vector cast of a masked load through the stack.
+[[gnu::always_inline]] inline __m512bh as_bh(__m512i x) {
+  __m512bh r;
+  std::memcpy(&r, &x, sizeof r);
+  return r;
+}
 
 // Lane i of the result is the sum of the 16 lanes of a[i].
 // Inlined: as a call, the 16 inputs go through memory.
@@ -138,14 +147,9 @@ void step1_block(const SparqStep1Args& a, const uint32_t* qp, int nb, int h0, in
         for (int v = 0; v < P; ++v) {
           const __m512i x0 = _mm512_maskz_loadu_epi16(part[v], run0 + 32 * v);
           const __m512i x1 = pair ? _mm512_maskz_loadu_epi16(part[v], run1 + 32 * v) : _mm512_setzero_si512();
-          __m512bh l, u;
-          const __m512i il = _mm512_unpacklo_epi16(x0, x1), iu = _mm512_unpackhi_epi16(x0, x1);
-          std::memcpy(&l, &il, sizeof l);
-          std::memcpy(&u, &iu, sizeof u);
+          const __m512bh l = as_bh(_mm512_unpacklo_epi16(x0, x1)), u = as_bh(_mm512_unpackhi_epi16(x0, x1));
           for (int h = 0; h < NH; ++h) {
-            __m512bh q;
-            const __m512i qv = _mm512_set1_epi32(int(qp[size_t(h0 + h) * np + jp]));
-            std::memcpy(&q, &qv, sizeof q);
+            const __m512bh q = as_bh(_mm512_set1_epi32(int(qp[size_t(h0 + h) * np + jp])));
             lo[h][v] = _mm512_dpbf16_ps(lo[h][v], l, q);
             hi[h][v] = _mm512_dpbf16_ps(hi[h][v], u, q);
           }
@@ -376,13 +380,9 @@ void prefetch_row(const T* row, int d) {
     prefetch(reinterpret_cast<const void*>(l));
 }
 
-// 32 bf16 values (lanes outside m: 0). A plain load where it can: GCC 12
-// sends a masked load's cast to __m512bh through memory.
+// 32 bf16 values (lanes outside m: 0), unmasked where it can.
 [[gnu::always_inline]] inline __m512bh load_bh(const uint16_t* p, __mmask32 m) {
-  const __m512i x = m == ~__mmask32(0) ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(m, p);
-  __m512bh r;
-  std::memcpy(&r, &x, sizeof r);
-  return r;
+  return as_bh(m == ~__mmask32(0) ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(m, p));
 }
 
 // x laid out [row][head] (lane i: head i % G, lanes from R G on unused):
