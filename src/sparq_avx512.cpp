@@ -367,8 +367,8 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
 
 // ---- step 3 ----
 
-// Rows this many ahead of the ones being read are prefetched (tuned: 16 and
-// 64 were slower than 32 at d = 64, group 1 and 4).
+// Rows this many ahead of the ones being read are prefetched (16, 32 and 64
+// measured alike at d = 64, groups 1 and 4).
 constexpr int kRowsAhead = 32;
 // The largest group one pass takes; larger ones run in slices.
 constexpr int kMaxStep3Group = 8;
@@ -405,8 +405,9 @@ __m512 per_head(__m512 x) {
 // finishes, so each key row is loaded once for all heads; they come out
 // [row][head]. A chunk is NG such groups.
 // Softmax: weights are 2^(x - m) for a reference m that only moves when a
-// score passes it (kHeadroom above the max seen keeps that rare, and 2^-16
-// per row cannot underflow a sum), so no row waits on a horizontal max.
+// score passes it, so no row waits on a horizontal max. m sits kHeadroom
+// above the max seen, which keeps moves rare while the largest weight stays
+// at least 2^-16, far from underflow.
 // Values: as in the dense kernel, 32 components per load in load32's order,
 // U rows at a time so that 2 U G FMA chains hide the FMA latency.
 template <class T, int NV, int G>
