@@ -231,9 +231,6 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
 
 // ---- step 2 ----
 
-// Groups up to this size sum alpha while selecting; larger ones gather after.
-constexpr int kMaxSelectHeads = 16;
-
 // Step 2's scores of the 16 positions from p (a multiple of 16), summed in the
 // reference's order; with mass, also adds e_h w_h of the lanes in sel to mass[h].
 struct Scores {
@@ -262,10 +259,12 @@ struct Scores {
     std::memcpy(&u, &s, 4);
     return u;
   }
-  void add_mass(int p, __mmask16 sel, __m512* mass) const {
+  // NH = n_h, known at compile time so mass stays in registers.
+  template <int NH>
+  void add_mass(int p, __mmask16 sel, __m512 (&mass)[NH]) const {
     const int b = p / B;
-    const float* eb = e + size_t(b) * n_h * B + p % B;
-    for (int h = 0; h < n_h; ++h)
+    const float* eb = e + size_t(b) * NH * B + p % B;
+    for (int h = 0; h < NH; ++h)
       mass[h] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(sel, eb + h * B), _mm512_set1_ps(w[h * nb + b]), mass[h], sel);
   }
 };
@@ -363,6 +362,35 @@ void find_threshold(const Scores& sc, int n, int m, uint32_t* scratch, uint32_t*
   const uint32_t t = kth_largest(scratch, nband, m - above, tmp, &greater);
   *thr = t;
   *take_eq = m - above - greater;
+}
+
+// Writes to out, in index order, the positions whose key is above t and the
+// first take_eq equal to it; with NH > 0 (the group size), adds their mass
+// per head to mass.
+template <int NH>
+void emit(const Scores& sc, int n, uint32_t t, int take_eq, int* out, float* mass) {
+  const __m512i vt = _mm512_set1_epi32(int(t));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 ms[NH > 0 ? NH : 1];
+  for (__m512& x : ms) x = _mm512_setzero_ps();
+  int pos = 0;
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 k = first16(n - i);
+    const __m512i x = _mm512_castps_si512(sc.at16(i, k));
+    __mmask16 sel = _mm512_mask_cmpgt_epu32_mask(k, x, vt);
+    unsigned eq = _mm512_mask_cmpeq_epu32_mask(k, x, vt);
+    for (; eq && take_eq > 0; --take_eq) {  // ties at the threshold: lowest indices first
+      sel |= __mmask16(eq & -eq);
+      eq &= eq - 1;
+    }
+    // Compress in a register, then a masked store: compress-to-memory is slow on some cores.
+    const int c = __builtin_popcount(sel);
+    _mm512_mask_storeu_epi32(out + pos, first16_nb(c), _mm512_maskz_compress_epi32(sel, _mm512_add_epi32(iota, _mm512_set1_epi32(i))));
+    pos += c;
+    if constexpr (NH > 0) sc.add_mass(i, sel, ms);
+  }
+  if constexpr (NH > 0)
+    for (int h = 0; h < NH; ++h) mass[h] += _mm512_reduce_add_ps(ms[h]);
 }
 
 // ---- step 3 ----
@@ -582,32 +610,16 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
   uint32_t t;
   int take_eq;
   find_threshold(sc, n, m, scratch, &t, &take_eq);
-  // Emit in index order: keys above t, and the first take_eq keys equal to it.
-  const __m512i vt = _mm512_set1_epi32(int(t));
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 ms[kMaxSelectHeads];
-  for (int h = 0; h < std::min(n_h, kMaxSelectHeads); ++h) ms[h] = _mm512_setzero_ps();
-  int pos = 0;
-  for (int i = 0; i < n; i += 16) {
-    const __mmask16 k = first16(n - i);
-    const __m512i x = _mm512_castps_si512(sc.at16(i, k));
-    __mmask16 sel = _mm512_mask_cmpgt_epu32_mask(k, x, vt);
-    unsigned eq = _mm512_mask_cmpeq_epu32_mask(k, x, vt);
-    for (; eq && take_eq > 0; --take_eq) {  // ties at the threshold: lowest indices first
-      sel |= __mmask16(eq & -eq);
-      eq &= eq - 1;
-    }
-    // Compress in a register, then a masked store: compress-to-memory is slow on some cores.
-    const int c = __builtin_popcount(sel);
-    _mm512_mask_storeu_epi32(out + pos, first16_nb(c), _mm512_maskz_compress_epi32(sel, _mm512_add_epi32(iota, _mm512_set1_epi32(i))));
-    pos += c;
-    if (mass && n_h <= kMaxSelectHeads) sc.add_mass(i, sel, ms);
+  // Groups of common sizes add alpha while emitting; the rest gather it after.
+  switch (mass ? n_h : 0) {
+    case 1: return emit<1>(sc, n, t, take_eq, out, mass);
+    case 2: return emit<2>(sc, n, t, take_eq, out, mass);
+    case 4: return emit<4>(sc, n, t, take_eq, out, mass);
+    case 8: return emit<8>(sc, n, t, take_eq, out, mass);
+    default:
+      emit<0>(sc, n, t, take_eq, out, nullptr);
+      if (mass) sparq_mass(e, w, n_h, nb, out, m, mass);
   }
-  if (!mass) return;
-  if (n_h <= kMaxSelectHeads)
-    for (int h = 0; h < n_h; ++h) mass[h] += _mm512_reduce_add_ps(ms[h]);
-  else
-    sparq_mass(e, w, n_h, nb, out, m, mass);
 }
 
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
