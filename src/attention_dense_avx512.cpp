@@ -152,9 +152,8 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
 
 // The same for a bf16 k_t block. q2 is [G][(d + 1) / 2] pairs of bf16
 // components (2c low, 2c + 1 high). Rows 2c and 2c + 1, interleaved word by
-// word, pair each position's two components for vdpbf16ps: within each
-// 128-bit lane, unpacklo holds positions 0-3 and unpackhi positions 4-7 of
-// that lane's eight.
+// word, pair each position's two components for vdpbf16ps; unpacked_in_order
+// puts the results back in position order.
 template <int G, bool Full>
 void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, const uint32_t* q2, float scale,
                   float* sc, __m512 (&mx)[G]) {
@@ -190,14 +189,8 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
       }
     }
   }
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int v = 0; v < NV; ++v)
-    for (int h = 0; h < G; ++h) {
-      const __m512 a = _mm512_permutex2var_ps(lo[v][h], first, hi[v][h]);
-      hi[v][h] = _mm512_permutex2var_ps(lo[v][h], second, hi[v][h]);
-      lo[v][h] = a;
-    }
+    for (int h = 0; h < G; ++h) unpacked_in_order(lo[v][h], hi[v][h]);
   store_scores(lo, hi, n, scale, sc, mx);
 }
 
@@ -277,8 +270,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   for (int h = 0; h < G; ++h) {
     const float* qh = s.q + size_t(h0 + h) * d;
     if constexpr (BF16)
-      for (int c = 0; c < pairs; ++c)
-        q2[h * pairs + c] = f32_to_bf16(qh[2 * c]) | (2 * c + 1 < d ? uint32_t(f32_to_bf16(qh[2 * c + 1])) << 16 : 0u);
+      for (int c = 0; c < pairs; ++c) q2[h * pairs + c] = bf16_pair(qh + 2 * c, 2 * c + 1 < d);
     else
       std::copy(qh, qh + d, q + size_t(h) * d);
   }

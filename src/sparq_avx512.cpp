@@ -84,16 +84,8 @@ void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HIN
 
 // bf16 keys meet the query pairwise: runs j and j+1 interleaved by unpack
 // are the pairs vdpbf16ps multiplies by (qs_j, qs_{j+1}), half the
-// instructions of converting and FMA-ing each run. The unpacks leave
-// positions {0-3, 8-11, 16-19, 24-27} in lo and the other quads in hi; this
-// puts positions 0..15 in lo and 16..31 in hi.
-void unpacked_in_order(__m512& lo, __m512& hi) {
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  const __m512 x = _mm512_permutex2var_ps(lo, first, hi);
-  hi = _mm512_permutex2var_ps(lo, second, hi);
-  lo = x;
-}
+// instructions of converting and FMA-ing each run; unpacked_in_order puts
+// the results back in position order.
 
 // 2^(x - max) in place over a block's n scores of one head; returns their sum.
 template <bool Full>
@@ -199,16 +191,8 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
   if constexpr (sizeof(T) == 2) {
     const int np = (a.r + 1) / 2;
     qp.resize(size_t(a.n_h) * np);
-    const auto bits = [](float x) {
-      uint32_t u;
-      std::memcpy(&u, &x, 4);
-      return u >> 16;  // exact: qs is bf16 for bf16 keys
-    };
-    for (int h = 0; h < a.n_h; ++h)
-      for (int jp = 0; jp < np; ++jp) {
-        const float* q = a.qs + size_t(h) * a.r + 2 * jp;
-        qp[size_t(h) * np + jp] = bits(q[0]) | (2 * jp + 1 < a.r ? bits(q[1]) << 16 : 0u);
-      }
+    for (int h = 0; h < a.n_h; ++h)  // exact: qs holds bf16 values for bf16 keys
+      for (int jp = 0; jp < np; ++jp) qp[size_t(h) * np + jp] = bf16_pair(a.qs + size_t(h) * a.r + 2 * jp, 2 * jp + 1 < a.r);
   }
   for (int b = b0; b < b1; ++b) {
     const T* pf = b + dist < nb ? kt + size_t(b + dist) * a.d * B : nullptr;

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "sparq/common.h"
+
 namespace sparq::avx512 {
 
 // The first n lanes (n clamped to [0, 16] / [0, 32]).
@@ -34,6 +36,23 @@ inline void even_odd_in_order(__m512& a, __m512& b) {
   const __m512 x = _mm512_permutex2var_ps(a, lo, b);
   b = _mm512_permutex2var_ps(a, hi, b);
   a = x;
+}
+
+// x[0] and, when two, x[1] (else 0) as the bf16 pair vdpbf16ps multiplies
+// with two interleaved rows, x[0] in the low half.
+inline uint32_t bf16_pair(const float* x, bool two) {
+  return f32_to_bf16(x[0]) | (two ? uint32_t(f32_to_bf16(x[1])) << 16 : 0u);
+}
+
+// vdpbf16ps over rows interleaved by unpacklo/hi_epi16 leaves positions
+// {0-3, 8-11, 16-19, 24-27} of 32 in lo and the other quads in hi; this puts
+// positions 0..15 in lo and 16..31 in hi.
+inline void unpacked_in_order(__m512& lo, __m512& hi) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const __m512 x = _mm512_permutex2var_ps(lo, first, hi);
+  hi = _mm512_permutex2var_ps(lo, second, hi);
+  lo = x;
 }
 
 }  // namespace sparq::avx512
