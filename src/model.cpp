@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <malloc.h>
-#include <cstring>
 
 #include "sparq/ops.h"
 #include "sparq/safetensors.h"
