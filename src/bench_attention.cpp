@@ -86,13 +86,17 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
   return q;
 }
 
+// Bytes the plain read below takes from each k_t or v_rows array of S
+// positions: whole 256-byte steps, its loop's unit.
+size_t read_array_bytes(int S, int d, DType t) { return size_t(S) * d * dtype_size(t) / 256 * 256; }
+
 // A plain streaming read of the bytes dense attention reads (every layer's
 // k_t and v_rows, S positions), over the same threads; returns a checksum so
 // the loads stay. Timed in the same repetitions as the kernels, it is the
 // yardstick a noisy shared machine cannot skew.
 uint64_t read_dense_bytes(const KVCache& c, int S) {
   const KVShape& s = c.shape();
-  const size_t bytes = size_t(S) * s.head_dim * dtype_size(s.type) / 256 * 256;  // the loop's unit
+  const size_t bytes = read_array_bytes(S, s.head_dim, s.type);
   const int arrays = s.n_layers * s.n_kv_heads * 2;
   uint64_t sum = 0;
 #pragma omp parallel for schedule(static) reduction(^ : sum)
@@ -212,7 +216,7 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
           }
         volatile uint64_t keep = sink;
         (void)keep;
-        const double read_bytes = double(o.n_kv_heads) * 2.0 * double(size_t(S) * d * dtype_size(o.kv_type) / 256 * 256);
+        const double read_bytes = double(o.n_kv_heads) * 2.0 * double(read_array_bytes(S, d, o.kv_type));
         const MeanSd read_ms = mean_sd(ms[ns]);
         const double read_gbs = read_bytes / (read_ms.mean * 1e-3) / 1e9;
         double dense_ms = 0;
