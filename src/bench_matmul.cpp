@@ -6,8 +6,12 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "sparq/bandwidth.h"
 #include "sparq/common.h"
 #include "sparq/matmul.h"
 
@@ -29,6 +33,33 @@ struct Shape {
   int N, K;
 };
 
+// A plain streaming read of every copy's weight bytes over the same threads:
+// the yardstick for the memory-bound rows, timed in the same repetitions so a
+// slow spell of the shared machine hits both alike. Returns a checksum so the
+// loads stay; *bytes: what it read.
+uint64_t read_weights(const std::vector<Linear>& lins, size_t* bytes) {
+  const int parts = omp_get_max_threads();
+  const auto span = [&](size_t i, int part, const char** p) {
+    const auto base = reinterpret_cast<uintptr_t>(lins[i].weight_data());
+    const size_t skip = (64 - base % 64) % 64, n = (lins[i].weight_bytes() - skip) / 256 * 256;
+    const size_t each = n / parts / 256 * 256, begin = each * size_t(part);
+    *p = reinterpret_cast<const char*>(base + skip + begin);
+    return part == parts - 1 ? n - begin : each;
+  };
+  uint64_t sum = 0;
+  size_t total = 0;
+  const int64_t items = int64_t(lins.size()) * parts;
+#pragma omp parallel for schedule(static) reduction(^ : sum) reduction(+ : total)
+  for (int64_t it = 0; it < items; ++it) {
+    const char* p;
+    const size_t n = span(size_t(it / parts), int(it % parts), &p);
+    sum ^= read_checksum(p, n);
+    total += n;
+  }
+  *bytes = total;
+  return sum;
+}
+
 }  // namespace
 
 int run_matmul_bench(int threads, int reps) {
@@ -49,10 +80,11 @@ int run_matmul_bench(int threads, int reps) {
   for (int M : {16, 128, 512})
     for (const Shape& s : model) cases.push_back({s, M});
 
-  std::printf("matmul bench: %d thread(s), %d rep(s); time per forward; GB/s of weight bytes read\n\n",
-              threads, reps);
-  std::printf("| shape N x K | M | dtype | copies | time (us) | GB/s | GFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+  std::printf("matmul bench: %d thread(s), %d rep(s); time per forward; GB/s of weight bytes read\n", threads, reps);
+  std::printf("rows that cycle through copies of the weights read them from DRAM; read: a plain streaming read of "
+              "the same copies over the same threads, in the same repetitions; %% of read: GB/s against it\n\n");
+  std::printf("| shape N x K | M | dtype | copies | time (us) | GB/s | read GB/s | %% of read | GFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   double convert_s = 0;
@@ -72,13 +104,30 @@ int run_matmul_bench(int threads, int reps) {
       convert_s += seconds_since(t0);
       converted += copies * size_t(N) * K;
       for (const Linear& l : lins) l.forward(x.data(), y.data(), M);  // warm-up, primitive creation
-      const auto t1 = Clock::now();
-      for (int r = 0; r < reps; ++r)
+      const bool streamed = copies > 1;
+      double mm_s = 0, read_s = 0;
+      size_t read_bytes = 0;
+      uint64_t sink = 0;
+      for (int r = 0; r < reps; ++r) {
+        const auto t1 = Clock::now();
         for (const Linear& l : lins) l.forward(x.data(), y.data(), M);
-      const double per = seconds_since(t1) / (double(reps) * copies);
-      std::printf("| %s %d x %d | %d | %s | %zu | %.1f | %.1f | %.1f |\n", c.s.what, N, K, M, dtype_name(t),
-                  copies, per * 1e6, double(lins[0].weight_bytes()) / per * 1e-9,
-                  2.0 * M * N * K / per * 1e-9);
+        mm_s += seconds_since(t1);
+        if (!streamed) continue;
+        const auto t2 = Clock::now();
+        sink ^= read_weights(lins, &read_bytes);
+        read_s += seconds_since(t2);
+      }
+      volatile uint64_t keep = sink;
+      (void)keep;
+      const double per = mm_s / (double(reps) * copies);
+      const double gbs = double(lins[0].weight_bytes()) / per * 1e-9;
+      std::string read = "| - | -";
+      if (streamed) {
+        const double read_gbs = double(read_bytes) * reps / read_s * 1e-9;
+        read = fmt::format("| {:.1f} | {:.0f}%", read_gbs, 100.0 * gbs / read_gbs);
+      }
+      std::printf("| %s %d x %d | %d | %s | %zu | %.1f | %.1f %s | %.1f |\n", c.s.what, N, K, M, dtype_name(t), copies,
+                  per * 1e6, gbs, read.c_str(), 2.0 * M * N * K / per * 1e-9);
       std::fflush(stdout);
     }
   }

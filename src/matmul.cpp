@@ -139,6 +139,7 @@ Linear::Linear(Linear&&) noexcept = default;
 Linear& Linear::operator=(Linear&&) noexcept = default;
 
 size_t Linear::weight_bytes() const { return impl_->weights.get_desc().get_size(); }
+const void* Linear::weight_data() const { return impl_->weights.get_data_handle(); }
 
 void Linear::row(int n, float* out) const {
   if (n < 0 || n >= N_) fail("linear layer: row {} is outside [0, {})", n, N_);

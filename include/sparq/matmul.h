@@ -25,6 +25,7 @@ class Linear {
   int rows() const { return N_; }  // N
   int cols() const { return K_; }  // K
   size_t weight_bytes() const;     // bytes read per forward (weights in compute type)
+  const void* weight_data() const;  // those bytes (64-byte aligned), for benchmarks' reads
   // Row n of W ([K] elements, in the compute type's precision) read back from
   // the stored layout: tied embeddings look their rows up here instead of
   // keeping a second copy of the table.
