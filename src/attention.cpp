@@ -293,7 +293,7 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
 }
 
 void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_heads, const float* q,
-                       float* out) {
+                       size_t q_stride, float* out) {
   if (T <= 0) return;
   if (layer < 0 || layer >= cache.shape().n_layers)
     fail("attention: layer {} out of range [0, {})", layer, cache.shape().n_layers);
@@ -304,7 +304,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   thread_local std::vector<DecodeQuery> rows;
   rows.clear();
   const size_t stride = size_t(n_heads) * cache.shape().head_dim;
-  for (int t = 0; t < T; ++t) rows.push_back(DecodeQuery{&cache, p0 + t + 1, q + t * stride, out + t * stride});
+  for (int t = 0; t < T; ++t) rows.push_back(DecodeQuery{&cache, p0 + t + 1, q + t * q_stride, out + t * stride});
   for (const DecodeQuery& r : rows) check_decode_query(r, layer, n_heads, "attention");
   dense_decode(rows, layer, n_heads);
 }

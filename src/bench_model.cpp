@@ -1,5 +1,6 @@
 #include "sparq/bench_model.h"
 
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -229,6 +230,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   size_t most_bytes = 0;
   for (DType kv : o.kv_types)
     for (int d : o.depths) {
+      malloc_trim(0);
       Sequences s;
       const KVShape shape = model->kv_shape(d + max_len, kv);
       for (int b = 0; b < max_B; ++b) s.caches.push_back(std::make_unique<KVCache>(shape));

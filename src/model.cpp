@@ -121,17 +121,29 @@ void Model::embed(int token, float* out) const {
   (embed_ ? *embed_ : *lm_head_).row(token, out);
 }
 
+// xb_: normed input, then attention's output; qkv_: q, k, v, then the output
+// projection's result. Reusing them keeps a prompt batch's buffers small, and
+// a prompt batch's megabytes go back once rows drop below a quarter of them,
+// so a long decode does not hold them on top of a full cache.
+void Model::size_activations(int M) {
+  const ModelConfig& c = cfg_;
+  const int H = c.hidden_size, QKV = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+  if (x_.capacity() > 4 * size_t(M) * H) {
+    for (std::vector<float>* v : {&x_, &xb_, &qkv_, &hb_}) std::vector<float>().swap(*v);
+    malloc_trim(0);  // freed blocks inside the heap stay resident otherwise
+  }
+  x_.resize(size_t(M) * H);
+  xb_.resize(size_t(M) * std::max(H, c.n_heads * c.head_dim));
+  qkv_.resize(size_t(M) * std::max(QKV, H));
+  hb_.resize(size_t(std::min(M, kMlpRows)) * 2 * c.intermediate_size);
+}
+
 void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stats) {
   const ModelConfig& c = cfg_;
   const int M = int(rows.size());
   const int H = c.hidden_size, D = c.head_dim, NH = c.n_heads, NKV = c.n_kv_heads;
   const int QKV = (NH + 2 * NKV) * D, I = c.intermediate_size;
-  x_.resize(size_t(M) * H);
-  xb_.resize(size_t(M) * std::max(H, NH * D));
-  qkv_.resize(size_t(M) * QKV);
-  q_.resize(size_t(M) * NH * D);
-  att_.resize(size_t(M) * NH * D);
-  hb_.resize(size_t(std::min(M, kMlpRows)) * 2 * I);
+  size_activations(M);
   ForwardStats local;
   ForwardStats& st = stats ? *stats : local;
   if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
@@ -152,7 +164,6 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       ops::rope(q, NH, D, rows[i].pos, inv_freq_.data());
       ops::rope(k, NKV, D, rows[i].pos, inv_freq_.data());
       rows[i].cache->store(l, rows[i].pos, k, k + NKV * D);
-      std::copy_n(q, NH * D, &q_[size_t(i) * NH * D]);
     }
     st.t_qkv += since(t0);
 
@@ -167,7 +178,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
         continue;
       }
       while (j < M && !rows[j].decode && rows[j].cache == r.cache) ++j;
-      attention_prefill(*r.cache, l, r.pos, j - i, NH, &q_[size_t(i) * NH * D], &att_[size_t(i) * NH * D]);
+      attention_prefill(*r.cache, l, r.pos, j - i, NH, &qkv_[size_t(i) * QKV], QKV, &xb_[size_t(i) * NH * D]);
       i = j;
     }
     decode_done_.assign(size_t(M), false);
@@ -177,8 +188,8 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       for (int j = i; j < M; ++j)
         if (rows[j].decode == rows[i].decode) {
           decode_done_[j] = true;
-          decode_queries_.push_back(DecodeQuery{rows[j].cache, rows[j].pos + 1, &q_[size_t(j) * NH * D],
-                                                &att_[size_t(j) * NH * D]});
+          decode_queries_.push_back(DecodeQuery{rows[j].cache, rows[j].pos + 1, &qkv_[size_t(j) * QKV],
+                                                &xb_[size_t(j) * NH * D]});
         }
       AttnCounters group;
       attention_decode(decode_queries_, l, NH, *rows[i].decode, &group);
@@ -188,8 +199,8 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     st.t_attn += since(t0);
 
     t0 = Clock::now();
-    L.o.forward(att_.data(), xb_.data(), M);
-    ops::add(x_.data(), xb_.data(), M * H);
+    L.o.forward(xb_.data(), qkv_.data(), M);
+    ops::add(x_.data(), qkv_.data(), M * H);
     st.t_out += since(t0);
 
     t0 = Clock::now();

@@ -71,7 +71,7 @@ void print_memory(std::FILE* f, size_t weight_bytes, size_t kv_bytes) {
   const size_t peak = peak_memory_bytes();
   const double sum = double(weight_bytes + kv_bytes);
   fmt::print(f, "sparq-run: peak memory {:.1f} MiB (VmHWM); weights {:.1f} MiB + KV cache {:.1f} MiB = {:.1f} MiB, "
-                "peak {:+.1f}% of that (the KV cache's untouched pages are not resident)\n",
+                "peak {:+.1f}% of that\n",
              peak / 1048576.0, weight_bytes / 1048576.0, kv_bytes / 1048576.0, sum / 1048576.0,
              sum > 0 ? 100.0 * (double(peak) - sum) / sum : 0.0);
 }

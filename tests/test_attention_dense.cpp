@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -291,7 +292,11 @@ TEST_CASE("prefill equals dense decode at each position", "[attention]") {
       kv.fill(c, 1);
       const std::vector<float> q = random_q(T * nh * d, 1.0f, 12);
       std::vector<float> out(q.size());
-      attention_prefill(c, 1, p0, T, nh, q.data(), out.data());
+      // Queries spaced as in the model's qkv rows, the gaps holding junk.
+      const size_t stride = size_t(nh + 2 * nkv) * d;
+      std::vector<float> spaced(T * stride, std::numeric_limits<float>::quiet_NaN());
+      for (int i = 0; i < T; ++i) std::copy_n(&q[size_t(i) * nh * d], nh * d, &spaced[i * stride]);
+      attention_prefill(c, 1, p0, T, nh, spaced.data(), stride, out.data());
       for (int i = 0; i < T; ++i) {
         const std::vector<float> qi(q.begin() + i * nh * d, q.begin() + (i + 1) * nh * d);
         std::vector<float> want(qi.size());
@@ -301,7 +306,7 @@ TEST_CASE("prefill equals dense decode at each position", "[attention]") {
       }
       // The first prompt token sees only itself: its output is its value row.
       std::vector<float> first(size_t(nh) * d);
-      attention_prefill(c, 1, 0, 1, nh, q.data(), first.data());
+      attention_prefill(c, 1, 0, 1, nh, q.data(), size_t(nh) * d, first.data());
       for (int h = 0; h < nh; ++h)
         for (int j = 0; j < d; ++j) REQUIRE(first[size_t(h) * d + j] == kv.as_stored(t).v[size_t(h / group) * d + j]);
     }
@@ -322,7 +327,7 @@ TEST_CASE("attention rejects bad queries with a clear error", "[attention]") {
   CHECK_THROWS_WITH(run(0, 0, 4), Catch::Contains("query over 0 positions"));
   CHECK_THROWS_WITH(run(5, 2, 4), Catch::Contains("layer 2 out of range"));
   CHECK_THROWS_WITH(run(5, 0, 3), Catch::Contains("3 query heads is not a multiple of 2 KV heads"));
-  CHECK_THROWS_WITH(attention_prefill(c, 0, 8, 3, 4, q.data(), out.data()),
+  CHECK_THROWS_WITH(attention_prefill(c, 0, 8, 3, 4, q.data(), 4 * 16, out.data()),
                     Catch::Contains("prompt positions 8..10 but layer 0 holds 10"));
   CHECK_NOTHROW(run(10, 0, 4));
 }

@@ -80,8 +80,9 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
                       const AttentionSettings& settings, AttnCounters* counters);
 
 // Dense causal attention for T prompt tokens at positions p0 .. p0+T-1 (all
-// already stored): q and out are [T][n_heads][head_dim].
+// already stored): out is [T][n_heads][head_dim]; token t's query is the
+// [n_heads][head_dim] block at q + t * q_stride.
 void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_heads, const float* q,
-                       float* out);
+                       size_t q_stride, float* out);
 
 }  // namespace sparq

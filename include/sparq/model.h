@@ -66,6 +66,7 @@ class Model {
     Linear down;
   };
   void embed(int token, float* out) const;
+  void size_activations(int M);
 
   ModelConfig cfg_;
   std::unique_ptr<Tokenizer> tok_;
@@ -75,8 +76,8 @@ class Model {
   std::vector<float> inv_freq_;
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> lm_head_;
-  // activations, grown to the largest batch seen
-  std::vector<float> x_, xb_, qkv_, q_, att_, hb_;
+  // activations for M rows (size_activations)
+  std::vector<float> x_, xb_, qkv_, hb_;
   std::vector<DecodeQuery> decode_queries_;
   std::vector<char> decode_done_;  // per row, within one layer's attention
 };
