@@ -100,7 +100,8 @@ int run_matmul_bench(int threads, int reps) {
       std::vector<Linear> lins;
       lins.reserve(copies);
       const auto t0 = Clock::now();
-      for (size_t i = 0; i < copies; ++i) lins.emplace_back(w.data(), N, K, t);
+      WeightArena arena(copies * Linear::arena_bytes(N, K, t));  // huge pages, as a model's weights
+      for (size_t i = 0; i < copies; ++i) lins.emplace_back(w.data(), DType::F32, N, K, t, &arena);
       convert_s += seconds_since(t0);
       converted += copies * size_t(N) * K;
       for (const Linear& l : lins) l.forward(x.data(), y.data(), M);  // warm-up, primitive creation

@@ -16,7 +16,9 @@ void* alloc_big(size_t bytes, const char* what) {
   const size_t rounded = (bytes + align - 1) / align * align;  // aligned_alloc wants a multiple
   void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
   if (!p) fail("cannot allocate {:.1f} MiB for {}", bytes / 1048576.0, what);
-  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+  // Only whole huge pages inside the request: a huge page over the rounding
+  // would make up to 2 MiB resident that nothing uses. Advice only: failure is harmless.
+  if (align == kHuge) madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
   return p;
 }
 

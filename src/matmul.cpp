@@ -15,6 +15,7 @@
 
 #include <dnnl.hpp>
 
+#include "sparq/big_buffer.h"
 #include "sparq/ops.h"
 
 namespace sparq {
@@ -51,7 +52,36 @@ bool is_reference_impl(const dnnl::matmul::primitive_desc& pd) {
   return std::strncmp(pd.impl_info_str(), "ref", 3) == 0;
 }
 
+size_t round64(size_t n) { return (n + 63) / 64 * 64; }
+
+dnnl::matmul::primitive_desc matmul_pd(int N, int K, int M, dt type, const dnnl::memory::desc& w) {
+  const dnnl::memory::desc src({M, K}, type, tag::ab), dst({M, N}, dt::f32, tag::ab);
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, w, dst), cpu_engine());
+}
+
+// The layout oneDNN picks for M = 1, in which the weights are stored.
+dnnl::memory::desc stored_weights_desc(int N, int K, dt type) {
+  return matmul_pd(N, K, 1, type, dnnl::memory::desc({K, N}, type, tag::any)).weights_desc();
+}
+
+void check_args(int N, int K, DType compute) {
+  if (N <= 0 || K <= 0) fail("linear layer: bad weight shape {} x {}", N, K);
+  if (compute == DType::F16) fail("linear layer: compute type f16 is not supported (use bf16 or f32)");
+}
+
 }  // namespace
+
+WeightArena::WeightArena(size_t bytes)
+    : base_(static_cast<char*>(alloc_big(bytes, "the model's weights"))), size_(bytes) {}
+WeightArena::~WeightArena() { std::free(base_); }
+
+void* WeightArena::take(size_t bytes) {
+  const size_t n = round64(bytes);
+  if (n > size_ - used_) fail("weight arena: {} bytes wanted, {} of {} left", bytes, size_ - used_, size_);
+  void* p = base_ + used_;
+  used_ += n;
+  return p;
+}
 
 struct Linear::Impl {
   // One matmul for a given M, with memory objects whose data handles are
@@ -70,11 +100,6 @@ struct Linear::Impl {
   int prims_threads = 0;         // omp_get_max_threads() the prims were made for
   std::vector<int64_t> k_offset;  // blocked_offset of each index of dimension 0 (K)
 
-  dnnl::matmul::primitive_desc make_pd(int N, int K, int M, const dnnl::memory::desc& w) const {
-    const dnnl::memory::desc src({M, K}, type, tag::ab), dst({M, N}, dt::f32, tag::ab);
-    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, w, dst), cpu_engine());
-  }
-
   Prim& prim(int N, int K, int M) {
     const int threads = omp_get_max_threads();
     if (threads != prims_threads) {
@@ -86,7 +111,7 @@ struct Linear::Impl {
     Prim p;
     bool refused = false;  // no implementation takes the stored layout for this M
     try {
-      const auto pd = make_pd(N, K, M, weights.get_desc());
+      const auto pd = matmul_pd(N, K, M, type, weights.get_desc());
       p = Prim{dnnl::matmul(pd), dnnl::memory(pd.src_desc(), cpu_engine(), nullptr),
                dnnl::memory(pd.dst_desc(), cpu_engine(), nullptr), is_reference_impl(pd)};
     } catch (const dnnl::error&) {
@@ -108,21 +133,29 @@ struct Linear::Impl {
   }
 };
 
-Linear::Linear(const void* w, DType w_type, int N, int K, DType compute)
+size_t Linear::arena_bytes(int N, int K, DType compute) {
+  check_args(N, K, compute);
+  try {
+    return round64(stored_weights_desc(N, K, compute == DType::BF16 ? dt::bf16 : dt::f32).get_size());
+  } catch (const dnnl::error& e) {
+    fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, dtype_name(compute), e.what());
+  }
+}
+
+Linear::Linear(const void* w, DType w_type, int N, int K, DType compute, WeightArena* arena)
     : N_(N), K_(K), impl_(std::make_unique<Impl>()) {
-  if (N <= 0 || K <= 0) fail("linear layer: bad weight shape {} x {}", N, K);
-  if (compute == DType::F16) fail("linear layer: compute type f16 is not supported (use bf16 or f32)");
+  check_args(N, K, compute);
   if (w_type == DType::F16) fail("linear layer: f16 weights are not supported (widen them to f32)");
   Impl& im = *impl_;
   im.type = compute == DType::BF16 ? dt::bf16 : dt::f32;
   try {
-    const auto pd = im.make_pd(N, K, 1, dnnl::memory::desc({K, N}, im.type, tag::any));
+    const dnnl::memory::desc wd = stored_weights_desc(N, K, im.type);
     // W is [N][K] row-major, i.e. the K x N weights matrix in "ba" order. The
     // reorder converts the type (f32 to bf16 rounds to nearest even) and
     // zero-fills padding.
     const dt src_type = w_type == DType::BF16 ? dt::bf16 : dt::f32;
     dnnl::memory plain({{K, N}, src_type, tag::ba}, cpu_engine(), const_cast<void*>(w));
-    im.weights = dnnl::memory(pd.weights_desc(), cpu_engine());
+    im.weights = arena ? dnnl::memory(wd, cpu_engine(), arena->take(wd.get_size())) : dnnl::memory(wd, cpu_engine());
     dnnl::reorder(plain, im.weights).execute(im.stream, plain, im.weights);
     im.stream.wait();
     const dnnl_memory_desc_t& md = im.weights.get_desc().data;

@@ -44,8 +44,8 @@ Data stack(std::initializer_list<const Data*> parts) {
   return out;
 }
 
-Linear linear(const Data& w, int64_t N, int64_t K, DType compute) {
-  return Linear(w.bytes.data(), w.type, int(N), int(K), compute);
+Linear linear(const Data& w, int64_t N, int64_t K, DType compute, WeightArena& arena) {
+  return Linear(w.bytes.data(), w.type, int(N), int(K), compute, &arena);
 }
 
 }  // namespace
@@ -69,13 +69,19 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
 
   m->final_norm_ = w.get_f32("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
+  size_t arena = Linear::arena_bytes(int(V), int(H), wt) * (c.tie_word_embeddings ? 1 : 2);
+  arena += size_t(c.n_layers) * (Linear::arena_bytes(int(q_rows + 2 * kv_rows), int(H), wt) +
+                                 Linear::arena_bytes(int(H), int(q_rows), wt) +
+                                 Linear::arena_bytes(int(2 * I), int(H), wt) + Linear::arena_bytes(int(H), int(I), wt));
+  m->arena_ = std::make_unique<WeightArena>(arena);
+  WeightArena& a = *m->arena_;
   {
     const Data embed = w.get_data("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
-      m->lm_head_ = std::make_unique<Linear>(linear(embed, V, H, wt));  // embed() reads its rows
+      m->lm_head_ = std::make_unique<Linear>(linear(embed, V, H, wt, a));  // embed() reads its rows
     } else {
-      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), V, H, wt));
-      m->embed_ = std::make_unique<Linear>(linear(embed, V, H, wt));
+      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), V, H, wt, a));
+      m->embed_ = std::make_unique<Linear>(linear(embed, V, H, wt, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
@@ -89,10 +95,10 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
     m->layers_.push_back(Layer{
         w.get_f32(p + "input_layernorm.weight", {H}),
         w.get_f32(p + "post_attention_layernorm.weight", {H}),
-        linear(stack({&q, &k, &v}), q_rows + 2 * kv_rows, H, wt),
-        linear(get("self_attn.o_proj.weight", {H, q_rows}), H, q_rows, wt),
-        linear(stack({&gate, &up}), 2 * I, H, wt),
-        linear(get("mlp.down_proj.weight", {H, I}), H, I, wt),
+        linear(stack({&q, &k, &v}), q_rows + 2 * kv_rows, H, wt, a),
+        linear(get("self_attn.o_proj.weight", {H, q_rows}), H, q_rows, wt, a),
+        linear(stack({&gate, &up}), 2 * I, H, wt, a),
+        linear(get("mlp.down_proj.weight", {H, I}), H, I, wt, a),
     });
   }
   w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -113,6 +114,31 @@ TEST_CASE("Linear on a model-sized shape, after a thread-count change, and moved
     check_forward(lins[1], w, DType::F32, 16, 6);
   }
   omp_set_num_threads(threads);
+}
+
+TEST_CASE("Linear places its weights in an arena, one layer after another", "[matmul]") {
+  const int shapes[][2] = {{768, 512}, {17, 33}, {512, 1408}};
+  size_t bytes = 0;
+  for (auto [N, K] : shapes) bytes += Linear::arena_bytes(N, K, DType::BF16);
+  WeightArena arena(bytes);
+  std::vector<Linear> lins;
+  std::vector<std::vector<float>> ws;
+  for (auto [N, K] : shapes) {
+    ws.push_back(uniform(size_t(N) * K, uint32_t(N + K)));
+    lins.emplace_back(ws.back().data(), DType::F32, N, K, DType::BF16, &arena);
+    CHECK(Linear::arena_bytes(N, K, DType::BF16) >= lins.back().weight_bytes());
+    CHECK(reinterpret_cast<uintptr_t>(lins.back().weight_data()) % 64 == 0);
+  }
+  CHECK(arena.used() == bytes);
+  for (size_t i = 0; i < lins.size(); ++i) {
+    check_forward(lins[i], ws[i], DType::BF16, 1, 7);
+    check_forward(lins[i], ws[i], DType::BF16, 5, 8);
+  }
+  // Earlier layers are untouched by later ones: rows read back as stored.
+  std::vector<float> row(512);
+  lins[0].row(3, row.data());
+  for (int k = 0; k < 512; ++k) REQUIRE(row[k] == round_to(DType::BF16, ws[0][3 * 512 + k]));
+  CHECK_THROWS_WITH(Linear(ws[1].data(), DType::F32, 17, 33, DType::BF16, &arena), Catch::Contains("weight arena"));
 }
 
 TEST_CASE("Linear rejects bad shapes, f16 compute and empty batches", "[matmul]") {

@@ -71,6 +71,7 @@ class Model {
   ModelConfig cfg_;
   std::unique_ptr<Tokenizer> tok_;
   DType weight_type_ = DType::BF16;
+  std::unique_ptr<WeightArena> arena_;  // every Linear's weights; declared first, freed last
   std::unique_ptr<Linear> embed_;  // untied models' table; tied ones read lm_head_'s rows
   std::vector<float> final_norm_;
   std::vector<float> inv_freq_;
