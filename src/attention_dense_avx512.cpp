@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <vector>
 
 #include "sparq/attention_dense.h"
@@ -63,20 +64,6 @@ inline void zero(__m512 (&a)[A][B]) {
 
 inline void prefetch(const uint8_t* p, size_t bytes) {
   for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
-}
-
-// exp for x <= 0 (the max is subtracted first): 2^n * e^r with |r| <= ln2/2,
-// degree-7 Taylor polynomial (relative error < 1e-8 before rounding).
-inline __m512 exp_neg(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // e^-104 is 0 in f32; NaN passes through
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
 }
 
 // Positions whose scores are computed together for G heads: 2*(n/32)*G
@@ -265,7 +252,9 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   }();
   float* acc = q + q_floats;
   float* sc = acc + size_t(G) * w;
-  const float scale = 1.0f / std::sqrt(float(d));
+  // Scores in log2 units (log2(e) folded into the scale), for exp2_ps; m goes
+  // out in natural units, as DensePartial has it.
+  const float scale = std::numbers::log2e_v<float> / std::sqrt(float(d));
   const int pairs = (d + 1) / 2;
   for (int h = 0; h < G; ++h) {
     const float* qh = s.q + size_t(h0 + h) * d;
@@ -302,7 +291,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
     for (int h = 0; h < G; ++h) {
       const float mnew = std::max(m[h], _mm512_reduce_max_ps(mx[h]));
       if (mnew > m[h]) {
-        const float c = std::exp(m[h] - mnew);
+        const float c = std::exp2(m[h] - mnew);
         l[h] *= c;
         for (int i = 0; i < w; ++i) acc[size_t(h) * w + i] *= c;
         m[h] = mnew;
@@ -316,7 +305,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
         float* sh = sc + h * kChunk + i;
-        const __m512 p = _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
+        const __m512 p = _mm512_maskz_mov_ps(k, exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
         _mm512_storeu_ps(sh, p);
         sum[h] = _mm512_add_ps(sum[h], p);
       }
@@ -337,7 +326,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   }
 
   for (int h = 0; h < G; ++h) {
-    out.m[h0 + h] = m[h];
+    out.m[h0 + h] = m[h] * std::numbers::ln2_v<float>;
     out.l[h0 + h] = l[h];
     for (int c = 0; c < d; ++c) out.acc[size_t(h0 + h) * d + c] = acc[size_t(h) * w + split_index<BF16>(c)];
   }

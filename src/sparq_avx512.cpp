@@ -29,24 +29,6 @@ static_assert(B % 128 == 0, "step 1 works in groups of up to 128 positions");
 // there mispredict and cost more than the vector work (measured 1.8x on step 2).
 __mmask16 first16_nb(int n) { return __mmask16((1u << std::clamp(n, 0, 16)) - 1u); }
 
-// 2^x for x <= 0 (max-subtracted scores): x = n + f with |f| <= 1/2, a
-// degree-5 polynomial fitted to 2^f for relative error with p(0) = 1, so the
-// max's weight is exactly 1 (9.2e-8; ~1.7e-7 after f32 rounding, well inside
-// what the kernels promise), and scalef for 2^n,
-// which underflows to subnormals and 0. NaN and x < -151 give 0.
-__m512 exp2_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-151.0f));
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.3264725854e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6715128291e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507337476e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242081e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314697760e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // load32's (a, b) back in element order: elements 0..15 and 16..31.
 template <class T>
 void in_order(__m512& a, __m512& b) {
