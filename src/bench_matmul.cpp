@@ -36,14 +36,14 @@ struct Shape {
 // A plain streaming read of every copy's weight bytes over the same threads:
 // the yardstick for the memory-bound rows, timed in the same repetitions so a
 // slow spell of the shared machine hits both alike. Returns a checksum so the
-// loads stay; *bytes: what it read.
+// loads stay; *bytes: what it read. Each copy is split into one part per
+// thread, in whole 256-byte steps (read_checksum's unit; weight_data is 64-byte aligned).
 uint64_t read_weights(const std::vector<Linear>& lins, size_t* bytes) {
   const int parts = omp_get_max_threads();
   const auto span = [&](size_t i, int part, const char** p) {
-    const auto base = reinterpret_cast<uintptr_t>(lins[i].weight_data());
-    const size_t skip = (64 - base % 64) % 64, n = (lins[i].weight_bytes() - skip) / 256 * 256;
+    const size_t n = lins[i].weight_bytes() / 256 * 256;
     const size_t each = n / parts / 256 * 256, begin = each * size_t(part);
-    *p = reinterpret_cast<const char*>(base + skip + begin);
+    *p = static_cast<const char*>(lins[i].weight_data()) + begin;
     return part == parts - 1 ? n - begin : each;
   };
   uint64_t sum = 0;

@@ -54,6 +54,9 @@ bool is_reference_impl(const dnnl::matmul::primitive_desc& pd) {
 
 size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
+// oneDNN's type for F32 or BF16 (the only ones Linear takes).
+dt dnnl_type(DType t) { return t == DType::BF16 ? dt::bf16 : dt::f32; }
+
 dnnl::matmul::primitive_desc matmul_pd(int N, int K, int M, dt type, const dnnl::memory::desc& w) {
   const dnnl::memory::desc src({M, K}, type, tag::ab), dst({M, N}, dt::f32, tag::ab);
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, w, dst), cpu_engine());
@@ -136,7 +139,7 @@ struct Linear::Impl {
 size_t Linear::arena_bytes(int N, int K, DType compute) {
   check_args(N, K, compute);
   try {
-    return round64(stored_weights_desc(N, K, compute == DType::BF16 ? dt::bf16 : dt::f32).get_size());
+    return round64(stored_weights_desc(N, K, dnnl_type(compute)).get_size());
   } catch (const dnnl::error& e) {
     fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, dtype_name(compute), e.what());
   }
@@ -147,14 +150,13 @@ Linear::Linear(const void* w, DType w_type, int N, int K, DType compute, WeightA
   check_args(N, K, compute);
   if (w_type == DType::F16) fail("linear layer: f16 weights are not supported (widen them to f32)");
   Impl& im = *impl_;
-  im.type = compute == DType::BF16 ? dt::bf16 : dt::f32;
+  im.type = dnnl_type(compute);
   try {
     const dnnl::memory::desc wd = stored_weights_desc(N, K, im.type);
     // W is [N][K] row-major, i.e. the K x N weights matrix in "ba" order. The
     // reorder converts the type (f32 to bf16 rounds to nearest even) and
     // zero-fills padding.
-    const dt src_type = w_type == DType::BF16 ? dt::bf16 : dt::f32;
-    dnnl::memory plain({{K, N}, src_type, tag::ba}, cpu_engine(), const_cast<void*>(w));
+    dnnl::memory plain({{K, N}, dnnl_type(w_type), tag::ba}, cpu_engine(), const_cast<void*>(w));
     im.weights = arena ? dnnl::memory(wd, cpu_engine(), arena->take(wd.get_size())) : dnnl::memory(wd, cpu_engine());
     dnnl::reorder(plain, im.weights).execute(im.stream, plain, im.weights);
     im.stream.wait();
