@@ -147,6 +147,17 @@ namespace {
 // more than the parallelism gains.
 constexpr int kMinSplit = 1024;
 
+// Below this many K and V elements to read (tens of microseconds of work),
+// waking the thread team costs more than it saves.
+constexpr int64_t kMinParallel = int64_t(1) << 18;
+
+// Prefill's query vectors, flattened over (KV head, token, head in group).
+struct PrefillWork {
+  std::vector<const float*> q;
+  std::vector<float*> out;
+  std::vector<int> last;
+};
+
 
 // One piece of dense work: positions [p0, p1) of one (query, KV head).
 struct Task {
@@ -207,9 +218,6 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   w.l.resize(size_t(slots) * group);
   w.acc.resize(size_t(slots) * group * d);
 
-  // Below this many K and V elements to read (tens of microseconds of work),
-  // waking the thread team costs more than it saves.
-  constexpr int64_t kMinParallel = int64_t(1) << 18;
   int64_t elems = 0;
   for (const DecodeQuery& q : queries) elems += int64_t(q.S) * nkv * d * 2;
   const int ntasks = int(w.tasks.size());
@@ -295,18 +303,52 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
 void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_heads, const float* q,
                        size_t q_stride, float* out) {
   if (T <= 0) return;
-  if (layer < 0 || layer >= cache.shape().n_layers)
-    fail("attention: layer {} out of range [0, {})", layer, cache.shape().n_layers);
+  const KVShape& sh = cache.shape();
+  if (layer < 0 || layer >= sh.n_layers) fail("attention: layer {} out of range [0, {})", layer, sh.n_layers);
   if (p0 < 0 || int64_t(p0) + T > cache.length(layer))
     fail("attention: prompt positions {}..{} but layer {} holds {}", p0, int64_t(p0) + T - 1, layer,
          cache.length(layer));
-  // Query t sees positions [0, p0 + t]: a decode query over p0 + t + 1 positions.
-  thread_local std::vector<DecodeQuery> rows;
-  rows.clear();
-  const size_t stride = size_t(n_heads) * cache.shape().head_dim;
-  for (int t = 0; t < T; ++t) rows.push_back(DecodeQuery{&cache, p0 + t + 1, q + t * q_stride, out + t * stride});
-  for (const DecodeQuery& r : rows) check_decode_query(r, layer, n_heads, "attention");
-  dense_decode(rows, layer, n_heads);
+  if (!q || !out) fail("attention: prompt without queries or output");
+  if (n_heads <= 0 || n_heads % sh.n_kv_heads != 0)
+    fail("attention: {} query heads is not a multiple of {} KV heads", n_heads, sh.n_kv_heads);
+  const int nkv = sh.n_kv_heads, group = n_heads / nkv, d = sh.head_dim;
+
+  // The query vectors of each KV head, token by token (token t sees
+  // positions [0, p0 + t]), cut into tiles of consecutive vectors.
+  thread_local PrefillWork work;
+  PrefillWork& w = work;  // the caller's, shared with the team
+  const int per_head = T * group;
+  const size_t total = size_t(nkv) * per_head;
+  w.q.resize(total);
+  w.out.resize(total);
+  w.last.resize(total);
+  for (int kv = 0; kv < nkv; ++kv)
+    for (int t = 0; t < T; ++t)
+      for (int g = 0; g < group; ++g) {
+        const size_t i = size_t(kv) * per_head + size_t(t) * group + g, head = size_t(kv) * group + g;
+        w.q[i] = q + t * q_stride + head * d;
+        w.out[i] = out + (size_t(t) * n_heads + head) * d;
+        w.last[i] = p0 + t;
+      }
+  // Tiles of 64 vectors (the kernel's most), narrower if that leaves threads idle.
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  int width = 64;
+  while (width > 16 && nkv * ((per_head + width - 1) / width) < threads) width -= 16;
+  const int per_kv = (per_head + width - 1) / width, ntiles = nkv * per_kv;
+  const int64_t elems = int64_t(n_heads) * (int64_t(T) * p0 + int64_t(T) * (T + 1) / 2) * d * 2;
+  const int team = elems < kMinParallel ? 1 : std::min(threads, ntiles);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
+  for (int j = 0; j < ntiles; ++j) {
+    // Later tokens see more positions: their tiles first, so the schedule ends balanced.
+    const int kv = j % nkv, i0 = (per_kv - 1 - j / nkv) * width;
+    const size_t b = size_t(kv) * per_head + i0;
+    const PrefillSpan span{cache.k_rows(layer, kv), cache.v_rows(layer, kv), sh.type, d,
+                           std::min(width, per_head - i0), &w.q[b], &w.last[b], &w.out[b]};
+    if (use_avx512())
+      avx512::prefill_attention(span);
+    else
+      ref::prefill_attention(span);
+  }
 }
 
 }  // namespace sparq

@@ -1,6 +1,7 @@
-// Portable dense decode kernel: scores for the whole range, then the
+// Portable dense kernels. Decode: scores for the whole range, then the
 // max-subtracted weights and the weighted sum of values. q meets bf16 keys
-// rounded to bf16, as in the AVX-512 kernel's bf16 dot products.
+// rounded to bf16, as in the AVX-512 kernels' bf16 dot products. Prefill: the
+// decode kernel once per query vector over its prefix.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -44,6 +45,17 @@ void dense_partial(const DenseSpan& s, const DensePartial& out) {
       float* acc = out.acc + size_t(h) * d;
       for (int c = 0; c < d; ++c) acc[c] += w * row[c];
     }
+  }
+}
+
+void prefill_attention(const PrefillSpan& s) {
+  thread_local std::vector<float> acc;
+  acc.resize(size_t(s.d));
+  for (int i = 0; i < s.n; ++i) {
+    float m = 0, l = 0;
+    dense_partial(DenseSpan{s.k, nullptr, s.v, s.type, s.d, 1, s.q[i], 0, s.last[i] + 1},
+                  DensePartial{&m, &l, acc.data()});
+    for (int c = 0; c < s.d; ++c) s.out[i][c] = acc[size_t(c)] / l;
   }
 }
 

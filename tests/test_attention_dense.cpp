@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sparq/attention.h"
+#include "sparq/attention_dense.h"
 #include "sparq/bandwidth.h"
 #include "sparq/bench_attention.h"
 #include "sparq/cpu.h"
@@ -61,13 +62,16 @@ std::vector<float> random_q(int n, float scale, uint32_t seed) {
 }
 
 // Softmax(q.k / sqrt(d)) . V over the first S positions, in double, with
-// keys, values and q as a cache of type t holds or meets them.
-std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_given, int S, int n_heads, DType t) {
+// keys, values and q as a cache of type t holds or meets them. abs_v, if
+// given, gets the same weighted sum of |v|.
+std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_given, int S, int n_heads, DType t,
+                              std::vector<double>* abs_v = nullptr) {
   const KV kv = kv_given.as_stored(t);
   std::vector<float> q(q_given);
   for (float& x : q) x = query_for(t, x);
   const int d = kv.d, group = n_heads / kv.nkv;
   std::vector<double> out(size_t(n_heads) * d, 0.0), s(static_cast<size_t>(S));
+  if (abs_v) abs_v->assign(out.size(), 0.0);
   for (int h = 0; h < n_heads; ++h) {
     const int kh = h / group;
     for (int p = 0; p < S; ++p) {
@@ -79,8 +83,11 @@ std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_gi
     double l = 0;
     for (double& x : s) l += x = std::exp(x - m);
     for (int p = 0; p < S; ++p)
-      for (int c = 0; c < d; ++c)
-        out[size_t(h) * d + c] += s[p] / l * kv.v[(size_t(p) * kv.nkv + kh) * d + c];
+      for (int c = 0; c < d; ++c) {
+        const double x = kv.v[(size_t(p) * kv.nkv + kh) * d + c];
+        out[size_t(h) * d + c] += s[p] / l * x;
+        if (abs_v) (*abs_v)[size_t(h) * d + c] += s[p] / l * std::abs(x);
+      }
   }
   return out;
 }
@@ -105,6 +112,32 @@ struct Threads {  // sets the OpenMP thread count for one scope
   explicit Threads(int n) { omp_set_num_threads(n); }
   ~Threads() { omp_set_num_threads(saved); }
 };
+
+// Prefill of T tokens from position p0 at layer 0 (queries [T][n_heads][d])
+// against the double reference, token by token: within tol, plus, for bf16
+// caches, the AVX-512 kernel's bf16 weights (each within 2^-8 relative, so
+// an output within 2^-8 of the weighted sum of |v|).
+void check_prefill(const KVCache& c, const KV& kv, int p0, int T, int n_heads, const std::vector<float>& q,
+                   double tol) {
+  const int d = c.shape().head_dim;
+  const DType t = c.shape().type;
+  std::vector<float> out(q.size());
+  attention_prefill(c, 0, p0, T, n_heads, q.data(), size_t(n_heads) * d, out.data());
+  std::vector<double> abs_v;
+  for (int i = 0; i < T; ++i) {
+    const size_t o = size_t(i) * n_heads * d;
+    const std::vector<float> qi(q.begin() + long(o), q.begin() + long(o) + n_heads * d);
+    const std::vector<double> want = reference(qi, kv, p0 + i + 1, n_heads, t, &abs_v);
+    double worst = 0;  // the largest excess over the bound
+    for (size_t j = 0; j < want.size(); ++j) {
+      const double bound = tol + (t == DType::BF16 ? std::ldexp(abs_v[j], -8) : 0.0);
+      worst = std::max(worst, std::abs(double(out[o + j]) - want[j]) - bound);
+      if (!std::isfinite(out[o + j])) worst = 1;
+    }
+    CAPTURE(i);
+    REQUIRE(worst <= 0);
+  }
+}
 
 std::vector<float> decode(const KVCache& c, int S, int n_heads, const std::vector<float>& q) {
   std::vector<float> out(q.size());
@@ -239,7 +272,7 @@ TEST_CASE("dense decode split over threads equals the unsplit result", "[attenti
   set_avx512_enabled(true);
 }
 
-TEST_CASE("dense decode handles adversarial keys", "[attention]") {
+TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
   const int d = 64, nkv = 1, group = 4, S = 1100;
   std::mt19937 rng(9);
   std::normal_distribution<float> nd;
@@ -275,13 +308,82 @@ TEST_CASE("dense decode handles adversarial keys", "[attention]") {
         const std::vector<float> out = decode(c, S, group, q);
         for (float x : out) REQUIRE(std::isfinite(x));
         CHECK(max_abs_diff(out, reference(q, kv, S, group, t)) < 5e-5);
+        // The same keys through prefill: the last tokens, each with this q.
+        const int T = 70;
+        std::vector<float> qs;
+        for (int i = 0; i < T; ++i) qs.insert(qs.end(), q.begin(), q.end());
+        check_prefill(c, kv, S - T, T, group, qs, 5e-5);
       }
     }
   }
   set_avx512_enabled(true);
 }
 
-TEST_CASE("prefill equals dense decode at each position", "[attention]") {
+TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
+  struct Shape {
+    int d, group, p0, T;
+  };
+  // Odd head sizes, MHA and GQA, prompts from the start and after a cache,
+  // tokens that fill several 64-vector tiles and key blocks.
+  const Shape shapes[] = {{8, 1, 0, 70}, {33, 4, 0, 45}, {64, 4, 300, 45}, {64, 1, 0, 130},
+                          {80, 2, 17, 66}, {128, 6, 1000, 20}};
+  const int nkv = 2;
+  for (bool avx : kernel_paths()) {
+    set_avx512_enabled(avx);
+    for (const Shape& sh : shapes)
+      for (DType t : {DType::F32, DType::BF16}) {
+        CAPTURE(avx, dtype_name(t), sh.d, sh.group, sh.p0, sh.T);
+        const int S = sh.p0 + sh.T, nh = nkv * sh.group;
+        const KV kv = random_kv(S, nkv, sh.d, 1.0f, uint32_t(sh.d + sh.T));
+        KVCache c(KVShape{1, nkv, sh.d, S, t});
+        kv.fill(c);
+        check_prefill(c, kv, sh.p0, sh.T, nh, random_q(sh.T * nh * sh.d, 1.5f, uint32_t(sh.p0)), 2e-5);
+      }
+  }
+  set_avx512_enabled(true);
+}
+
+TEST_CASE("prefill kernels take query vectors with any last positions", "[attention]") {
+  // Unordered, repeated and first-position limits, more vectors than a tile.
+  const int d = 64, S = 200, n = 150;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> pos(0, S - 1);
+  std::vector<int> last(n);
+  for (int& x : last) x = pos(rng);
+  last[0] = 0;
+  last[1] = last[2] = S - 1;
+  const std::vector<float> q = random_q(n * d, 1.5f, 6);
+  const KV kv = random_kv(S, 1, d, 1.0f, 7);
+  for (bool avx : kernel_paths())
+    for (DType t : {DType::F32, DType::BF16}) {
+      CAPTURE(avx, dtype_name(t));
+      KVCache c(KVShape{1, 1, d, S, t});
+      kv.fill(c);
+      std::vector<float> out(q.size());
+      std::vector<const float*> qp;
+      std::vector<float*> op;
+      for (int i = 0; i < n; ++i) {
+        qp.push_back(&q[size_t(i) * d]);
+        op.push_back(&out[size_t(i) * d]);
+      }
+      const PrefillSpan span{c.k_rows(0, 0), c.v_rows(0, 0), t, d, n, qp.data(), last.data(), op.data()};
+      if (avx)
+        avx512::prefill_attention(span);
+      else
+        ref::prefill_attention(span);
+      std::vector<double> abs_v;
+      for (int i = 0; i < n; ++i) {
+        const std::vector<float> qi(q.begin() + i * d, q.begin() + (i + 1) * d);
+        const std::vector<double> want = reference(qi, kv, last[i] + 1, 1, t, &abs_v);
+        for (int j = 0; j < d; ++j) {
+          CAPTURE(i, last[i], j);
+          REQUIRE(std::abs(out[size_t(i) * d + j] - want[j]) <= 2e-5 + std::ldexp(abs_v[j], -8));
+        }
+      }
+    }
+}
+
+TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", "[attention]") {
   const int d = 64, nkv = 2, group = 4, nh = nkv * group, p0 = 300, T = 45;
   for (bool avx : kernel_paths()) {
     set_avx512_enabled(avx);
@@ -291,19 +393,23 @@ TEST_CASE("prefill equals dense decode at each position", "[attention]") {
       KVCache c(KVShape{2, nkv, d, p0 + T, t});
       kv.fill(c, 1);
       const std::vector<float> q = random_q(T * nh * d, 1.0f, 12);
-      std::vector<float> out(q.size());
+      std::vector<float> out(q.size()), packed(q.size());
       // Queries spaced as in the model's qkv rows, the gaps holding junk.
       const size_t stride = size_t(nh + 2 * nkv) * d;
       std::vector<float> spaced(T * stride, std::numeric_limits<float>::quiet_NaN());
       for (int i = 0; i < T; ++i) std::copy_n(&q[size_t(i) * nh * d], nh * d, &spaced[i * stride]);
       attention_prefill(c, 1, p0, T, nh, spaced.data(), stride, out.data());
-      for (int i = 0; i < T; ++i) {
-        const std::vector<float> qi(q.begin() + i * nh * d, q.begin() + (i + 1) * nh * d);
-        std::vector<float> want(qi.size());
-        const DecodeQuery dq{&c, p0 + i + 1, qi.data(), want.data()};
-        attention_decode({&dq, 1}, 1, nh, kDense, nullptr);
-        for (int j = 0; j < nh * d; ++j) REQUIRE(out[size_t(i) * nh * d + j] == Approx(want[j]).margin(1e-6));
-      }
+      attention_prefill(c, 1, p0, T, nh, q.data(), size_t(nh) * d, packed.data());
+      CHECK(out == packed);
+      // f32 weights (f32 caches, and the scalar path) give decode's results.
+      if (t == DType::F32 || !avx)
+        for (int i = 0; i < T; ++i) {
+          const std::vector<float> qi(q.begin() + i * nh * d, q.begin() + (i + 1) * nh * d);
+          std::vector<float> want(qi.size());
+          const DecodeQuery dq{&c, p0 + i + 1, qi.data(), want.data()};
+          attention_decode({&dq, 1}, 1, nh, kDense, nullptr);
+          for (int j = 0; j < nh * d; ++j) REQUIRE(out[size_t(i) * nh * d + j] == Approx(want[j]).margin(1e-6));
+        }
       // The first prompt token sees only itself: its output is its value row.
       std::vector<float> first(size_t(nh) * d);
       attention_prefill(c, 1, 0, 1, nh, q.data(), size_t(nh) * d, first.data());
