@@ -20,7 +20,7 @@ uint64_t read_checksum(const void* p, size_t n) {
   const auto* w = static_cast<const uint64_t*>(p);
   uint64_t a[8] = {};
   for (size_t i = 0; i < n / 8; i += 8) {
-    if ((i + kReadAhead / 8) < n / 8) __builtin_prefetch(w + i + kReadAhead / 8);
+    if ((i + kReadAhead / 8) < n / 8) __builtin_prefetch(w + i + kReadAhead / 8, 0, 2);
     for (int j = 0; j < 8; ++j) a[j] ^= w[i + j];
   }
   return a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
@@ -54,7 +54,7 @@ uint64_t gather_checksum(const uint8_t* p, size_t row_bytes, const std::vector<u
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i + kAhead < rows.size()) {
       const uint8_t* f = p + rows[i + kAhead] * row_bytes;
-      for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(f + o);
+      for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(f + o, 0, 2);  // into L2, as step 3
     }
     const auto* w = reinterpret_cast<const uint64_t*>(p + rows[i] * row_bytes);
     for (size_t j = 0; j < row_bytes / 8; j += 8) a ^= w[j];  // one word per cache line

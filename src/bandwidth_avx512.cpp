@@ -11,7 +11,7 @@ uint64_t read_checksum(const void* p, size_t n) {
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
   for (size_t i = 0; i < n / 64; i += 4) {
     for (size_t j = 0; j < 4; ++j)
-      if (i + j + kReadAhead / 64 < n / 64) _mm_prefetch(reinterpret_cast<const char*>(b + i + j) + kReadAhead, _MM_HINT_T0);
+      if (i + j + kReadAhead / 64 < n / 64) _mm_prefetch(reinterpret_cast<const char*>(b + i + j) + kReadAhead, _MM_HINT_T1);
     a0 = _mm512_xor_si512(a0, _mm512_load_si512(b + i));
     a1 = _mm512_xor_si512(a1, _mm512_load_si512(b + i + 1));
     a2 = _mm512_xor_si512(a2, _mm512_load_si512(b + i + 2));

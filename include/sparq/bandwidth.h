@@ -19,7 +19,7 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every);
 
 // The read loops: a checksum of n bytes (n a multiple of 256, p 64-byte
 // aligned), so the loads cannot be optimised away. They prefetch kReadAhead
-// bytes ahead, as the attention kernels do.
+// bytes ahead into L2, as the attention kernels do.
 inline constexpr size_t kReadAhead = 2048;
 uint64_t read_checksum(const void* p, size_t n);  // the AVX-512 loop where it runs
 namespace ref {
