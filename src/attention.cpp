@@ -158,7 +158,6 @@ struct PrefillWork {
   std::vector<int> last;
 };
 
-
 // One piece of dense work: positions [p0, p1) of one (query, KV head).
 struct Task {
   int query, kv_head, p0, p1;
