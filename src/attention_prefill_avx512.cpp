@@ -4,8 +4,8 @@
 // multiplied into 16 queries, and the online softmax runs down the lanes with
 // no horizontal sums. Keys and values are read once per tile, kBlock rows at
 // a time; the block's scores, then its weights, sit in a [position][query]
-// buffer that stays in L1. The decode kernel instead rereads every key and
-// value once per query row.
+// buffer that stays in L1. (The decode kernel, run once per prompt row,
+// rereads every key and value for each row.)
 // bf16 caches: scores are bf16 dot products over component pairs with q
 // rounded to bf16, as in the decode kernel, and the weights are rounded to
 // bf16 too, so the weighted sum of values is also vdpbf16ps over pairs of
@@ -64,9 +64,11 @@ inline uint32_t load_u32(const uint8_t* p) {
   return w;
 }
 
-// st[u][i] = scale * q_i . k_u for U key rows from k. bf16: qp is
-// [d / 2 (+1)][16 NV] component pairs; an odd last component pairs with 0
-// and is read alone, as the next row follows it. f32: qp is [d][16 NV].
+// st[u][i] = scale * q_i . k_u for U key rows from k (scaled here: fused
+// into the softmax's subtraction, the product's rounding would keep the max
+// from weighing exactly 1). bf16: qp is [d / 2 (+1)][16 NV] component pairs;
+// an odd last component pairs with 0 and is read alone, as the next row
+// follows it. f32: qp is [d][16 NV].
 template <bool BF16, int NV, int U>
 void score_rows(const uint8_t* k, size_t row_bytes, int d, const void* qp, float scale, float* st) {
   constexpr int W = 16 * NV;
@@ -118,8 +120,8 @@ void block_scores(const uint8_t* k, size_t row_bytes, int n, int d, const void* 
 }
 
 // Online softmax over a block of n rows starting at position b0: the scores
-// in st become weights exp2(s - m) (0 past a query's last position
-// when masked), m and l are updated and f gets the factor by which what was
+// in st become weights exp2(s - m) (0 past a query's last position when
+// masked), m and l are updated and f gets the factor by which what was
 // accumulated before this block shrinks.
 template <int NV>
 void block_softmax(float* st, int n, int b0, bool masked, const int* last, float* m, float* l, __m512 (&f)[NV]) {
