@@ -155,62 +155,42 @@ void block_softmax(float* st, int n, int b0, bool masked, const int* last, float
     _mm512_store_ps(l + 16 * v, _mm512_fmadd_ps(_mm512_load_ps(l + 16 * v), f[v], sum[v]));
 }
 
-// ot[c][i] = f_i * ot[c][i] + sum_u w[u][i] * val[u][c] for C components;
-// val rows are vstride floats apart.
-template <int NV, int C>
-void value_cols(const float* val, size_t vstride, int n, const float* w, const __m512 (&f)[NV], float* ot) {
+// One step of the value sums, f32 (a weight times a value) or bf16 pairs
+// (two weights times two values by vdpbf16ps): acc + w * broadcast(x).
+inline __m512 lanes(const float* p) { return _mm512_load_ps(p); }
+inline __m512i lanes(const uint32_t* p) { return _mm512_load_si512(p); }
+inline __m512 madd(__m512 acc, __m512 w, float x) { return _mm512_fmadd_ps(w, _mm512_set1_ps(x), acc); }
+inline __m512 madd(__m512 acc, __m512i w, uint32_t x) {
+  return _mm512_dpbf16_ps(acc, __m512bh(w), __m512bh(_mm512_set1_epi32(int(x))));
+}
+
+// ot[c][i] = f_i * ot[c][i] + sum_j w[j][i] * val[j][c] for C components,
+// val rows vstride elements apart. E = float: w is [n][16 NV] weights, val
+// f32 rows. E = uint32_t: each j is a pair of rows, w [pairs][16 NV] bf16
+// weight pairs and val [pairs][vstride] value pairs (rows 2j and 2j + 1 of
+// component c in word c of pair row j).
+template <class E, int NV, int C>
+void value_cols(const E* val, size_t vstride, int steps, const E* w, const __m512 (&f)[NV], float* ot) {
   constexpr int W = 16 * NV;
   __m512 acc[C][NV];
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_mul_ps(f[v], _mm512_load_ps(ot + c * W + 16 * v));
-  for (int u = 0; u < n; ++u) {
-    __m512 p[NV];
-    for (int v = 0; v < NV; ++v) p[v] = _mm512_load_ps(w + u * W + 16 * v);
-    for (int c = 0; c < C; ++c) {
-      const __m512 x = _mm512_set1_ps(val[u * vstride + c]);
-      for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(p[v], x, acc[c][v]);
-    }
+  for (int j = 0; j < steps; ++j) {
+    decltype(lanes(w)) p[NV];
+    for (int v = 0; v < NV; ++v) p[v] = lanes(w + j * W + 16 * v);
+    for (int c = 0; c < C; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = madd(acc[c][v], p[v], val[j * vstride + c]);
   }
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < NV; ++v) _mm512_store_ps(ot + c * W + 16 * v, acc[c][v]);
 }
 
-template <int NV>
-void block_values(const float* val, int n, int d, const float* w, const __m512 (&f)[NV], float* ot) {
+template <class E, int NV>
+void block_values(const E* val, int steps, int d, const E* w, const __m512 (&f)[NV], float* ot) {
   constexpr int W = 16 * NV, C = kPass<NV>;
   int c = 0;
-  for (; c + C <= d; c += C) value_cols<NV, C>(val + c, size_t(d), n, w, f, ot + c * W);
-  with_count<C - 1>(d - c, [&](auto r) { value_cols<NV, decltype(r)::value>(val + c, size_t(d), n, w, f, ot + c * W); });
-}
-
-// bf16 weights and values: the same with vdpbf16ps over pairs of rows. wp
-// is [pairs][16 NV] weight pairs, vp [pairs][vstride] value pairs (rows 2j
-// and 2j + 1 of component c in word c of pair row j).
-template <int NV, int C>
-void value_pairs(const uint32_t* vp, size_t vstride, int pairs, const uint32_t* wp, const __m512 (&f)[NV],
-                 float* ot) {
-  constexpr int W = 16 * NV;
-  __m512 acc[C][NV];
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_mul_ps(f[v], _mm512_load_ps(ot + c * W + 16 * v));
-  for (int j = 0; j < pairs; ++j) {
-    __m512bh p[NV];
-    for (int v = 0; v < NV; ++v) p[v] = __m512bh(_mm512_load_si512(wp + j * W + 16 * v));
-    for (int c = 0; c < C; ++c) {
-      const __m512bh x = __m512bh(_mm512_set1_epi32(int(vp[j * vstride + c])));
-      for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_dpbf16_ps(acc[c][v], p[v], x);
-    }
-  }
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < NV; ++v) _mm512_store_ps(ot + c * W + 16 * v, acc[c][v]);
-}
-
-template <int NV>
-void block_value_pairs(const uint32_t* vp, int pairs, int d, const uint32_t* wp, const __m512 (&f)[NV], float* ot) {
-  constexpr int W = 16 * NV, C = kPass<NV>;
-  int c = 0;
-  for (; c + C <= d; c += C) value_pairs<NV, C>(vp + c, size_t(d), pairs, wp, f, ot + c * W);
-  with_count<C - 1>(d - c, [&](auto r) { value_pairs<NV, decltype(r)::value>(vp + c, size_t(d), pairs, wp, f, ot + c * W); });
+  for (; c + C <= d; c += C) value_cols<E, NV, C>(val + c, size_t(d), steps, w, f, ot + c * W);
+  with_count<C - 1>(d - c, [&](auto r) { value_cols<E, NV, decltype(r)::value>(val + c, size_t(d), steps, w, f, ot + c * W); });
 }
 
 // A vpermw index: words first + i and first + i + apart, for i < 16, in turn.
@@ -305,9 +285,9 @@ void tile(const PrefillSpan& s, int i0, int n) {
     if constexpr (BF16) {
       weight_pairs<NV>(st, nb, wp);
       value_rows_paired(static_cast<const uint16_t*>(s.v) + size_t(b0) * d, nb, d, vp);
-      block_value_pairs<NV>(vp, (nb + 1) / 2, d, wp, f, ot);
+      block_values<uint32_t, NV>(vp, (nb + 1) / 2, d, wp, f, ot);
     } else {
-      block_values<NV>(static_cast<const float*>(s.v) + size_t(b0) * d, nb, d, st, f, ot);
+      block_values<float, NV>(static_cast<const float*>(s.v) + size_t(b0) * d, nb, d, st, f, ot);
     }
   }
   for (int i = 0; i < n; ++i)
