@@ -58,10 +58,21 @@ inline void zero(__m512 (&a)[A][B]) {
     for (int j = 0; j < B; ++j) a[i][j] = _mm512_setzero_ps();
 }
 
-inline uint32_t load_u32(const uint8_t* p) {
-  uint32_t w;
-  std::memcpy(&w, p, 4);
-  return w;
+// The 4 bytes at p as a T (no alignment needed).
+template <class T>
+inline T load_as(const uint8_t* p) {
+  T x;
+  std::memcpy(&x, p, 4);
+  return x;
+}
+
+// One multiply-add step of both products: acc + w * broadcast(x), in f32, or
+// over bf16 pairs (two products per lane) by vdpbf16ps.
+inline __m512 lanes(const float* p) { return _mm512_load_ps(p); }
+inline __m512i lanes(const uint32_t* p) { return _mm512_load_si512(p); }
+inline __m512 madd(__m512 acc, __m512 w, float x) { return _mm512_fmadd_ps(w, _mm512_set1_ps(x), acc); }
+inline __m512 madd(__m512 acc, __m512i w, uint32_t x) {
+  return _mm512_dpbf16_ps(acc, __m512bh(w), __m512bh(_mm512_set1_epi32(int(x))));
 }
 
 // st[u][i] = scale * q_i . k_u for U key rows from k (scaled here: fused
@@ -71,39 +82,27 @@ inline uint32_t load_u32(const uint8_t* p) {
 // follows it. f32: qp is [d][16 NV].
 template <bool BF16, int NV, int U>
 void score_rows(const uint8_t* k, size_t row_bytes, int d, const void* qp, float scale, float* st) {
+  using E = std::conditional_t<BF16, uint32_t, float>;  // a component (pair) of q and of a key
   constexpr int W = 16 * NV;
+  const auto* q = static_cast<const E*>(qp);
   __m512 acc[U][NV];
   zero(acc);
-  if constexpr (BF16) {
-    const auto* q = static_cast<const uint32_t*>(qp);
-    auto step = [&](int j, auto key_word) {
-      __m512bh qv[NV];
-      for (int v = 0; v < NV; ++v) qv[v] = __m512bh(_mm512_load_si512(q + size_t(j) * W + 16 * v));
-      for (int u = 0; u < U; ++u) {
-        const __m512bh kb = __m512bh(_mm512_set1_epi32(int(key_word(k + u * row_bytes + 4 * size_t(j)))));
-        for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_dpbf16_ps(acc[u][v], qv[v], kb);
-      }
-    };
-    for (int j = 0; j < d / 2; ++j) step(j, load_u32);
+  auto step = [&](int j, auto key) {
+    decltype(lanes(q)) qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = lanes(q + size_t(j) * W + 16 * v);
+    for (int u = 0; u < U; ++u) {
+      const E x = key(k + u * row_bytes + 4 * size_t(j));
+      for (int v = 0; v < NV; ++v) acc[u][v] = madd(acc[u][v], qv[v], x);
+    }
+  };
+  for (int j = 0; j < (BF16 ? d / 2 : d); ++j) step(j, load_as<E>);
+  if constexpr (BF16)
     if (d % 2)
       step(d / 2, [](const uint8_t* p) {
         uint16_t h;
         std::memcpy(&h, p, 2);
         return uint32_t(h);
       });
-  } else {
-    const auto* q = static_cast<const float*>(qp);
-    for (int c = 0; c < d; ++c) {
-      __m512 qv[NV];
-      for (int v = 0; v < NV; ++v) qv[v] = _mm512_load_ps(q + size_t(c) * W + 16 * v);
-      for (int u = 0; u < U; ++u) {
-        float x;
-        std::memcpy(&x, k + u * row_bytes + 4 * size_t(c), 4);
-        const __m512 kb = _mm512_set1_ps(x);
-        for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(qv[v], kb, acc[u][v]);
-      }
-    }
-  }
   const __m512 vs = _mm512_set1_ps(scale);
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < NV; ++v) _mm512_store_ps(st + u * W + 16 * v, _mm512_mul_ps(vs, acc[u][v]));
@@ -153,15 +152,6 @@ void block_softmax(float* st, int n, int b0, bool masked, const int* last, float
     }
   for (int v = 0; v < NV; ++v)
     _mm512_store_ps(l + 16 * v, _mm512_fmadd_ps(_mm512_load_ps(l + 16 * v), f[v], sum[v]));
-}
-
-// One step of the value sums, f32 (a weight times a value) or bf16 pairs
-// (two weights times two values by vdpbf16ps): acc + w * broadcast(x).
-inline __m512 lanes(const float* p) { return _mm512_load_ps(p); }
-inline __m512i lanes(const uint32_t* p) { return _mm512_load_si512(p); }
-inline __m512 madd(__m512 acc, __m512 w, float x) { return _mm512_fmadd_ps(w, _mm512_set1_ps(x), acc); }
-inline __m512 madd(__m512 acc, __m512i w, uint32_t x) {
-  return _mm512_dpbf16_ps(acc, __m512bh(w), __m512bh(_mm512_set1_epi32(int(x))));
 }
 
 // ot[c][i] = f_i * ot[c][i] + sum_j w[j][i] * val[j][c] for C components,
