@@ -15,6 +15,7 @@
 
 #include "sparq/attention_dense.h"
 #include "sparq/cpu.h"
+#include "sparq/region_error.h"
 #include "sparq/sparq_decode.h"
 
 namespace sparq {
@@ -221,6 +222,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   for (const DecodeQuery& q : queries) elems += int64_t(q.S) * nkv * d * 2;
   const int ntasks = int(w.tasks.size());
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntasks);
+  RegionError err;  // a kernel's scratch may fail to grow
 #pragma omp parallel num_threads(team) if (team > 1)
   {
 #pragma omp for schedule(dynamic, 1)
@@ -232,7 +234,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
                            q.cache->shape().type, d, group, q.q + size_t(k.kv_head) * group * d,
                            k.p0, k.p1};
       const size_t s = size_t(k.slot) * group;
-      dense_kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
+      err.guard([&] { dense_kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]}); });
     }
 #pragma omp for schedule(static)
     for (int i = 0; i < items; ++i) {
@@ -255,6 +257,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
       }
     }
   }
+  err.rethrow();
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -340,6 +343,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   const int per_kv = (per_head + width - 1) / width, ntiles = nkv * per_kv;
   const int64_t elems = int64_t(n_heads) * (int64_t(T) * p0 + int64_t(T) * (T + 1) / 2) * d * 2;
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntiles);
+  RegionError err;  // a kernel's scratch may fail to grow
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
   for (int j = 0; j < ntiles; ++j) {
     // Later tokens see more positions: their tiles first, so the schedule ends balanced.
@@ -347,11 +351,14 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
     const size_t b = size_t(kv) * per_head + i0;
     const PrefillSpan span{cache.k_rows(layer, kv), cache.v_rows(layer, kv), sh.type, d,
                            std::min(width, per_head - i0), &w.q[b], &w.last[b], &w.out[b]};
-    if (use_avx512())
-      avx512::prefill_attention(span);
-    else
-      ref::prefill_attention(span);
+    err.guard([&] {
+      if (use_avx512())
+        avx512::prefill_attention(span);
+      else
+        ref::prefill_attention(span);
+    });
   }
+  err.rethrow();
 }
 
 }  // namespace sparq

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "sparq/cpu.h"
+#include "sparq/region_error.h"
 #include "sparq/sparq_kernels.h"
 
 namespace sparq {
@@ -114,8 +115,11 @@ std::pair<int, int> share(int n, int unit, int tid, int nt) {
 }
 
 // Runs one item on threads tid of nt (nt > 1: every thread of the team calls
-// this with the same item and scratch).
-void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, int nt, PhaseTimes& t) {
+// this with the same item and scratch). A section that throws is kept in err
+// (see region_error.h): the threads then stop together at the next barrier.
+// phase counts the barriers this thread has passed.
+void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, int nt, PhaseTimes& t,
+              RegionError& err, int& phase) {
   const Kernels& K = kernels();
   const KVCache& cache = *it.q->cache;
   const KVShape& sh = cache.shape();
@@ -125,9 +129,16 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
   const bool want_alpha = it.mean || it.trace;
   const bool scores = m < n && (m > 0 || want_alpha);
   const float* q = it.q->q + size_t(it.kv) * G * d;
+  const auto section = [&](bool mine, auto&& f) {
+    if (mine) err.guard(f, phase);
+  };
+  const auto barrier = [&] {
+    sync(nt);
+    return !err.before(++phase);
+  };
 
   double t0 = omp_get_wtime();
-  if (tid == 0) {
+  section(tid == 0, [&] {
     grow(x.i1, size_t(it.r));
     grow(x.qs, size_t(G) * it.r);
     grow(x.q3, size_t(G) * d);
@@ -146,24 +157,26 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     }
     sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
     for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
-  }
-  sync(nt);
+  });
+  if (!barrier()) return;
 
   // Step 1: approximate scores from r components of every key.
   if (scores) {
-    const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs.data(), G};
-    const auto [b0, b1] = share(nb, 1, tid, nt);
-    K.step1(a, b0, b1, x.e.data(), x.mx.data(), x.sum.data());
-    sync(nt);
-    if (tid == 0) K.weights(x.mx.data(), x.sum.data(), G, nb, x.w.data());
-    sync(nt);
+    section(true, [&] {
+      const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs.data(), G};
+      const auto [b0, b1] = share(nb, 1, tid, nt);
+      K.step1(a, b0, b1, x.e.data(), x.mx.data(), x.sum.data());
+    });
+    if (!barrier()) return;
+    section(tid == 0, [&] { K.weights(x.mx.data(), x.sum.data(), G, nb, x.w.data()); });
+    if (!barrier()) return;
   }
   double t1 = omp_get_wtime();
   t.step1 += t1 - t0;
 
   // Step 2: the top m of the first n positions, plus the local window; alpha
   // is the step-1 softmax mass of the selection.
-  if (tid == 0) {
+  section(tid == 0, [&] {
     int* i2 = x.i2.data();
     float* alpha = want_alpha ? x.alpha.data() : nullptr;
     if (alpha) std::fill_n(alpha, G, 0.0f);
@@ -175,13 +188,13 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       std::iota(i2 + m, i2 + it.k, n);
       if (alpha) K.mass(x.e.data(), x.w.data(), G, nb, i2 + m, it.k - m, alpha);
     }
-  }
-  sync(nt);
+  });
+  if (!barrier()) return;
   double t2 = omp_get_wtime();
   t.topk += t2 - t1;
 
   // Step 3: exact attention over the k selected rows, rows split over threads.
-  {
+  section(true, [&] {
     const auto [r0, r1] = share(it.k, 16, tid, nt);
     x.rows[tid] = r1 - r0;
     if (r1 > r0) {
@@ -191,13 +204,13 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       K.step3(a, x.i2.data() + r0, r1 - r0, &x.part_m[size_t(tid) * G], &x.part_z[size_t(tid) * G],
               &x.part_acc[size_t(tid) * G * dp], scratch);
     }
-  }
-  sync(nt);
+  });
+  if (!barrier()) return;
   double t3 = omp_get_wtime();
   t.step3 += t3 - t2;
 
   // Merge the threads' partial softmaxes, then mix with the mean of V.
-  if (tid == 0) {
+  section(tid == 0, [&] {
     const float* vsum = cache.v_sum(layer, it.kv);
     for (int h = 0; h < G; ++h) {
       float top = -std::numeric_limits<float>::infinity();
@@ -224,7 +237,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
       it.trace->i2.assign(x.i2.begin(), x.i2.begin() + it.k);
       it.trace->alpha.assign(x.alpha.begin(), x.alpha.begin() + G);
     }
-  }
+  });
   t.mix += omp_get_wtime() - t3;
 }
 
@@ -266,6 +279,7 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
 
   PhaseTimes total;
   int team = 1;
+  RegionError err;
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -273,14 +287,21 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
     // No barrier after the whole items: with none split (the model's usual
     // case) the team's single and its barriers cost ~5 us per call.
 #pragma omp for schedule(dynamic, 1) nowait
-    for (int i = 0; i < whole; ++i) run_item(items[i], layer, n_heads, item_scratch(), 0, 1, t);
+    for (int i = 0; i < whole; ++i) {
+      int phase = 0;
+      run_item(items[i], layer, n_heads, item_scratch(), 0, 1, t, err, phase);
+    }
     if (whole < n_items) {  // the same on every thread
       // One thread's scratch serves the split items; the single's barrier
-      // waits until every thread is done with its whole items.
+      // waits until every thread is done with its whole items, so all see
+      // whether one of those threw.
       ItemScratch* shared = nullptr;
 #pragma omp single copyprivate(shared)
       shared = &item_scratch();
-      for (int i = whole; i < n_items; ++i) run_item(items[i], layer, n_heads, *shared, tid, nt, t);
+      const bool skip = err.any();
+      int phase = 0;
+      for (int i = whole; i < n_items && !skip && !err.before(phase); ++i)
+        run_item(items[i], layer, n_heads, *shared, tid, nt, t, err, phase);
     }
 #pragma omp critical
     {
@@ -291,6 +312,7 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
       team = nt;
     }
   }
+  err.rethrow();
   if (!counters) return;
   for (size_t i = 0; i < queries.size(); ++i) {
     const KVShape& s = queries[i].cache->shape();
