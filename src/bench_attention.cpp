@@ -155,6 +155,7 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
                       {"pct_bandwidth", r.pct}, {"pct_read", r.pct_read},
                       {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()},
                       {"step1_ms", phase(r.step1_ms)}, {"topk_ms", phase(r.topk_ms)}, {"step3_ms", phase(r.step3_ms)}});
+  add_run_facts(t);
   print_bench_table(out, t, o.format);
 }
 

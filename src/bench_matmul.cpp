@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "sparq/bandwidth.h"
+#include "sparq/bench_table.h"
 #include "sparq/common.h"
 #include "sparq/matmul.h"
 
@@ -80,6 +81,7 @@ int run_matmul_bench(int threads, int reps) {
   for (int M : {16, 128, 512})
     for (const Shape& s : model) cases.push_back({s, M});
 
+  std::printf("%s\n", run_facts_note(run_facts()).c_str());
   std::printf("matmul bench: %d thread(s), %d rep(s); time per forward; GB/s of weight bytes read\n", threads, reps);
   std::printf("rows that cycle through copies of the weights read them from DRAM; read: a plain streaming read of "
               "the same copies over the same threads, in the same repetitions; %% of read: GB/s against it\n\n");

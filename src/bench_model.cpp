@@ -150,6 +150,7 @@ struct Bench {
                           {"kv_type", dtype_name(p.kv)},
                           {"tps_mean", t.mean},
                           {"tps_sd", t.sd},
+                          {"samples_tps", tps},
                           {"ms_per_token", mean_sd(ms).mean},
                           {"kv_bytes_per_token", kv},
                           {"dense_kv_bytes_per_token", dense_kv},
@@ -276,6 +277,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   table.footer = {fmt::format(
       "peak memory {:.1f} MiB (VmHWM); weights + largest KV caches {:.1f} MiB (K, V and transposed K, {} sequence(s))",
       peak / 1048576.0, most_bytes / 1048576.0, max_B)};
+  add_run_facts(table);
   print_bench_table(out, table, o.format);
   return 0;
 }

@@ -1,10 +1,15 @@
 #include "sparq/bench_table.h"
 
+#include <omp.h>
+
 #include <cmath>
+#include <ctime>
 
 #include <fmt/ranges.h>
 
+#include "sparq/build_info.h"
 #include "sparq/common.h"
+#include "sparq/cpu.h"
 
 namespace sparq {
 namespace {
@@ -17,11 +22,12 @@ std::string number(const BenchRow& v, int digits, double scale) {
   return v.dump();
 }
 
+// Strings and arrays (as JSON text) quoted, since they may hold commas.
 std::string csv_cell(const BenchRow& v) {
   if (v.is_null()) return "";
-  if (!v.is_string()) return v.dump();
+  if (!v.is_string() && !v.is_structured()) return v.dump();
   std::string s = "\"";
-  for (char c : v.get<std::string>()) s += c == '"' ? std::string("\"\"") : std::string(1, c);
+  for (char c : v.is_string() ? v.get<std::string>() : v.dump()) s += c == '"' ? std::string("\"\"") : std::string(1, c);
   return s + "\"";
 }
 
@@ -42,6 +48,31 @@ BenchColumn bench_column_pm(std::string header, std::string mean, std::string sd
   return {std::move(header), [mean = std::move(mean), sd = std::move(sd), digits](const BenchRow& r) {
             return number(r.value(mean, BenchRow()), digits, 1.0) + " ± " + number(r.value(sd, BenchRow()), digits, 1.0);
           }};
+}
+
+BenchRow run_facts() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return {{"build_commit", kBuildCommit},
+          {"cpu", cpu_model_name()},
+          {"logical_cpus", omp_get_num_procs()},
+          {"kernels", use_avx512() ? "avx512" : "portable"},
+          {"test_time", when}};
+}
+
+std::string run_facts_note(const BenchRow& f) {
+  return fmt::format("sparq-run {} on {} ({} logical CPUs, {} kernels), {}", f["build_commit"].get<std::string>(),
+                     f["cpu"].get<std::string>(), f["logical_cpus"].get<int>(), f["kernels"].get<std::string>(),
+                     f["test_time"].get<std::string>());
+}
+
+void add_run_facts(BenchTable& t) {
+  const BenchRow f = run_facts();
+  for (const auto& [key, value] : f.items()) t.meta[key] = value;
+  t.notes.insert(t.notes.begin(), run_facts_note(f));
 }
 
 std::string bench_format(const std::string& format) {

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 namespace sparq {
 namespace {
@@ -28,6 +29,17 @@ bool use_avx512() { return state().load(std::memory_order_relaxed) != 0; }
 void set_avx512_enabled(bool enabled) {
   static const bool available = detect();
   state().store(enabled && available ? 1 : 0);
+}
+
+std::string cpu_model_name() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    const size_t start = colon == std::string::npos ? line.size() : line.find_first_not_of(' ', colon + 1);
+    if (start != std::string::npos && start < line.size()) return line.substr(start);
+  }
+  return "unknown";
 }
 
 }  // namespace sparq

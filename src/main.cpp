@@ -13,6 +13,7 @@
 #include "sparq/bench_attention.h"
 #include "sparq/bench_matmul.h"
 #include "sparq/bench_model.h"
+#include "sparq/build_info.h"
 #include "sparq/cpu.h"
 #include "sparq/eval.h"
 #include "sparq/generate.h"
@@ -319,7 +320,7 @@ int run_bench(BenchFlags& b) {
 
 int main(int argc, char** argv) {
   CLI::App app{"sparq-run: Llama inference on the CPU with SparQ attention for decoding"};
-  app.set_version_flag("--version", "sparq-run 0.1");
+  app.set_version_flag("--version", fmt::format("sparq-run 0.1 ({})", kBuildCommit));
   RunFlags flags;
   add_run_flags(app, flags);
   BenchFlags bench_flags;

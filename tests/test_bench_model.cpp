@@ -1,11 +1,14 @@
 // The model-level bench (`sparq-run bench`): its rows, depths, bytes and
 // output formats on the small stories260K model. Timings are not asserted.
 #include <algorithm>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
 #include "sparq/bench_model.h"
 #include "sparq/bench_table.h"
+#include "sparq/build_info.h"
+#include "sparq/cpu.h"
 #include "sparq/engine.h"
 #include "sparq/model.h"
 #include "test_util.h"
@@ -45,6 +48,11 @@ TEST_CASE("model bench JSON rows: tests, depths and bytes per token", "[bench]")
   CHECK(j["bandwidth_gbs"] == 50.0);
   CHECK(j["tokens"].get<std::string>().find("pseudo-random") != std::string::npos);
   CHECK(j["peak_memory_bytes"].get<double>() > 0);
+  // The facts that tell runs apart: the build, the CPU, the kernels, the time.
+  CHECK(j["build_commit"] == kBuildCommit);
+  CHECK(j["cpu"] == cpu_model_name());
+  CHECK(j["kernels"] == (use_avx512() ? "avx512" : "portable"));
+  CHECK(std::regex_match(j["test_time"].get<std::string>(), std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")));
   const auto model = Model::load(small_model(), LoadOptions{});
   const ModelConfig& c = model->config();
   CHECK(j["weight_bytes"] == model->weight_bytes());
@@ -56,6 +64,9 @@ TEST_CASE("model bench JSON rows: tests, depths and bytes per token", "[bench]")
     tests.push_back(test + " " + r["attention"].get<std::string>() + " B" + std::to_string(r["parallel"].get<int>()));
     const int d = r["depth"], B = r["parallel"];
     CHECK(r["tps_mean"].get<double>() > 0);
+    const std::vector<double> samples = r["samples_tps"];
+    REQUIRE(int(samples.size()) == o.reps);
+    CHECK(mean_sd(samples).mean == Approx(r["tps_mean"].get<double>()));
     CHECK(r["pct_bandwidth"].get<double>() == Approx(100 * r["gbs"].get<double>() / 50));
     CHECK(r["ms_per_token"].get<double>() == Approx(1e3 / r["tps_mean"].get<double>()));
     if (test.rfind("pp", 0) == 0) {
@@ -91,6 +102,7 @@ TEST_CASE("model bench CSV, JSONL and markdown", "[bench]") {
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + 3);
   CHECK(csv.rfind("test,n_prompt,n_gen,depth,attention,threads,parallel,kv_type,tps_mean,tps_sd,", 0) == 0);
   CHECK(csv.find("\n\"tg4 @ d8\",0,4,8,\"sparq:r=2,k=16\",1,1,\"bf16\",") != std::string::npos);
+  CHECK(csv.find(",\"[") != std::string::npos);  // samples_tps: a quoted JSON array (its commas inside quotes)
 
   o.format = "jsonl";
   const std::string jsonl = bench_output(o);
@@ -108,6 +120,7 @@ TEST_CASE("model bench CSV, JSONL and markdown", "[bench]") {
   o.text_name = "story.txt";
   const std::string md = bench_output(o);
   CHECK(md.find("read bandwidth 50.0 GB/s") != std::string::npos);
+  CHECK(md.find(fmt::format("sparq-run {} on {} (", kBuildCommit, cpu_model_name())) != std::string::npos);
   CHECK(md.find("tokens: the tokens of story.txt (") != std::string::npos);
   CHECK(md.find(", repeated)") != std::string::npos);  // 8 + 16 + 1 tokens needed
   CHECK(md.find("| test | attention | threads | B | KV | t/s | ms/token |") != std::string::npos);

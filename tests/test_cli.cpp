@@ -158,6 +158,11 @@ TEST_CASE("run with --profile and --trace reports phases and peak memory, and th
   const nlohmann::json j = nlohmann::json::parse(b.out);
   CHECK(j["rows"].size() == 2 * (1 + 3));  // per depth: pp8, tg2 per default setting
   require_one_error_line(run("bench -m " + quote(small) + " -o xml"), "md, csv, json or jsonl");
+
+  const Result v = run("--version");
+  CHECK(v.code == 0);
+  CHECK(v.out.rfind("sparq-run 0.1 (", 0) == 0);
+  CHECK(v.out.find(j["build_commit"].get<std::string>()) != std::string::npos);  // the same build
 }
 
 TEST_CASE("attention settings given inline keep all their items", "[cli][sparq]") {

@@ -1,5 +1,6 @@
 // Run-time CPU feature checks that pick the AVX-512 kernels or the portable ones.
 #pragma once
+#include <string>
 
 namespace sparq {
 
@@ -9,5 +10,9 @@ bool use_avx512();
 // Forces the portable kernels (tests compare both paths; SPARQ_NO_AVX512=1 does
 // the same from the environment).
 void set_avx512_enabled(bool enabled);
+
+// The processor's name as the kernel reports it (/proc/cpuinfo's "model
+// name"), or "unknown".
+std::string cpu_model_name();
 
 }  // namespace sparq
