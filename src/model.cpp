@@ -4,6 +4,7 @@
 #include "sparq/model.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <malloc.h>
 
@@ -44,8 +45,21 @@ Data stack(std::initializer_list<const Data*> parts) {
   return out;
 }
 
-Linear linear(const Data& w, int64_t N, int64_t K, DType compute, WeightArena& arena) {
-  return Linear(w.bytes.data(), w.type, int(N), int(K), compute, &arena);
+struct Shape {
+  int64_t N, K;  // a weight matrix [N][K]
+};
+
+Linear linear(const Data& w, Shape s, DType compute, WeightArena& arena) {
+  return Linear(w.bytes.data(), w.type, int(s.N), int(s.K), compute, &arena);
+}
+
+size_t arena_bytes(Shape s, DType compute) { return Linear::arena_bytes(int(s.N), int(s.K), compute); }
+
+// A layer's matrices, as Layer holds them: [q; k; v], o, [gate; up], down.
+// The arena is sized from this list and the layers are built from it.
+std::array<Shape, 4> layer_shapes(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, q_rows = int64_t(c.n_heads) * c.head_dim, I = c.intermediate_size;
+  return {Shape{q_rows + 2 * int64_t(c.n_kv_heads) * c.head_dim, H}, Shape{H, q_rows}, Shape{2 * I, H}, Shape{H, I}};
 }
 
 }  // namespace
@@ -69,19 +83,19 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
 
   m->final_norm_ = w.get_f32("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
-  size_t arena = Linear::arena_bytes(int(V), int(H), wt) * (c.tie_word_embeddings ? 1 : 2);
-  arena += size_t(c.n_layers) * (Linear::arena_bytes(int(q_rows + 2 * kv_rows), int(H), wt) +
-                                 Linear::arena_bytes(int(H), int(q_rows), wt) +
-                                 Linear::arena_bytes(int(2 * I), int(H), wt) + Linear::arena_bytes(int(H), int(I), wt));
+  const Shape table{V, H};
+  const std::array<Shape, 4> shapes = layer_shapes(c);
+  size_t arena = arena_bytes(table, wt) * (c.tie_word_embeddings ? 1 : 2);
+  for (const Shape& sh : shapes) arena += size_t(c.n_layers) * arena_bytes(sh, wt);
   m->arena_ = std::make_unique<WeightArena>(arena);
   WeightArena& a = *m->arena_;
   {
     const Data embed = w.get_data("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
-      m->lm_head_ = std::make_unique<Linear>(linear(embed, V, H, wt, a));  // embed() reads its rows
+      m->lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
     } else {
-      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), V, H, wt, a));
-      m->embed_ = std::make_unique<Linear>(linear(embed, V, H, wt, a));
+      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), table, wt, a));
+      m->embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
@@ -95,10 +109,10 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
     m->layers_.push_back(Layer{
         w.get_f32(p + "input_layernorm.weight", {H}),
         w.get_f32(p + "post_attention_layernorm.weight", {H}),
-        linear(stack({&q, &k, &v}), q_rows + 2 * kv_rows, H, wt, a),
-        linear(get("self_attn.o_proj.weight", {H, q_rows}), H, q_rows, wt, a),
-        linear(stack({&gate, &up}), 2 * I, H, wt, a),
-        linear(get("mlp.down_proj.weight", {H, I}), H, I, wt, a),
+        linear(stack({&q, &k, &v}), shapes[0], wt, a),
+        linear(get("self_attn.o_proj.weight", {H, q_rows}), shapes[1], wt, a),
+        linear(stack({&gate, &up}), shapes[2], wt, a),
+        linear(get("mlp.down_proj.weight", {H, I}), shapes[3], wt, a),
     });
   }
   w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
