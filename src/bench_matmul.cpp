@@ -25,10 +25,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Memory-bound rows cycle through enough copies of the weights to exceed any
-// last-level cache, so the bytes really come from DRAM as in a model's decode.
-constexpr size_t kWorkingSetBytes = size_t(256) << 20;
-
 struct Shape {
   const char* what;
   int N, K;
@@ -61,12 +57,27 @@ uint64_t read_weights(const std::vector<Linear>& lins, size_t* bytes) {
   return sum;
 }
 
+std::vector<BenchColumn> columns() {
+  return {{"shape N x K", [](const BenchRow& r) {
+             return fmt::format("{} {} x {}", r["shape"].get<std::string>(), r["N"].get<int>(), r["K"].get<int>());
+           }},
+          bench_column("M", "M"),
+          bench_column("dtype", "dtype"),
+          bench_column("copies", "copies"),
+          bench_column("time (us)", "time_us", 1),
+          bench_column("GB/s", "gbs", 1),
+          bench_column("read GB/s", "read_gbs", 1),
+          bench_column("% of read", "pct_read", 0, 1.0, "%"),
+          bench_column("GFLOP/s", "gflops", 1)};
+}
+
 }  // namespace
 
-int run_matmul_bench(int threads, int reps) {
-  if (threads < 1) fail("bench: --threads must be at least 1, got {}", threads);
-  if (reps < 1) fail("bench: --reps must be at least 1, got {}", reps);
-  omp_set_num_threads(threads);
+int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
+  if (o.threads < 1) fail("bench: --threads must be at least 1, got {}", o.threads);
+  if (o.reps < 1) fail("bench: --reps must be at least 1, got {}", o.reps);
+  bench_format(o.format);  // a bad format fails before the work
+  omp_set_num_threads(o.threads);
 
   const Shape model[] = {{"qkv", 768, 512}, {"o", 512, 512}, {"gate_up", 2816, 512},
                          {"down", 512, 1408}, {"lm_head", 8192, 512}};
@@ -77,16 +88,13 @@ int run_matmul_bench(int threads, int reps) {
   };
   std::vector<Case> cases;
   for (const Shape& s : model) cases.push_back({s, 1});
-  for (const Shape& s : large) cases.push_back({s, 1});
+  if (o.large)
+    for (const Shape& s : large) cases.push_back({s, 1});
   for (int M : {16, 128, 512})
     for (const Shape& s : model) cases.push_back({s, M});
 
-  std::printf("%s\n", run_facts_note(run_facts()).c_str());
-  std::printf("matmul bench: %d thread(s), %d rep(s); time per forward; GB/s of weight bytes read\n", threads, reps);
-  std::printf("rows that cycle through copies of the weights read them from DRAM; read: a plain streaming read of "
-              "the same copies over the same threads, in the same repetitions; %% of read: GB/s against it\n\n");
-  std::printf("| shape N x K | M | dtype | copies | time (us) | GB/s | read GB/s | %% of read | GFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  BenchTable table;
+  table.columns = columns();
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   double convert_s = 0;
@@ -98,7 +106,7 @@ int run_matmul_bench(int threads, int reps) {
       for (float& v : w) v = dist(rng);
       for (float& v : x) v = dist(rng);
       const size_t bytes = size_t(N) * K * dtype_size(t);
-      const size_t copies = M <= 16 ? std::max<size_t>(1, kWorkingSetBytes / bytes) : 1;
+      const size_t copies = M <= 16 ? std::max<size_t>(1, o.working_set_bytes / bytes) : 1;
       std::vector<Linear> lins;
       lins.reserve(copies);
       const auto t0 = Clock::now();
@@ -111,7 +119,7 @@ int run_matmul_bench(int threads, int reps) {
       double mm_s = 0, read_s = 0;
       size_t read_bytes = 0;
       uint64_t sink = 0;
-      for (int r = 0; r < reps; ++r) {
+      for (int r = 0; r < o.reps; ++r) {
         const auto t1 = Clock::now();
         for (const Linear& l : lins) l.forward(x.data(), y.data(), M);
         mm_s += seconds_since(t1);
@@ -122,20 +130,34 @@ int run_matmul_bench(int threads, int reps) {
       }
       volatile uint64_t keep = sink;
       (void)keep;
-      const double per = mm_s / (double(reps) * copies);
+      const double per = mm_s / (double(o.reps) * copies);
       const double gbs = double(lins[0].weight_bytes()) / per * 1e-9;
-      std::string read = "| - | -";
-      if (streamed) {
-        const double read_gbs = double(read_bytes) * reps / read_s * 1e-9;
-        read = fmt::format("| {:.1f} | {:.0f}%", read_gbs, 100.0 * gbs / read_gbs);
-      }
-      std::printf("| %s %d x %d | %d | %s | %zu | %.1f | %.1f %s | %.1f |\n", c.s.what, N, K, M, dtype_name(t), copies,
-                  per * 1e6, gbs, read.c_str(), 2.0 * M * N * K / per * 1e-9);
-      std::fflush(stdout);
+      const double read_gbs = streamed ? double(read_bytes) * o.reps / read_s * 1e-9 : 0.0;
+      table.rows.push_back({{"shape", c.s.what},
+                            {"N", N},
+                            {"K", K},
+                            {"M", M},
+                            {"dtype", dtype_name(t)},
+                            {"copies", copies},
+                            {"time_us", per * 1e6},
+                            {"gbs", gbs},
+                            {"read_gbs", streamed ? BenchRow(read_gbs) : BenchRow()},
+                            {"pct_read", streamed ? BenchRow(100.0 * gbs / read_gbs) : BenchRow()},
+                            {"gflops", 2.0 * M * N * K / per * 1e-9}});
+      if (o.progress)
+        fmt::print(stderr, "bench: {} {} x {} M={} {}: {:.1f} us\n", c.s.what, N, K, M, dtype_name(t), per * 1e6);
     }
   }
-  std::printf("\nweight conversion at construction: %.1f M params/s (%.0f M params in %.2f s)\n",
-              converted / convert_s * 1e-6, converted * 1e-6, convert_s);
+  table.meta = {{"kernel", "matmul"}, {"threads", o.threads}, {"reps", o.reps},
+                {"working_set_bytes", o.working_set_bytes}};
+  table.notes = {fmt::format("matmul bench: {} thread(s), {} rep(s); time per forward; GB/s of weight bytes read",
+                             o.threads, o.reps),
+                 "rows that cycle through copies of the weights read them from DRAM; read: a plain streaming read of "
+                 "the same copies over the same threads, in the same repetitions; % of read: GB/s against it"};
+  table.footer = {fmt::format("weight conversion at construction: {:.1f} M params/s ({:.0f} M params in {:.2f} s)",
+                              converted / convert_s * 1e-6, converted * 1e-6, convert_s)};
+  add_run_facts(table);
+  print_bench_table(out, table, o.format);
   return 0;
 }
 

@@ -305,7 +305,13 @@ int run_bench(BenchFlags& b) {
   if (b.threads[0] < 0) fail("--threads must be >= 0, got {}", b.threads[0]);
   const int threads = b.threads[0] > 0 ? b.threads[0] : omp_get_num_procs();
   omp_set_num_threads(threads);
-  if (b.kernel == "matmul") return run_matmul_bench(threads, b.reps > 0 ? b.reps : 20);
+  if (b.kernel == "matmul") {
+    MatmulBenchOptions m;
+    m.threads = threads;
+    if (b.reps > 0) m.reps = b.reps;
+    m.format = b.format;
+    return run_matmul_bench(m);
+  }
   if (b.kernel != "attention") fail("--kernel must be model, attention or matmul, got '{}'", b.kernel);
   b.attn.format = b.format;
   b.attn.kv_type = parse_type(b.kv_types[0], "--kv-type");
