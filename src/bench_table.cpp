@@ -50,29 +50,21 @@ BenchColumn bench_column_pm(std::string header, std::string mean, std::string sd
           }};
 }
 
-BenchRow run_facts() {
+void add_run_facts(BenchTable& t) {
   const std::time_t now = std::time(nullptr);
   std::tm utc{};
   gmtime_r(&now, &utc);
   char when[32];
   std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return {{"build_commit", kBuildCommit},
-          {"cpu", cpu_model_name()},
-          {"logical_cpus", omp_get_num_procs()},
-          {"kernels", use_avx512() ? "avx512" : "portable"},
-          {"test_time", when}};
-}
-
-std::string run_facts_note(const BenchRow& f) {
-  return fmt::format("sparq-run {} on {} ({} logical CPUs, {} kernels), {}", f["build_commit"].get<std::string>(),
-                     f["cpu"].get<std::string>(), f["logical_cpus"].get<int>(), f["kernels"].get<std::string>(),
-                     f["test_time"].get<std::string>());
-}
-
-void add_run_facts(BenchTable& t) {
-  const BenchRow f = run_facts();
-  for (const auto& [key, value] : f.items()) t.meta[key] = value;
-  t.notes.insert(t.notes.begin(), run_facts_note(f));
+  const std::string cpu = cpu_model_name(), kernels = use_avx512() ? "avx512" : "portable";
+  const int cpus = omp_get_num_procs();
+  t.meta["build_commit"] = kBuildCommit;
+  t.meta["cpu"] = cpu;
+  t.meta["logical_cpus"] = cpus;
+  t.meta["kernels"] = kernels;
+  t.meta["test_time"] = when;
+  t.notes.insert(t.notes.begin(),
+                 fmt::format("sparq-run {} on {} ({} logical CPUs, {} kernels), {}", kBuildCommit, cpu, cpus, kernels, when));
 }
 
 std::string bench_format(const std::string& format) {

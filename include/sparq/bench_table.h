@@ -33,12 +33,9 @@ struct BenchTable {
   std::vector<BenchRow> rows;       // every field, in order: the CSV columns and JSON rows
 };
 
-// What identifies a run, for comparing results across builds and machines:
-// build_commit, cpu, logical_cpus, kernels (avx512 or portable), test_time (UTC).
-BenchRow run_facts();
-// Those facts as one line of text.
-std::string run_facts_note(const BenchRow& facts);
-// Both into a table: the facts into meta, the line as the first note.
+// What identifies a run, for comparing results across builds and machines,
+// into the table's meta (build_commit, cpu, logical_cpus, kernels: avx512 or
+// portable, test_time: UTC) and as one line, its first note.
 void add_run_facts(BenchTable& t);
 
 // "md" or "markdown", "csv", "json", "jsonl"; returns the canonical name
