@@ -260,10 +260,6 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   err.rethrow();
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 }  // namespace
 
 void check_decode_query(const DecodeQuery& q, int layer, int n_heads, const char* who) {

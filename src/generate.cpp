@@ -10,10 +10,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 bool is_eos(const ModelConfig& c, int id) {
   return std::find(c.eos_ids.begin(), c.eos_ids.end(), id) != c.eos_ids.end();
 }
@@ -52,7 +48,7 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     model.forward(rows, logits.data(), &res.prompt_stats);
     if (opt.trace) opt.trace->add_forward("prefill", tf, Clock::now(), before, res.prompt_stats, {{"rows", n}});
   }
-  res.t_prompt = since(t0);
+  res.t_prompt = seconds_since(t0);
 
   int pos = int(prompt.size());
   res.stop_reason = "n_predict";
@@ -60,7 +56,7 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
   for (int n = 0; opt.n_predict < 0 || n < opt.n_predict; ++n) {
     const auto t_s = Clock::now();
     const int id = sampler.sample(logits, history);
-    res.t_sample += since(t_s);
+    res.t_sample += seconds_since(t_s);
     if (opt.trace) opt.trace->add("sampling", "sampling", t_s, Clock::now());
     res.tokens.push_back(id);
     history.push_back(id);
@@ -85,7 +81,7 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     StepRecord rec;
     rec.S = pos + 1;
     rec.token = id;
-    rec.ms = since(ts) * 1e3;
+    rec.ms = seconds_since(ts) * 1e3;
     rec.attn_ms = (res.decode_stats.t_attn - before.t_attn) * 1e3;
     rec.kv_bytes = res.decode_stats.attn.kv_bytes - before.attn.kv_bytes;
     rec.dense_kv_bytes = res.decode_stats.attn.dense_bytes - before.attn.dense_bytes;
@@ -95,7 +91,7 @@ GenerateResult generate(Model& model, std::span<const int> prompt, const Generat
     if (opt.on_step) opt.on_step(rec);
     ++pos;
   }
-  res.t_decode = since(t_dec);
+  res.t_decode = seconds_since(t_dec);
   return res;
 }
 

@@ -47,10 +47,6 @@ DType parse_type(const std::string& s, const char* flag) {
   fail("{} must be f32 or bf16, got '{}'", flag, s);
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open prompt file {}", path);

@@ -20,10 +20,6 @@ using Clock = std::chrono::steady_clock;
 // (2 * intermediate floats a row) would be a prompt batch's largest buffer.
 constexpr int kMlpRows = 128;
 
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 using Data = WeightStore::Data;
 
 // Stacks matrices with the same column count into one [sum rows][cols], in
@@ -170,7 +166,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
 
   auto t0 = Clock::now();
   for (int i = 0; i < M; ++i) embed(rows[i].token, &x_[size_t(i) * H]);
-  st.t_embed += since(t0);
+  st.t_embed += seconds_since(t0);
 
   for (int l = 0; l < c.n_layers; ++l) {
     Layer& L = layers_[l];
@@ -185,7 +181,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       ops::rope(k, NKV, D, rows[i].pos, inv_freq_.data());
       rows[i].cache->store(l, rows[i].pos, k, k + NKV * D);
     }
-    st.t_qkv += since(t0);
+    st.t_qkv += seconds_since(t0);
 
     // Decode rows with the same setting go through the decode attention
     // together; each run of prompt rows of one sequence gets dense causal attention.
@@ -216,12 +212,12 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       st.attn_layers[l].add(group);
       st.by_setting[rows[i].decode].add(group);
     }
-    st.t_attn += since(t0);
+    st.t_attn += seconds_since(t0);
 
     t0 = Clock::now();
     L.o.forward(xb_.data(), qkv_.data(), M);
     ops::add(x_.data(), qkv_.data(), M * H);
-    st.t_out += since(t0);
+    st.t_out += seconds_since(t0);
 
     t0 = Clock::now();
     for (int i = 0; i < M; ++i)
@@ -238,7 +234,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       L.down.forward(hb_.data(), xr, m);
     }
     ops::add(x_.data(), xb_.data(), M * H);
-    st.t_mlp += since(t0);
+    st.t_mlp += seconds_since(t0);
   }
 
   t0 = Clock::now();
@@ -248,7 +244,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
       ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H,
                    c.rms_norm_eps);
   if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
-  st.t_logits += since(t0);
+  st.t_logits += seconds_since(t0);
   st.weight_bytes += weight_bytes();
   st.b_embed += uint64_t(M) * H * dtype_size(weight_type_);
   for (const Layer& L : layers_) {

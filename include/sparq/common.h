@@ -1,6 +1,7 @@
 // Shared basics: the error type every loader and check throws, and the
 // numeric formats (f32, bf16, f16) the weights and the KV cache come in.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -21,6 +22,11 @@ struct Error : std::runtime_error {
 template <class... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
   throw Error(fmt::format(f, std::forward<Args>(args)...));
+}
+
+// Seconds on the steady clock since t0: every phase timer and benchmark uses it.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 enum class DType { F32, BF16, F16 };
