@@ -81,7 +81,7 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every) {
     const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(pr.threads) reduction(^ : sink)
     sink ^= gather_checksum(pr.base + size_t(omp_get_thread_num()) * pr.chunk, size_t(row_bytes), rows);
-    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double t = seconds_since(t0);
     best = std::max(best, double(rows.size()) * row_bytes * pr.threads / t / 1e9);
   }
   volatile uint64_t keep = sink;
@@ -107,7 +107,7 @@ double measure_read_bandwidth_gbs(int threads) {
       const uint8_t* p = base + size_t(omp_get_thread_num()) * chunk;
       sink ^= read_checksum(p, chunk);
     }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double s = seconds_since(t0);
     best = std::max(best, double(chunk) * threads / s / 1e9);
   }
   volatile uint64_t keep = sink;  // the reads must not be optimised away

@@ -179,7 +179,7 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
         continue;
       }
       JobResult res;
-      res.seconds = std::chrono::duration<double>(Clock::now() - a.start).count();
+      res.seconds = seconds_since(a.start);
       for (Seq& s : a.seqs) {
         free_caches.push_back(s.cache);
         res.variants.push_back(std::move(s.res));

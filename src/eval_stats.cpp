@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "sparq/common.h"
+
 namespace sparq {
 
 double log_prob(const float* logits, size_t V, int id) {
@@ -31,7 +33,7 @@ void Progress::update(size_t done, size_t tokens) {
 }
 
 void Progress::finish(size_t done, size_t tokens) {
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double s = seconds_since(start_);
   fmt::print(stderr, "{}[{}/{}] done in {:.1f} s, {:.1f} tokens/s\n", live_ ? "\r" : "", done, total_, s,
              s > 0 ? tokens / s : 0.0);
 }
