@@ -6,7 +6,7 @@ execute_process(COMMAND git -C "${SRC}" describe --always --dirty --abbrev=10
 if(NOT rc EQUAL 0 OR commit STREQUAL "")
   set(commit "unknown")
 endif()
-set(text "// Written by scripts/build_info.cmake at each build.\n#include \"sparq/build_info.h\"\n\nconst char* const sparq::kBuildCommit = \"${commit}\";\n")
+set(text "// Written by scripts/build_info.cmake at each build.\n#include \"sparq/util/build_info.h\"\n\nconst char* const sparq::kBuildCommit = \"${commit}\";\n")
 set(old "")
 if(EXISTS "${OUT}")
   file(READ "${OUT}" old)

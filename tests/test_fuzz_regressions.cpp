@@ -5,10 +5,10 @@
 #include <functional>
 #include <map>
 
-#include "sparq/config.h"
-#include "sparq/eval.h"
-#include "sparq/safetensors.h"
-#include "sparq/tokenizer.h"
+#include "sparq/model/config.h"
+#include "sparq/eval/eval.h"
+#include "sparq/io/safetensors.h"
+#include "sparq/tokenizer/tokenizer.h"
 #include "test_util.h"
 
 using namespace sparq;

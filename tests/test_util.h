@@ -12,7 +12,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "sparq/common.h"
+#include "sparq/util/common.h"
 
 namespace sparq::test {
 

@@ -5,8 +5,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "sparq/common.h"
-#include "sparq/config.h"
+#include "sparq/util/common.h"
+#include "sparq/model/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   sparq::ModelConfig c;

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "sparq/common.h"
-#include "sparq/tokenizer.h"
+#include "sparq/util/common.h"
+#include "sparq/tokenizer/tokenizer.h"
 
 namespace {
 

@@ -4,8 +4,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "sparq/common.h"
-#include "sparq/tokenizer.h"
+#include "sparq/util/common.h"
+#include "sparq/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

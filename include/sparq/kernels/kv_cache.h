@@ -1,0 +1,75 @@
+// The KV cache of one sequence, laid out for SparQ: keys row-major (exact
+// attention over selected rows), keys again position-contiguous per component
+// in blocks ("K transposed", step 1 reads r of these rows), values row-major,
+// and the running sum of values per KV head in f32 (for v_mean).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sparq/util/common.h"
+
+namespace sparq {
+
+struct KVShape {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int capacity = 0;        // positions
+  DType type = DType::BF16;  // F32 or BF16
+};
+
+class KVCache {
+ public:
+  // Positions per block of the transposed key copy. SparQ's step 1 reads runs
+  // of kBlock positions of r components: 2 KiB runs (bf16) made step 1 ~25%
+  // faster than 512 B runs did (S = 32k, d = 64, group 4).
+  static constexpr int kBlock = 1024;
+
+  // Throws Error for a bad shape (non-positive sizes, type not F32/BF16) or
+  // when allocation fails.
+  explicit KVCache(const KVShape& shape);
+
+  // Bytes a cache of this shape allocates, the transposed K copy included.
+  static size_t bytes_needed(const KVShape& shape);
+
+  // Stores the post-RoPE key and the value of position pos in one layer;
+  // k and v are [n_kv_heads][head_dim] f32. Positions are stored in order
+  // (pos == length(layer)); storing at pos < length(layer) first drops the
+  // positions from pos on (so v_sum stays exact). BF16 caches round to
+  // nearest even; v_sum sums the stored (rounded) values. Throws Error for a
+  // layer out of range, pos > length(layer) or pos >= capacity.
+  void store(int layer, int pos, const float* k, const float* v);
+  int length(int layer) const { return len_[layer]; }
+  void clear();
+  // Drops the positions from `length` on in every layer, so later stores
+  // append without recomputing v_sum (benchmarks rewind to a depth this way).
+  void truncate(int length);
+
+  const KVShape& shape() const { return shape_; }
+  size_t bytes() const { return bytes_needed(shape_); }
+
+  // Views for the kernels; elements are float or uint16_t (bf16) per type.
+  const void* k_rows(int layer, int kv_head) const;  // [capacity][head_dim]
+  const void* v_rows(int layer, int kv_head) const;  // [capacity][head_dim]
+  // [capacity / kBlock][head_dim][kBlock]: component c of position p is at
+  // block p / kBlock, row c, column p % kBlock.
+  const void* k_t(int layer, int kv_head) const;
+  const float* v_sum(int layer, int kv_head) const;  // [head_dim], sum over stored positions
+
+ private:
+  KVShape shape_;
+  size_t elem_ = 0;       // bytes per element
+  size_t head_elems_ = 0; // elements of one (layer, kv head) array, capacity rounded up to kBlock
+  std::vector<int> len_;
+  struct Deleter { void operator()(uint8_t* p) const; };
+  std::unique_ptr<uint8_t, Deleter> k_, v_, kt_;
+  std::vector<double> vsum64_;  // exact-order running sums; vsum_ is their f32 copy
+  std::vector<float> vsum_;
+
+  uint8_t* at(const std::unique_ptr<uint8_t, Deleter>& a, int layer, int kv_head) const;
+  void recompute_vsum(int layer);
+};
+
+}  // namespace sparq

@@ -1,0 +1,62 @@
+// Linear layers through oneDNN: y[M][N] = x[M][K] . W[N][K]^T, weights converted
+// once to the compute type and reordered to oneDNN's preferred (blocked) layout.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "sparq/util/common.h"
+
+namespace sparq {
+
+// One huge-page buffer that a model's layers place their weights in, one after
+// another: decode streams every weight each token, and on 4 KiB pages that
+// costs a TLB miss every 4 KiB (the 27M model's matmuls streamed ~1.2x faster
+// from huge pages, measured in one process).
+class WeightArena {
+ public:
+  explicit WeightArena(size_t bytes);  // throws Error when it cannot be allocated
+  ~WeightArena();
+  WeightArena(const WeightArena&) = delete;
+  WeightArena& operator=(const WeightArena&) = delete;
+  void* take(size_t bytes);  // 64-byte aligned; throws Error when too few bytes are left
+  size_t used() const { return used_; }
+
+ private:
+  char* base_ = nullptr;
+  size_t size_ = 0, used_ = 0;
+};
+
+class Linear {
+ public:
+  // w: [N][K] row-major, elements of w_type (F32 or BF16). compute: BF16
+  // (activations converted to bf16 for the product, f32 accumulate and
+  // output) or F32. arena: where the converted weights go (it must outlive
+  // the layer); without one the layer allocates them itself.
+  Linear(const void* w, DType w_type, int N, int K, DType compute, WeightArena* arena = nullptr);
+  Linear(const float* w, int N, int K, DType compute) : Linear(w, DType::F32, N, K, compute) {}
+  // Bytes such a layer's weights take in an arena (its 64-byte rounding included).
+  static size_t arena_bytes(int N, int K, DType compute);
+  ~Linear();
+  Linear(Linear&&) noexcept;
+  Linear& operator=(Linear&&) noexcept;
+
+  // x: [M][K] f32, y: [M][N] f32. Any M >= 1; primitives are cached per M.
+  void forward(const float* x, float* y, int M) const;
+
+  int rows() const { return N_; }  // N
+  int cols() const { return K_; }  // K
+  size_t weight_bytes() const;     // bytes read per forward (weights in compute type)
+  const void* weight_data() const;  // those bytes (64-byte aligned), for benchmarks' reads
+  // Row n of W ([K] elements, in the compute type's precision) read back from
+  // the stored layout: tied embeddings look their rows up here instead of
+  // keeping a second copy of the table.
+  void row(int n, float* out) const;
+
+  struct Impl;
+
+ private:
+  int N_ = 0, K_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sparq

@@ -1,0 +1,246 @@
+#include "sparq/bench/bench_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include "sparq/kernels/attention.h"
+#include "sparq/kernels/bandwidth.h"
+#include "sparq/bench/bench_table.h"
+#include "sparq/kernels/kv_cache.h"
+
+namespace sparq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Fast random numbers: filling a GiB-sized cache with std::normal_distribution
+// would take longer than the measurement.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {  // splitmix64
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // About N(0, 1): sum of four 16-bit uniforms (Irwin-Hall), scaled.
+  float normal() {
+    const uint64_t r = next();
+    const float u = float((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) / 65536.0f;
+    return (u - 2.0f) * 1.7320508f;
+  }
+};
+
+struct Row {
+  std::string setting;
+  int S, d, group, layers;
+  MeanSd ms;
+  double kv_bytes;  // per step (one layer, all KV heads)
+  double gbs, pct, pct_read, speedup;  // speedup 0: no dense row for this shape
+  double step1_ms, topk_ms, step3_ms;  // SparQ phases per step (0 for dense)
+};
+
+void check(const AttentionBenchOptions& o) {
+  auto positive = [](const std::vector<int>& v, const char* what) {
+    if (v.empty()) fail("attention bench: no {} given", what);
+    for (int x : v)
+      if (x < 1) fail("attention bench: {} must be >= 1, got {}", what, x);
+  };
+  positive(o.seq_lens, "sequence lengths");
+  positive(o.head_dims, "head sizes");
+  positive(o.groups, "group sizes");
+  if (o.n_kv_heads < 1) fail("attention bench: KV heads must be >= 1, got {}", o.n_kv_heads);
+  if (o.kv_type != DType::F32 && o.kv_type != DType::BF16) fail("attention bench: KV type must be f32 or bf16");
+  if (o.settings.empty()) fail("attention bench: no attention settings given");
+  if (o.threads < 0) fail("attention bench: threads must be >= 0, got {}", o.threads);
+  if (o.reps < 1) fail("attention bench: reps must be >= 1, got {}", o.reps);
+  bench_format(o.format);
+  if (o.bandwidth_gbs < 0) fail("attention bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
+}
+
+// Keys with per-channel scales (some channels matter more, as in real
+// models) and queries with heavy-tailed components (a normal times a
+// log-normal), so SparQ's top-r and top-k selections are not degenerate.
+void fill_cache(KVCache& c, int S, Rng& rng) {
+  const KVShape& s = c.shape();
+  const size_t n = size_t(s.n_kv_heads) * s.head_dim;
+  std::vector<float> scale(n), k(n), v(n);
+  for (float& x : scale) x = std::exp(0.5f * rng.normal());
+  for (int l = 0; l < s.n_layers; ++l)
+    for (int p = 0; p < S; ++p) {
+      for (size_t i = 0; i < n; ++i) {
+        k[i] = scale[i] * rng.normal();
+        v[i] = rng.normal();
+      }
+      c.store(l, p, k.data(), v.data());
+    }
+}
+
+std::vector<float> heavy_tailed(size_t n, Rng& rng) {
+  std::vector<float> q(n);
+  for (float& x : q) x = rng.normal() * std::exp(rng.normal());
+  return q;
+}
+
+// Bytes the plain read below takes from each k_t or v_rows array of S
+// positions: whole 256-byte steps, its loop's unit.
+size_t read_array_bytes(int S, int d, DType t) { return size_t(S) * d * dtype_size(t) / 256 * 256; }
+
+// A plain streaming read of the bytes dense attention reads (every layer's
+// k_t and v_rows, S positions), over the same threads; returns a checksum so
+// the loads stay. Timed in the same repetitions as the kernels, it is the
+// yardstick a noisy shared machine cannot skew.
+uint64_t read_dense_bytes(const KVCache& c, int S) {
+  const KVShape& s = c.shape();
+  const size_t bytes = read_array_bytes(S, s.head_dim, s.type);
+  const int arrays = s.n_layers * s.n_kv_heads * 2;
+  uint64_t sum = 0;
+#pragma omp parallel for schedule(static) reduction(^ : sum)
+  for (int i = 0; i < arrays; ++i) {
+    const int l = i / (2 * s.n_kv_heads), h = i / 2 % s.n_kv_heads;
+    sum ^= read_checksum(i % 2 ? c.v_rows(l, h) : c.k_t(l, h), bytes);
+  }
+  return sum;
+}
+
+// A SparQ phase time, or empty for dense rows.
+BenchRow phase(double ms) { return ms > 0 ? BenchRow(ms) : BenchRow(); }
+
+// Gather bandwidth for rows of each head size, 1 in 16 as sparq:8 reads
+// them in step 3: (row bytes, GB/s).
+using Gathers = std::vector<std::pair<int, double>>;
+
+void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const Gathers& gathers, int threads,
+                const std::vector<Row>& rows) {
+  const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
+  BenchTable t;
+  t.meta = {{"kernel", "attention"}, {"data", note},       {"bandwidth_gbs", bw},         {"threads", threads},
+            {"kv_type", dtype_name(o.kv_type)}, {"kv_heads", o.n_kv_heads}, {"reps", o.reps}};
+  t.notes = {fmt::format("attention bench: one decode step, {}", note),
+             fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
+                         o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
+             "time per step = one layer's attention (mean ± sd over reps, the settings taking turns in each); KV = bytes read per step",
+             "read = a plain streaming read of dense's bytes, timed in the same reps; % of read = GB/s against it"};
+  if (!gathers.empty()) {
+    std::string g;
+    BenchRow j = BenchRow::object();
+    for (const auto& [bytes, gbs] : gathers) {
+      g += fmt::format("{}{} B: {:.1f} GB/s", g.empty() ? "" : ", ", bytes, gbs);
+      j[std::to_string(bytes)] = gbs;
+    }
+    t.notes.push_back(fmt::format("measured gather of random rows, 1 in 16 in ascending order (as SparQ's step 3 reads them): {}", g));
+    t.meta["gather_gbs"] = j;
+  }
+  t.columns = {bench_column("setting", "setting"),
+               bench_column("S", "S"),
+               bench_column("d", "d"),
+               bench_column("group", "group"),
+               bench_column("layers", "layers"),
+               bench_column_pm("ms/step", "ms_mean", "ms_sd", 3),
+               bench_column("KV MiB/step", "kv_bytes", 2, 1.0 / 1048576.0),
+               bench_column("GB/s", "gbs", 1),
+               bench_column("% of bw", "pct_bandwidth", 0, 1.0, "%"),
+               bench_column("% of read", "pct_read", 0, 1.0, "%"),
+               bench_column("speedup vs dense", "speedup_vs_dense", 2, 1.0, "x"),
+               bench_column("step 1 ms", "step1_ms", 3),
+               bench_column("top-k ms", "topk_ms", 3),
+               bench_column("step 3 ms", "step3_ms", 3)};
+  for (const Row& r : rows)
+    t.rows.push_back({{"setting", r.setting}, {"S", r.S}, {"d", r.d}, {"group", r.group}, {"layers", r.layers},
+                      {"ms_mean", r.ms.mean}, {"ms_sd", r.ms.sd}, {"kv_bytes", r.kv_bytes}, {"gbs", r.gbs},
+                      {"pct_bandwidth", r.pct}, {"pct_read", r.pct_read},
+                      {"speedup_vs_dense", r.speedup > 0 ? BenchRow(r.speedup) : BenchRow()},
+                      {"step1_ms", phase(r.step1_ms)}, {"topk_ms", phase(r.topk_ms)}, {"step3_ms", phase(r.step3_ms)}});
+  add_run_facts(t);
+  print_bench_table(out, t, o.format);
+}
+
+}  // namespace
+
+int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
+  check(o);
+  std::vector<AttentionSettings> settings;
+  for (const std::string& s : o.settings) settings.push_back(parse_attention_setting(s));
+  const int saved_threads = omp_get_max_threads();
+  const int threads = o.threads > 0 ? o.threads : saved_threads;
+  omp_set_num_threads(threads);
+  const double bw = o.bandwidth_gbs > 0 ? o.bandwidth_gbs : measure_read_bandwidth_gbs(threads);
+  Gathers gathers;  // measured along with the bandwidth, not when it is given
+  if (o.bandwidth_gbs <= 0)
+    for (int d : o.head_dims) {
+      const int bytes = (d * int(dtype_size(o.kv_type)) + 63) / 64 * 64;
+      if (std::none_of(gathers.begin(), gathers.end(), [&](const auto& g) { return g.first == bytes; }))
+        gathers.emplace_back(bytes, measure_gather_bandwidth_gbs(threads, bytes, 16));
+    }
+
+  Rng rng{o.seed};
+  std::vector<Row> rows;
+  for (int S : o.seq_lens)
+    for (int d : o.head_dims) {
+      // Enough layers (separate cache regions) that one pass reads at least
+      // min_cache_mib, so the bytes come from DRAM rather than cache.
+      const double layer_bytes = double(o.n_kv_heads) * double(dense_step_bytes(S, d, o.kv_type));
+      const int layers = int(std::max(1.0, std::ceil(double(o.min_cache_mib) * 1048576.0 / layer_bytes)));
+      KVCache cache(KVShape{layers, o.n_kv_heads, d, S, o.kv_type});
+      fill_cache(cache, S, rng);
+      for (int group : o.groups) {
+        const int n_heads = o.n_kv_heads * group;
+        std::vector<std::vector<float>> q, y(size_t(layers), std::vector<float>(size_t(n_heads) * d));
+        for (int l = 0; l < layers; ++l) q.push_back(heavy_tailed(size_t(n_heads) * d, rng));
+        // Repetitions take the settings in turn, then the plain read (slot
+        // ns), so a slow spell of a shared machine hits them alike and the
+        // ratios compare like with like.
+        const size_t ns = settings.size();
+        std::vector<AttnCounters> counters(ns);
+        std::vector<std::vector<double>> ms(ns + 1);
+        uint64_t sink = 0;
+        for (int rep = 0; rep <= o.reps; ++rep)  // rep 0 warms up
+          for (size_t si = 0; si <= ns; ++si) {
+            AttnCounters c;
+            const auto t0 = Clock::now();
+            if (si == ns)
+              sink ^= read_dense_bytes(cache, S);
+            else
+              for (int l = 0; l < layers; ++l) {
+                const DecodeQuery dq{&cache, S, q[l].data(), y[l].data()};
+                attention_decode({&dq, 1}, l, n_heads, settings[si], &c);
+              }
+            const double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+            if (rep > 0) {
+              ms[si].push_back(t / layers);
+              if (si < ns) counters[si].add(c);
+            }
+          }
+        volatile uint64_t keep = sink;
+        (void)keep;
+        const double read_bytes = double(o.n_kv_heads) * 2.0 * double(read_array_bytes(S, d, o.kv_type));
+        const MeanSd read_ms = mean_sd(ms[ns]);
+        const double read_gbs = read_bytes / (read_ms.mean * 1e-3) / 1e9;
+        double dense_ms = 0;
+        const size_t first = rows.size();
+        for (size_t si = 0; si < ns; ++si) {
+          const MeanSd t = mean_sd(ms[si]);
+          const AttnCounters& cs = counters[si];
+          const double bytes = double(cs.kv_bytes) / double(cs.calls);
+          const double gbs = bytes / (t.mean * 1e-3) / 1e9;
+          if (!settings[si].sparq && dense_ms == 0) dense_ms = t.mean;
+          const double per_step = 1e3 / double(cs.calls);
+          rows.push_back(Row{o.settings[si], S, d, group, layers, t, bytes, gbs, 100.0 * gbs / bw, 100.0 * gbs / read_gbs,
+                             0.0, cs.t_step1 * per_step, cs.t_topk * per_step, cs.t_step3 * per_step});
+        }
+        rows.push_back(Row{"read", S, d, group, layers, read_ms, read_bytes, read_gbs, 100.0 * read_gbs / bw, 100.0,
+                           0.0, 0.0, 0.0, 0.0});
+        // Speedups once the dense time of this shape is known, wherever it was listed.
+        for (size_t i = first; i < rows.size(); ++i) rows[i].speedup = dense_ms > 0 ? dense_ms / rows[i].ms.mean : 0.0;
+      }
+    }
+  omp_set_num_threads(saved_threads);
+  print_rows(out, o, bw, gathers, threads, rows);
+  return 0;
+}
+
+}  // namespace sparq

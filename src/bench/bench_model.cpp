@@ -1,0 +1,284 @@
+#include "sparq/bench/bench_model.h"
+
+#include <malloc.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <random>
+
+#include "sparq/kernels/attention.h"
+#include "sparq/kernels/bandwidth.h"
+#include "sparq/bench/bench_table.h"
+#include "sparq/model/model.h"
+#include "sparq/util/process_memory.h"
+
+namespace sparq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+
+int max_of(const std::vector<int>& v) { return *std::max_element(v.begin(), v.end()); }
+
+void check(const ModelBenchOptions& o) {
+  auto at_least = [](const std::vector<int>& v, int lo, const char* what) {
+    if (v.empty()) fail("model bench: no {} given", what);
+    for (int x : v)
+      if (x < lo) fail("model bench: {} must be >= {}, got {}", what, lo, x);
+  };
+  if (o.model.empty()) fail("model bench: give a model with -m/--model");
+  at_least(o.prompt_lens, 0, "prompt lengths (-p)");
+  at_least(o.gen_lens, 0, "generated tokens (-n)");
+  at_least(o.depths, 0, "depths (-d)");
+  at_least(o.threads, 0, "threads (-t)");
+  at_least(o.parallel, 1, "parallel sequences (--parallel)");
+  if (max_of(o.prompt_lens) == 0 && max_of(o.gen_lens) == 0) fail("model bench: -p and -n are all 0: nothing to time");
+  if (o.settings.empty()) fail("model bench: no attention settings given");
+  if (o.kv_types.empty()) fail("model bench: no KV types given");
+  for (DType t : o.kv_types)
+    if (t != DType::F32 && t != DType::BF16) fail("model bench: KV type must be f32 or bf16");
+  if (o.reps < 1) fail("model bench: repetitions must be >= 1, got {}", o.reps);
+  if (o.batch < 1) fail("model bench: batch size must be >= 1, got {}", o.batch);
+  if (o.bandwidth_gbs < 0) fail("model bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
+  bench_format(o.format);
+}
+
+// The ids every test feeds: the text's tokens (repeated when short) or
+// pseudo-random ids; position p of every sequence gets ids[p].
+std::vector<int> bench_tokens(const Model& m, const ModelBenchOptions& o, size_t n, std::string& source) {
+  std::vector<int> ids;
+  if (o.text.empty()) {
+    std::mt19937_64 rng(o.seed);
+    std::uniform_int_distribution<int> pick(0, m.config().vocab_size - 1);
+    while (ids.size() < n) ids.push_back(pick(rng));
+    source = fmt::format("pseudo-random token ids (seed {})", o.seed);
+    return ids;
+  }
+  const std::vector<int> text = m.tokenizer().encode(o.text, true);
+  const size_t skip = m.tokenizer().bos_id() >= 0 ? 1 : 0;  // repeats go without BOS
+  if (text.size() <= skip) fail("model bench: {} holds no tokens", o.text_name);
+  ids = text;
+  while (ids.size() < n) ids.insert(ids.end(), text.begin() + skip, text.end());
+  source = fmt::format("the tokens of {} ({}{})", o.text_name, text.size(), text.size() < n ? ", repeated" : "");
+  ids.resize(n);
+  return ids;
+}
+
+// The caches of the sequences a test runs on, each holding `depth` positions.
+struct Sequences {
+  std::vector<std::unique_ptr<KVCache>> caches;
+  std::vector<Row> rows;
+  std::vector<float> logits;
+};
+
+// Prompt positions [p0, p0 + n) of the first B sequences, in forward passes
+// of at most batch rows (dense causal attention); logits for each last row.
+void run_prompt(Model& m, Sequences& s, int B, const std::vector<int>& ids, int p0, int n, int batch,
+                ForwardStats* st) {
+  s.rows.clear();
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < n; ++i) s.rows.push_back(Row{ids[p0 + i], p0 + i, s.caches[b].get(), nullptr, i + 1 == n});
+  for (size_t r0 = 0; r0 < s.rows.size(); r0 += size_t(batch)) {
+    const size_t len = std::min(size_t(batch), s.rows.size() - r0);
+    m.forward({s.rows.data() + r0, len}, s.logits.data(), st);
+  }
+}
+
+// n greedy decode steps of the first B sequences from position p0, one row
+// per sequence per forward pass.
+void run_decode(Model& m, Sequences& s, int B, int first, int p0, int n, const AttentionSettings& a,
+                ForwardStats* st) {
+  const size_t V = size_t(m.config().vocab_size);
+  s.rows.assign(size_t(B), Row{});
+  for (int b = 0; b < B; ++b) s.rows[b] = Row{first, p0, s.caches[b].get(), &a, true};
+  for (int i = 0; i < n; ++i) {
+    m.forward(s.rows, s.logits.data(), st);
+    for (int b = 0; b < B; ++b) {
+      const float* l = &s.logits[b * V];
+      s.rows[b].token = int(std::max_element(l, l + V) - l);
+      s.rows[b].pos += 1;
+    }
+  }
+}
+
+// Shared by the pp and tg rows of the current (kv type, depth, threads, B).
+struct TestPoint {
+  DType kv;
+  int depth, threads, B;
+};
+
+struct Bench {
+  const ModelBenchOptions& o;
+  Model& m;
+  const std::vector<int>& ids;
+  double bw;
+  BenchTable& table;
+
+  // Times one test over o.reps repetitions after a shorter warm-up, rewinding
+  // the caches to the depth before each (untimed); run(st, warmup) runs it.
+  template <class F>
+  void time(Sequences& s, const TestPoint& p, const std::string& test, const std::string& attention, int tokens,
+            bool decode, F run) {
+    std::vector<double> tps, ms;
+    ForwardStats st;
+    for (int rep = 0; rep <= o.reps; ++rep) {
+      for (int b = 0; b < p.B; ++b) s.caches[b]->truncate(p.depth);
+      st = ForwardStats{};
+      const auto t0 = Clock::now();
+      run(&st, rep == 0);
+      const double sec = seconds_since(t0);
+      if (rep == 0) continue;
+      tps.push_back(tokens / sec);
+      ms.push_back(1e3 * sec / tokens);
+    }
+    const MeanSd t = mean_sd(tps);
+    const double w = double(st.weight_bytes) / tokens;
+    const BenchRow kv = decode ? BenchRow(double(st.attn.kv_bytes) / tokens) : BenchRow();
+    const BenchRow dense_kv = decode ? BenchRow(double(st.attn.dense_bytes) / tokens) : BenchRow();
+    const double gbs = ((decode ? kv.get<double>() : 0.0) + w) * t.mean / 1e9;
+    table.rows.push_back({{"test", p.depth > 0 ? fmt::format("{} @ d{}", test, p.depth) : test},
+                          {"n_prompt", decode ? 0 : tokens / p.B},
+                          {"n_gen", decode ? tokens / p.B : 0},
+                          {"depth", p.depth},
+                          {"attention", attention},
+                          {"threads", p.threads},
+                          {"parallel", p.B},
+                          {"kv_type", dtype_name(p.kv)},
+                          {"tps_mean", t.mean},
+                          {"tps_sd", t.sd},
+                          {"samples_tps", tps},
+                          {"ms_per_token", mean_sd(ms).mean},
+                          {"kv_bytes_per_token", kv},
+                          {"dense_kv_bytes_per_token", dense_kv},
+                          {"weight_bytes_per_token", w},
+                          {"gbs", gbs},
+                          {"pct_bandwidth", 100.0 * gbs / bw}});
+    if (o.progress)
+      fmt::print(stderr, "bench: {} {} t={} B={} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
+                 attention, p.threads, p.B, dtype_name(p.kv), t.mean, t.sd);
+  }
+
+  void tests(Sequences& s, const TestPoint& p, const std::vector<AttentionSettings>& settings) {
+    const int d = p.depth;
+    for (int n : o.prompt_lens) {
+      if (n == 0) continue;
+      time(s, p, fmt::format("pp{}", n), "dense", n * p.B, false, [&](ForwardStats* st, bool warmup) {
+        run_prompt(m, s, p.B, ids, d, warmup ? std::min(n, o.batch) : n, o.batch, st);
+      });
+    }
+    for (size_t a = 0; a < settings.size(); ++a)
+      for (int n : o.gen_lens) {
+        if (n == 0) continue;
+        time(s, p, fmt::format("tg{}", n), o.settings[a], n * p.B, true, [&](ForwardStats* st, bool warmup) {
+          run_decode(m, s, p.B, ids[d], d, warmup ? 1 : n, settings[a], st);
+        });
+      }
+  }
+};
+
+std::vector<BenchColumn> columns() {
+  return {bench_column("test", "test"),
+          bench_column("attention", "attention"),
+          bench_column("threads", "threads"),
+          bench_column("B", "parallel"),
+          bench_column("KV", "kv_type"),
+          bench_column_pm("t/s", "tps_mean", "tps_sd", 2),
+          bench_column("ms/token", "ms_per_token", 3),
+          bench_column("KV MB/token", "kv_bytes_per_token", 3, 1e-6),
+          bench_column("weights MB/token", "weight_bytes_per_token", 2, 1e-6),
+          bench_column("GB/s", "gbs", 1),
+          bench_column("% of bw", "pct_bandwidth", 1, 1.0, "%")};
+}
+
+}  // namespace
+
+int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
+  check(o);
+  std::vector<AttentionSettings> settings;
+  for (const std::string& s : o.settings) settings.push_back(parse_attention_setting(s));
+  const int saved_threads = omp_get_max_threads();
+  std::vector<int> threads;
+  for (int t : o.threads) threads.push_back(t > 0 ? t : omp_get_num_procs());
+  const int most_threads = max_of(threads);
+
+  BenchTable table;
+  table.columns = columns();
+  std::string bw_how = "given with --bandwidth";
+  double bw = o.bandwidth_gbs;
+  if (bw == 0) {
+    bw = measure_read_bandwidth_gbs(most_threads);
+    bw_how = fmt::format("measured at start: streaming read of 1 GiB, {} thread(s)", most_threads);
+    if (!reset_peak_memory()) bw_how += "; peak memory below includes its buffer";
+  }
+  if (o.format == "md" || o.format == "markdown")  // people watch the run; scripts get it with the table
+    fmt::print(out, "read bandwidth {:.1f} GB/s ({})\n", bw, bw_how);
+
+  auto model = Model::load(o.model, LoadOptions{o.weight_type});
+  const ModelConfig& c = model->config();
+  const int max_depth = max_of(o.depths), max_len = std::max(max_of(o.prompt_lens), max_of(o.gen_lens));
+  const int max_B = max_of(o.parallel);
+  std::string source;
+  const std::vector<int> ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
+  if (max_depth + max_len > c.max_position_embeddings)
+    fmt::print(stderr, "warning: depth {} + {} tokens exceeds the model's trained context {} (allowed, as in llama-bench)\n",
+               max_depth, max_len, c.max_position_embeddings);
+
+  Bench bench{o, *model, ids, bw, table};
+  size_t most_bytes = 0;
+  for (DType kv : o.kv_types)
+    for (int d : o.depths) {
+      malloc_trim(0);
+      Sequences s;
+      const KVShape shape = model->kv_shape(d + max_len, kv);
+      for (int b = 0; b < max_B; ++b) s.caches.push_back(std::make_unique<KVCache>(shape));
+      s.logits.resize(size_t(max_B) * c.vocab_size);
+      most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
+      if (d > 0) {
+        if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
+        omp_set_num_threads(most_threads);
+        run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+      }
+      for (int t : threads)
+        for (int B : o.parallel) {
+          omp_set_num_threads(t);
+          bench.tests(s, TestPoint{kv, d, t, B}, settings);
+        }
+    }
+  omp_set_num_threads(saved_threads);
+
+  const size_t peak = peak_memory_bytes();
+  const std::string name = std::filesystem::path(o.model).filename().string();
+  table.meta = {{"model", name.empty() ? o.model : name},
+                {"weight_type", dtype_name(o.weight_type)},
+                {"weight_bytes", model->weight_bytes()},
+                {"bandwidth_gbs", bw},
+                {"bandwidth_threads", most_threads},
+                {"tokens", source},
+                {"reps", o.reps},
+                {"batch", o.batch},
+                {"peak_memory_bytes", peak},
+                {"weights_kv_bytes", most_bytes}};
+  table.notes = {
+      fmt::format("model bench: {} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB", o.model,
+                  c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
+                  dtype_name(o.weight_type), model->weight_bytes() / 1e6),
+      fmt::format("tokens: {}; depth d: d positions prefilled first (dense, untimed), the caches rewound to d before "
+                  "every repetition",
+                  source),
+      "pp: prompt processing, always dense causal attention; tg: greedy decode, one token per sequence per step",
+      fmt::format("B sequences run together and t/s counts all of them; t/s is the mean ± sd of {} rep(s) after a "
+                  "warm-up; KV bytes are counted for decode only",
+                  o.reps),
+      fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the read bandwidth {:.1f} GB/s", bw)};
+  table.footer = {fmt::format(
+      "peak memory {:.1f} MiB (VmHWM); weights + largest KV caches {:.1f} MiB (K, V and transposed K, {} sequence(s))",
+      peak / 1048576.0, most_bytes / 1048576.0, max_B)};
+  add_run_facts(table);
+  print_bench_table(out, table, o.format);
+  return 0;
+}
+
+}  // namespace sparq

@@ -1,0 +1,194 @@
+#include "sparq/engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "sparq/util/interrupt.h"
+
+namespace sparq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One sequence: the token stream prefill ++ forced ++ sampled of one variant.
+struct Seq {
+  KVCache* cache = nullptr;
+  const AttentionSettings* attn = nullptr;
+  Sampler sampler;
+  std::vector<int> history;  // tokens fed so far (for the repetition penalty)
+  int fed = 0;               // tokens fed = next position
+  bool done = false;
+  VariantResult res;
+};
+
+struct Active {
+  size_t job;
+  std::vector<Seq> seqs;
+  Clock::time_point start;
+  std::vector<const float*> forced_logits;  // this step's, per variant
+};
+
+bool is_eos(const ModelConfig& c, int id) {
+  return std::find(c.eos_ids.begin(), c.eos_ids.end(), id) != c.eos_ids.end();
+}
+
+int token_at(const Job& j, const Seq& s, int index) {
+  const int P = int(j.prefill.size()), F = int(j.forced.size());
+  if (index < P) return j.prefill[index];
+  if (index < P + F) return j.forced[index - P];
+  return s.res.sampled[index - P - F];
+}
+
+// Whether the row feeding token `index` needs logits.
+bool wants_logits(const Job& j, int index) {
+  const int P = int(j.prefill.size()), F = int(j.forced.size());
+  return (index >= P && index < P + F) || (j.n_sample > 0 && index >= P + F - 1);
+}
+
+}  // namespace
+
+uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type) {
+  return uint64_t(c.n_layers) * c.n_kv_heads * dense_step_bytes(S, c.head_dim, kv_type);
+}
+
+uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type) {
+  if (!a.sparq) return step_dense_kv_bytes(c, S, kv_type);
+  const SparqStep st = resolve_sparq(a.sp, S, c.head_dim);
+  if (st.dense) return step_dense_kv_bytes(c, S, kv_type);
+  return uint64_t(c.n_layers) * c.n_kv_heads * sparq_step_bytes(st, S, c.head_dim, kv_type);
+}
+
+Engine::Engine(Model& model, int parallel, int ctx, DType kv_type) : model_(model), ctx_(ctx) {
+  if (parallel < 1) fail("--parallel must be >= 1, got {}", parallel);
+  if (ctx < 2) fail("context size must be at least 2, got {}", ctx);
+  check_kv_fits(model.kv_shape(ctx, kv_type), parallel, available_memory());
+  for (int i = 0; i < parallel; ++i)
+    caches_.push_back(std::make_unique<KVCache>(model.kv_shape(ctx, kv_type)));
+}
+
+void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch) {
+  const ModelConfig& c = model_.config();
+  const size_t V = size_t(c.vocab_size);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Job& j = jobs[i];
+    const size_t fixed = j.prefill.size() + j.forced.size();
+    if (j.variants.empty()) fail("job {} has no attention setting", i);
+    if (j.variants.size() > caches_.size())
+      fail("job {} needs {} sequences but only {} run in parallel", i, j.variants.size(), caches_.size());
+    if (fixed == 0) fail("job {} has no tokens", i);
+    if (j.forced.empty() && j.n_sample <= 0) fail("job {} has nothing to predict", i);
+    if (fixed + (j.n_sample > 0 ? 1 : 0) > size_t(ctx_))
+      fail("job {} is {} tokens but the context size is {}", i, fixed, ctx_);
+  }
+  std::vector<KVCache*> free_caches;
+  for (auto& cp : caches_) free_caches.push_back(cp.get());
+  std::vector<Active> active;
+  std::vector<Row> rows;
+  std::vector<std::pair<size_t, size_t>> row_seq;  // per row with logits: (active, variant)
+  std::vector<float> logits;
+  size_t next = 0;
+
+  // Ctrl-C drops the jobs in flight; finished ones were reported by on_done.
+  while ((next < jobs.size() || !active.empty()) && !interrupted()) {
+    while (next < jobs.size() && jobs[next].variants.size() <= free_caches.size()) {
+      const Job& j = jobs[next];
+      Active a{next, {}, Clock::now(), std::vector<const float*>(j.variants.size())};
+      for (const AttentionSettings* s : j.variants) {
+        Seq q{free_caches.back(), s, Sampler(j.sampling), {}, 0, false, {}};
+        free_caches.pop_back();
+        q.cache->clear();
+        a.seqs.push_back(std::move(q));
+      }
+      active.push_back(std::move(a));
+      ++next;
+    }
+
+    // Every variant of a job gets the same rows this step, so forced tokens
+    // reach all of them together and their logits can be compared.
+    rows.clear();
+    row_seq.clear();
+    int budget = batch;
+    for (size_t ai = 0; ai < active.size(); ++ai) {
+      Active& a = active[ai];
+      const Job& j = jobs[a.job];
+      const int P = int(j.prefill.size()), nv = int(a.seqs.size());
+      // Variants are in lockstep until sampling: one chunk size for all.
+      int n = 1;
+      if (a.seqs[0].fed < P) {
+        if (budget < nv && !rows.empty()) continue;
+        n = std::min(P - a.seqs[0].fed, std::max(1, budget / nv));
+        budget -= n * nv;
+      }
+      for (size_t si = 0; si < a.seqs.size(); ++si) {
+        Seq& s = a.seqs[si];
+        if (s.done) continue;
+        for (int t = 0; t < n; ++t) {
+          const int index = s.fed + t;
+          const bool want = wants_logits(j, index);
+          rows.push_back(Row{token_at(j, s, index), index, s.cache, index >= P ? s.attn : nullptr, want});
+          if (want) row_seq.emplace_back(ai, si);
+          s.history.push_back(rows.back().token);
+        }
+        s.fed += n;
+      }
+    }
+    logits.resize(row_seq.size() * V);
+    model_.forward(rows, logits.data(), &stats_);
+
+    for (size_t r = 0; r < row_seq.size(); ++r) {
+      Active& a = active[row_seq[r].first];
+      const size_t si = row_seq[r].second;
+      Seq& s = a.seqs[si];
+      const Job& j = jobs[a.job];
+      const int P = int(j.prefill.size()), F = int(j.forced.size());
+      const int index = s.fed - 1;  // the token just fed
+      float* row_logits = &logits[r * V];
+      if (index >= P && index < P + F) a.forced_logits[si] = row_logits;
+      if (j.n_sample > 0 && index >= P + F - 1) {
+        const int id = s.sampler.sample({row_logits, V}, s.history);
+        s.res.sampled.push_back(id);
+        if (hooks.on_token) hooks.on_token(a.job, int(si), id);
+        if (j.stop_at_eos && is_eos(c, id)) s.res.stop_reason = "eos";
+        else if (int(s.res.sampled.size()) == j.n_sample) s.res.stop_reason = "n_predict";
+        else if (s.fed >= ctx_) s.res.stop_reason = "context full";
+      } else if (j.n_sample == 0 && index == P + F - 1) {
+        s.res.stop_reason = "n_predict";
+      }
+      s.done = !s.res.stop_reason.empty();
+    }
+    // Bytes of the decode rows, and the forced-token hook once per job.
+    for (Active& a : active) {
+      const Job& j = jobs[a.job];
+      const int P = int(j.prefill.size());
+      for (Seq& s : a.seqs)
+        if (s.fed > P && s.res.decode_steps < s.fed - P) {
+          s.res.decode_steps = s.fed - P;
+          s.res.kv_bytes += step_kv_bytes(c, *s.attn, s.fed, s.cache->shape().type);
+          s.res.dense_kv_bytes += step_dense_kv_bytes(c, s.fed, s.cache->shape().type);
+        }
+      if (a.forced_logits[0]) {
+        if (hooks.on_forced) hooks.on_forced(a.job, a.seqs[0].fed - 1 - P, a.forced_logits);
+        std::fill(a.forced_logits.begin(), a.forced_logits.end(), nullptr);
+      }
+    }
+    // Retire finished jobs.
+    for (size_t i = 0; i < active.size();) {
+      Active& a = active[i];
+      if (!std::all_of(a.seqs.begin(), a.seqs.end(), [](const Seq& s) { return s.done; })) {
+        ++i;
+        continue;
+      }
+      JobResult res;
+      res.seconds = seconds_since(a.start);
+      for (Seq& s : a.seqs) {
+        free_caches.push_back(s.cache);
+        res.variants.push_back(std::move(s.res));
+      }
+      const size_t job = a.job;
+      active.erase(active.begin() + long(i));
+      if (hooks.on_done) hooks.on_done(job, std::move(res));
+    }
+  }
+}
+
+}  // namespace sparq

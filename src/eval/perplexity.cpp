@@ -1,0 +1,132 @@
+// sparq-run --perplexity FILE.txt: llama-perplexity's protocol (windows of the
+// context size, BOS first, the second half scored), except that the scored
+// half is fed by decode steps so the decode attention under test produces it.
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "eval_stats.h"
+#include "sparq/engine/engine.h"
+#include "sparq/eval/eval.h"
+
+namespace sparq {
+namespace {
+
+struct SettingScore {
+  MeanStat nll, kl, top1;
+  uint64_t kv = 0, dense = 0;
+};
+
+// KL(p || q) of the softmaxes of two logit rows, in double.
+double kl_divergence(const float* p_logits, const float* q_logits, size_t V, std::vector<double>& lp,
+                     std::vector<double>& lq) {
+  auto log_softmax = [V](const float* x, std::vector<double>& out) {
+    out.resize(V);
+    double mx = x[0];
+    for (size_t i = 1; i < V; ++i) mx = std::max(mx, double(x[i]));
+    double sum = 0;
+    for (size_t i = 0; i < V; ++i) sum += std::exp(double(x[i]) - mx);
+    const double lse = mx + std::log(sum);
+    for (size_t i = 0; i < V; ++i) out[i] = double(x[i]) - lse;
+  };
+  log_softmax(p_logits, lp);
+  log_softmax(q_logits, lq);
+  double kl = 0;
+  for (size_t i = 0; i < V; ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
+  return std::max(kl, 0.0);
+}
+
+}  // namespace
+
+void run_perplexity(Model& model, const std::string& text_path, const EvalOptions& opt) {
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) fail("cannot open text file {}", text_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const ModelConfig& c = model.config();
+  std::vector<int> ids = model.tokenizer().encode(ss.str(), false);
+  const int n_ctx = opt.ctx, half = n_ctx / 2;
+  if (n_ctx < 4) fail("perplexity needs a context size of at least 4, got {}", n_ctx);
+  const size_t n_windows = ids.size() / size_t(n_ctx);
+  if (n_windows == 0)
+    fail("{} has {} tokens, fewer than one window of the context size {}", text_path, ids.size(), n_ctx);
+
+  // Dense is the reference the others are compared with: variant 0.
+  std::vector<const AttentionSettings*> variants;
+  std::vector<std::string> names;
+  static const AttentionSettings kDense{};
+  variants.push_back(&kDense);
+  names.push_back("dense");
+  for (size_t s = 0; s < opt.settings.size(); ++s)
+    if (opt.settings[s].sparq) {
+      variants.push_back(&opt.settings[s]);
+      names.push_back(opt.setting_names[s]);
+    }
+
+  std::vector<Job> jobs(n_windows);
+  for (size_t w = 0; w < n_windows; ++w) {
+    std::vector<int> win(ids.begin() + long(w * n_ctx), ids.begin() + long((w + 1) * n_ctx));
+    if (c.bos_id >= 0) win[0] = c.bos_id;
+    jobs[w].prefill.assign(win.begin(), win.begin() + half - 1);
+    jobs[w].forced.assign(win.begin() + half - 1, win.end() - 1);
+    jobs[w].variants = variants;
+  }
+  const int parallel = opt.parallel > 0 ? opt.parallel
+                                        : parallel_that_fits(model.kv_shape(n_ctx, opt.kv_type),
+                                                             int(std::max<size_t>(variants.size(), 16)));
+  Engine engine(model, std::max<int>(parallel, int(variants.size())), n_ctx, opt.kv_type);
+  if (!opt.quiet)
+    fmt::print(stderr, "sparq-run: perplexity over {} windows of {} tokens ({} scored each by decode steps), {} settings, {} sequences in flight\n",
+               n_windows, n_ctx, n_ctx - half, variants.size(), engine.parallel());
+
+  std::vector<SettingScore> score(variants.size());
+  std::vector<double> lp, lq;
+  const size_t V = size_t(c.vocab_size);
+  Progress progress(n_windows, opt.quiet);
+  size_t done = 0, tokens = 0;
+  EngineHooks hooks;
+  hooks.on_forced = [&](size_t job, int index, std::span<const float* const> logits) {
+    const int target = ids[job * size_t(n_ctx) + size_t(half + index)];
+    const int dense_top = argmax({logits[0], V});
+    for (size_t v = 0; v < logits.size(); ++v) {
+      score[v].nll.add(-log_prob(logits[v], V, target));
+      if (v == 0) continue;
+      score[v].kl.add(kl_divergence(logits[0], logits[v], V, lp, lq));
+      score[v].top1.add(argmax({logits[v], V}) == dense_top ? 1.0 : 0.0);
+    }
+  };
+  hooks.on_done = [&](size_t, JobResult&& r) {
+    for (size_t v = 0; v < r.variants.size(); ++v) {
+      score[v].kv += r.variants[v].kv_bytes;
+      score[v].dense += r.variants[v].dense_kv_bytes;
+      tokens += size_t(r.variants[v].decode_steps);
+    }
+    progress.update(++done, tokens);
+  };
+  engine.run(jobs, hooks, opt.batch);
+  progress.finish(done, tokens);
+
+  nlohmann::json js = nlohmann::json::array();
+  fmt::print(stderr, "\n| setting | perplexity | ± | KL vs dense | top-1 agreement | KV ratio | scored tokens |\n|---|---:|---:|---:|---:|---:|---:|\n");
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const SettingScore& s = score[v];
+    const double ppl = std::exp(s.nll.mean());
+    const double ppl_err = ppl * s.nll.se();  // first-order error of exp(mean NLL)
+    const double ratio = s.dense ? double(s.kv) / double(s.dense) : 1.0;
+    fmt::print(stderr, "| {} | {:.4f} | {:.4f} | {:.6f} | {:.4f} | {:.4f} | {} |\n", names[v], ppl, ppl_err,
+               s.kl.mean(), v == 0 ? 1.0 : s.top1.mean(), ratio, s.nll.n);
+    js.push_back({{"setting", names[v]}, {"perplexity", ppl}, {"perplexity_stderr", ppl_err},
+                  {"kl_vs_dense", s.kl.mean()}, {"kl_stderr", s.kl.se()},
+                  {"top1_agreement", v == 0 ? 1.0 : s.top1.mean()}, {"kv_ratio", ratio},
+                  {"scored_tokens", s.nll.n}});
+  }
+  if (!opt.summary_json.empty()) {
+    std::ofstream f(opt.summary_json);
+    f << nlohmann::json{{"text_file", text_path}, {"ctx", n_ctx}, {"windows", n_windows}, {"settings", js}}.dump(1)
+      << '\n';
+    if (!f) fail("cannot write summary file {}", opt.summary_json);
+  }
+}
+
+}  // namespace sparq

@@ -1,0 +1,354 @@
+// SparQ decode: runs the kernels of sparq_kernels.h for every (query, KV
+// head), over threads, and counts bytes and phase times.
+#include "sparq/kernels/sparq_decode.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <numeric>
+#include <utility>
+
+#include "sparq/util/cpu.h"
+#include "sparq/util/region_error.h"
+#include "sparq/kernels/sparq_kernels.h"
+
+namespace sparq {
+
+void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs) {
+  thread_local std::vector<std::pair<double, int>> order;  // (-sum |q_c|, c): ascending = wanted
+  order.resize(size_t(d));
+  for (int c = 0; c < d; ++c) {
+    double s = 0;
+    for (int h = 0; h < n_h; ++h) s += std::abs(double(q[size_t(h) * d + c]));
+    order[c] = {-s, c};
+  }
+  std::nth_element(order.begin(), order.begin() + (r - 1), order.end());
+  std::sort(order.begin(), order.begin() + r, [](const auto& a, const auto& b) { return a.second < b.second; });
+  for (int j = 0; j < r; ++j) i1[j] = order[j].second;
+  for (int h = 0; h < n_h; ++h) {
+    const float* qh = q + size_t(h) * d;
+    double part = 0, total = 0;
+    for (int j = 0; j < r; ++j) part += std::abs(double(qh[i1[j]]));
+    for (int c = 0; c < d; ++c) total += std::abs(double(qh[c]));
+    // 1/tau, with log2(e) folded in for the kernels' exp2.
+    const double scale = part > 0 ? std::sqrt(total / (d * part)) * std::numbers::log2e : 0.0;
+    for (int j = 0; j < r; ++j) qs[size_t(h) * r + j] = query_for(type, float(qh[i1[j]] * scale));
+  }
+}
+
+namespace {
+
+constexpr int B = kSparqBlock;
+
+// Caches shorter than this run one (query, KV head) per thread even when that
+// leaves threads idle: splitting costs a few barriers.
+constexpr int kMinSplit = 4096;
+
+struct Kernels {
+  decltype(&ref::sparq_step1) step1;
+  decltype(&ref::sparq_weights) weights;
+  decltype(&ref::sparq_select) select;
+  decltype(&ref::sparq_mass) mass;
+  decltype(&ref::sparq_step3) step3;
+};
+
+const Kernels& kernels() {
+  static const Kernels r{ref::sparq_step1, ref::sparq_weights, ref::sparq_select, ref::sparq_mass,
+                         ref::sparq_step3};
+  static const Kernels a{avx512::sparq_step1, avx512::sparq_weights, avx512::sparq_select,
+                         avx512::sparq_mass, avx512::sparq_step3};
+  return use_avx512() ? a : r;
+}
+
+// Grows v to at least n elements; never shrinks, so steady state allocates nothing.
+template <class T>
+T* grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// One (query, KV head) with its step.
+struct Item {
+  const DecodeQuery* q;
+  int kv;
+  int r, k, l;  // k capped at S, l at k
+  bool mean;
+  SparqTrace* trace;
+};
+
+// Scratch of one item, shared by the threads that split it.
+struct ItemScratch {
+  std::vector<int> i1, i2, rows;
+  std::vector<float> qs, q3, e, mx, sum, w, alpha;
+  std::vector<uint32_t> topk;
+  std::vector<float> part_m, part_z, part_acc;  // per thread: [G], [G], [G][dpad]
+};
+
+ItemScratch& item_scratch() {
+  thread_local ItemScratch s;
+  return s;
+}
+
+std::vector<float>& step3_scratch() {
+  thread_local std::vector<float> s;
+  return s;
+}
+
+struct PhaseTimes {
+  double step1 = 0, topk = 0, step3 = 0, mix = 0;
+};
+
+void sync(int nt) {
+  if (nt > 1) {
+#pragma omp barrier
+  }
+}
+
+// [begin, end) of thread tid's share of n, in multiples of unit.
+std::pair<int, int> share(int n, int unit, int tid, int nt) {
+  const int units = (n + unit - 1) / unit;
+  const int b = int(int64_t(units) * tid / nt) * unit, e = int(int64_t(units) * (tid + 1) / nt) * unit;
+  return {std::min(b, n), std::min(e, n)};
+}
+
+// Runs one item on threads tid of nt (nt > 1: every thread of the team calls
+// this with the same item and scratch). A section that throws is kept in err
+// (see region_error.h): the threads then stop together at the next barrier.
+// phase counts the barriers this thread has passed.
+void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, int nt, PhaseTimes& t,
+              RegionError& err, int& phase) {
+  const Kernels& K = kernels();
+  const KVCache& cache = *it.q->cache;
+  const KVShape& sh = cache.shape();
+  const int d = sh.head_dim, G = n_heads / sh.n_kv_heads, dp = sparq_dpad(d);
+  const int S = it.q->S, nb = (S + B - 1) / B;
+  const int n = S - it.l, m = it.k - it.l;  // m of the first n positions, then the last l
+  const bool want_alpha = it.mean || it.trace;
+  const bool scores = m < n && (m > 0 || want_alpha);
+  const float* q = it.q->q + size_t(it.kv) * G * d;
+  const auto section = [&](bool mine, auto&& f) {
+    if (mine) err.guard(f, phase);
+  };
+  const auto barrier = [&] {
+    sync(nt);
+    return !err.before(++phase);
+  };
+
+  double t0 = omp_get_wtime();
+  section(tid == 0, [&] {
+    grow(x.i1, size_t(it.r));
+    grow(x.qs, size_t(G) * it.r);
+    grow(x.q3, size_t(G) * d);
+    grow(x.i2, size_t(it.k));
+    grow(x.alpha, size_t(G));
+    grow(x.part_m, size_t(nt) * G);
+    grow(x.part_z, size_t(nt) * G);
+    grow(x.part_acc, size_t(nt) * G * dp);
+    grow(x.rows, size_t(nt));
+    if (scores) {
+      grow(x.e, size_t(nb) * G * B);
+      grow(x.mx, size_t(nb) * G);
+      grow(x.sum, size_t(nb) * G);
+      grow(x.w, size_t(nb) * G);
+      grow(x.topk, sparq_select_scratch(n));
+    }
+    sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
+    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
+  });
+  if (!barrier()) return;
+
+  // Step 1: approximate scores from r components of every key.
+  if (scores) {
+    section(true, [&] {
+      const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs.data(), G};
+      const auto [b0, b1] = share(nb, 1, tid, nt);
+      K.step1(a, b0, b1, x.e.data(), x.mx.data(), x.sum.data());
+    });
+    if (!barrier()) return;
+    section(tid == 0, [&] { K.weights(x.mx.data(), x.sum.data(), G, nb, x.w.data()); });
+    if (!barrier()) return;
+  }
+  double t1 = omp_get_wtime();
+  t.step1 += t1 - t0;
+
+  // Step 2: the top m of the first n positions, plus the local window; alpha
+  // is the step-1 softmax mass of the selection.
+  section(tid == 0, [&] {
+    int* i2 = x.i2.data();
+    float* alpha = want_alpha ? x.alpha.data() : nullptr;
+    if (alpha) std::fill_n(alpha, G, 0.0f);
+    if (m >= n) {
+      std::iota(i2, i2 + S, 0);
+      if (alpha) std::fill_n(alpha, G, 1.0f);
+    } else {
+      if (m > 0) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
+      std::iota(i2 + m, i2 + it.k, n);
+      if (alpha) K.mass(x.e.data(), x.w.data(), G, nb, i2 + m, it.k - m, alpha);
+    }
+  });
+  if (!barrier()) return;
+  double t2 = omp_get_wtime();
+  t.topk += t2 - t1;
+
+  // Step 3: exact attention over the k selected rows, rows split over threads.
+  section(true, [&] {
+    const auto [r0, r1] = share(it.k, 16, tid, nt);
+    x.rows[tid] = r1 - r0;
+    if (r1 > r0) {
+      const SparqStep3Args a{cache.k_rows(layer, it.kv), cache.v_rows(layer, it.kv), sh.type, d, x.q3.data(), G,
+                             float(std::numbers::log2e / std::sqrt(double(d)))};
+      float* scratch = grow(step3_scratch(), sparq_step3_scratch(G, r1 - r0, d));
+      K.step3(a, x.i2.data() + r0, r1 - r0, &x.part_m[size_t(tid) * G], &x.part_z[size_t(tid) * G],
+              &x.part_acc[size_t(tid) * G * dp], scratch);
+    }
+  });
+  if (!barrier()) return;
+  double t3 = omp_get_wtime();
+  t.step3 += t3 - t2;
+
+  // Merge the threads' partial softmaxes, then mix with the mean of V.
+  section(tid == 0, [&] {
+    const float* vsum = cache.v_sum(layer, it.kv);
+    for (int h = 0; h < G; ++h) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (int p = 0; p < nt; ++p)
+        if (x.rows[p] > 0) top = std::max(top, x.part_m[size_t(p) * G + h]);
+      float* out = it.q->out + (size_t(it.kv) * G + h) * d;
+      std::fill(out, out + d, 0.0f);
+      float z = 0;
+      for (int p = 0; p < nt; ++p) {
+        if (x.rows[p] == 0) continue;
+        const float f = std::exp2(x.part_m[size_t(p) * G + h] - top);
+        z += f * x.part_z[size_t(p) * G + h];
+        const float* acc = &x.part_acc[(size_t(p) * G + h) * dp];
+        for (int c = 0; c < d; ++c) out[c] += f * acc[c];
+      }
+      const float a = it.mean ? x.alpha[h] : 1.0f;
+      for (int c = 0; c < d; ++c) {
+        out[c] *= a / z;
+        if (it.mean) out[c] += (1.0f - a) * vsum[c] / float(S);
+      }
+    }
+    if (it.trace) {
+      it.trace->i1.assign(x.i1.begin(), x.i1.begin() + it.r);
+      it.trace->i2.assign(x.i2.begin(), x.i2.begin() + it.k);
+      it.trace->alpha.assign(x.alpha.begin(), x.alpha.begin() + G);
+    }
+  });
+  t.mix += omp_get_wtime() - t3;
+}
+
+void check(const DecodeQuery& q, int layer, int n_heads, const SparqStep& st) {
+  check_decode_query(q, layer, n_heads, "sparq");
+  const KVShape& s = q.cache->shape();
+  if (st.mean && q.S != q.cache->length(layer))
+    fail("sparq: mean mixing needs the query over all {} positions of layer {} (the mean of V covers them), got {}",
+         q.cache->length(layer), layer, q.S);
+  if (st.r < 1 || st.r > s.head_dim) fail("sparq: r must be in [1, {}], got {}", s.head_dim, st.r);
+  if (st.k < 1) fail("sparq: k must be >= 1, got {}", st.k);
+  if (st.l < 0) fail("sparq: local window must be >= 0, got {}", st.l);
+}
+
+void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer, int n_heads,
+         AttnCounters* counters, std::vector<SparqTrace>* trace) {
+  thread_local std::vector<Item> items_of_thread;
+  std::vector<Item>& items = items_of_thread;  // a plain reference is shared in the parallel region
+  items.clear();
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const DecodeQuery& q = queries[i];
+    const SparqStep& st = steps[i];
+    check(q, layer, n_heads, st);
+    const int k = std::min(st.k, q.S);
+    for (int kv = 0; kv < q.cache->shape().n_kv_heads; ++kv)
+      items.push_back(Item{&q, kv, st.r, k, std::min(st.l, k), st.mean, nullptr});
+  }
+  if (trace) {
+    trace->assign(items.size(), SparqTrace{});
+    for (size_t i = 0; i < items.size(); ++i) items[i].trace = &(*trace)[i];
+  }
+  const int n_items = int(items.size());
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  // Whole items go one per thread; the last n_items % threads are split over
+  // all threads, unless one of them is too short to repay the barriers.
+  int whole = n_items - n_items % threads;
+  for (int i = whole; i < n_items; ++i)
+    if (items[i].q->S < kMinSplit) whole = n_items;
+
+  PhaseTimes total;
+  int team = 1;
+  RegionError err;
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    PhaseTimes t;
+    // No barrier after the whole items: with none split (the model's usual
+    // case) the team's single and its barriers cost ~5 us per call.
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int i = 0; i < whole; ++i) {
+      int phase = 0;
+      run_item(items[i], layer, n_heads, item_scratch(), 0, 1, t, err, phase);
+    }
+    if (whole < n_items) {  // the same on every thread
+      // One thread's scratch serves the split items; the single's barrier
+      // waits until every thread is done with its whole items, so all see
+      // whether one of those threw.
+      ItemScratch* shared = nullptr;
+#pragma omp single copyprivate(shared)
+      shared = &item_scratch();
+      const bool skip = err.any();
+      int phase = 0;
+      for (int i = whole; i < n_items && !skip && !err.before(phase); ++i)
+        run_item(items[i], layer, n_heads, *shared, tid, nt, t, err, phase);
+    }
+#pragma omp critical
+    {
+      total.step1 += t.step1;
+      total.topk += t.topk;
+      total.step3 += t.step3;
+      total.mix += t.mix;
+      team = nt;
+    }
+  }
+  err.rethrow();
+  if (!counters) return;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const KVShape& s = queries[i].cache->shape();
+    SparqStep st = steps[i];
+    st.k = std::min(st.k, queries[i].S);
+    st.l = std::min(st.l, st.k);
+    counters->calls += 1;
+    counters->kv_bytes += uint64_t(s.n_kv_heads) * sparq_step_bytes(st, queries[i].S, s.head_dim, s.type);
+    counters->dense_bytes += uint64_t(s.n_kv_heads) * dense_step_bytes(queries[i].S, s.head_dim, s.type);
+  }
+  counters->t_step1 += total.step1 / team;
+  counters->t_topk += total.topk / team;
+  counters->t_step3 += total.step3 / team;
+  counters->t_mix += total.mix / team;
+}
+
+}  // namespace
+
+void sparq_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
+                  const SparqSettings& settings, AttnCounters* counters) {
+  thread_local std::vector<SparqStep> steps;
+  steps.clear();
+  for (const DecodeQuery& q : queries) {
+    if (!q.cache) fail("sparq: query without cache");
+    const SparqStep st = resolve_sparq(settings, q.S, q.cache->shape().head_dim);
+    if (st.dense) fail("sparq: the step at S={} resolves to dense attention", q.S);
+    steps.push_back(st);
+  }
+  run(queries, steps.data(), layer, n_heads, counters, nullptr);
+}
+
+void sparq_decode_step(std::span<const DecodeQuery> queries, int layer, int n_heads,
+                       const SparqStep& step, AttnCounters* counters, std::vector<SparqTrace>* trace) {
+  thread_local std::vector<SparqStep> steps;
+  steps.assign(queries.size(), step);
+  run(queries, steps.data(), layer, n_heads, counters, trace);
+}
+
+}  // namespace sparq

@@ -1,0 +1,126 @@
+// Plain scalar SparQ kernels: the reference the AVX-512 ones are tested
+// against, and the path on CPUs without AVX-512.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "sparq/kernels/sparq_kernels.h"
+
+namespace sparq::ref {
+namespace {
+
+float elem(const void* base, DType t, size_t i) {
+  return t == DType::F32 ? static_cast<const float*>(base)[i]
+                         : bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+}
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+}  // namespace
+
+void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum) {
+  constexpr int B = kSparqBlock;
+  const int nb = (a.S + B - 1) / B;
+  for (int b = b0; b < b1; ++b) {
+    const size_t block = size_t(b) * a.d * B;
+    const int valid = std::min(B, a.S - b * B);
+    for (int h = 0; h < a.n_h; ++h) {
+      float* eh = e + (size_t(b) * a.n_h + h) * B;
+      const float* qh = a.qs + size_t(h) * a.r;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int i = 0; i < valid; ++i) {
+        float x = 0;
+        for (int j = 0; j < a.r; ++j) x += qh[j] * elem(a.k_t, a.type, block + size_t(a.i1[j]) * B + i);
+        eh[i] = x;
+        m = std::max(m, x);
+      }
+      float z = 0;
+      for (int i = 0; i < B; ++i) {
+        eh[i] = i < valid ? std::exp2(eh[i] - m) : 0.0f;
+        z += eh[i];
+      }
+      mx[h * nb + b] = m;
+      sum[h * nb + b] = z;
+    }
+  }
+}
+
+void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w) {
+  for (int h = 0; h < n_h; ++h) {
+    const float* m = mx + size_t(h) * nb;
+    float* wh = w + size_t(h) * nb;
+    const float top = *std::max_element(m, m + nb);
+    float z = 0;
+    for (int b = 0; b < nb; ++b) {
+      wh[b] = std::exp2(m[b] - top);
+      z += sum[size_t(h) * nb + b] * wh[b];
+    }
+    for (int b = 0; b < nb; ++b) wh[b] /= z;
+  }
+}
+
+void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                  uint32_t* scratch) {
+  constexpr int B = kSparqBlock;
+  m = std::clamp(m, 0, n);
+  uint32_t* key = scratch;
+  uint32_t* idx = scratch + n;
+  for (int p = 0; p < n; ++p) {
+    const int b = p / B;
+    float acc = 0;
+    for (int h = 0; h < n_h; ++h) acc = std::fma(e[(size_t(b) * n_h + h) * B + p % B], w[h * nb + b], acc);
+    key[p] = bits(acc);
+  }
+  std::iota(idx, idx + n, 0u);
+  auto before = [key](uint32_t x, uint32_t y) { return key[x] != key[y] ? key[x] > key[y] : x < y; };
+  std::nth_element(idx, idx + m, idx + n, before);
+  std::sort(idx, idx + m);
+  std::copy(idx, idx + m, out);
+  if (mass) sparq_mass(e, w, n_h, nb, out, m, mass);
+}
+
+void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
+  constexpr int B = kSparqBlock;
+  for (int h = 0; h < n_h; ++h) {
+    float acc = 0;
+    for (int i = 0; i < n; ++i) {
+      const int b = idx[i] / B;
+      acc += e[(size_t(b) * n_h + h) * B + idx[i] % B] * w[h * nb + b];
+    }
+    mass[h] += acc;
+  }
+}
+
+void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
+                 float* scratch) {
+  const int d = a.d, dp = sparq_dpad(d);
+  for (int h = 0; h < a.n_h; ++h) {
+    const float* qh = a.q + size_t(h) * d;
+    float* x = scratch;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n; ++i) {
+      float dot = 0;
+      for (int c = 0; c < d; ++c) dot += qh[c] * elem(a.k_rows, a.type, size_t(idx[i]) * d + c);
+      x[i] = dot * a.scale;
+      m = std::max(m, x[i]);
+    }
+    float* ah = acc + size_t(h) * dp;
+    std::fill(ah, ah + dp, 0.0f);
+    float zh = 0;
+    for (int i = 0; i < n; ++i) {
+      const float p = std::exp2(x[i] - m);
+      zh += p;
+      for (int c = 0; c < d; ++c) ah[c] += p * elem(a.v_rows, a.type, size_t(idx[i]) * d + c);
+    }
+    mx[h] = m;
+    z[h] = zh;
+  }
+}
+
+}  // namespace sparq::ref

@@ -1,0 +1,27 @@
+# Checks that includes between the source folders point one way, down the list
+# FOLDERS (bottom layer first): a file in src/<f>/ or include/sparq/<f>/ may
+# include "sparq/<g>/..." only for g = f or a folder before f.
+# cmake -DROOT=<repo> -DFOLDERS="util;io;..." -P tests/layering.cmake
+set(bad "")
+list(LENGTH FOLDERS n)
+foreach(folder ${FOLDERS})
+  list(FIND FOLDERS ${folder} level)
+  file(GLOB files ${ROOT}/src/${folder}/* ${ROOT}/include/sparq/${folder}/*)
+  foreach(file ${files})
+    file(STRINGS ${file} lines REGEX "^#include \"sparq/")
+    foreach(line ${lines})
+      string(REGEX REPLACE "^#include \"sparq/([a-z0-9_]+)/.*" "\\1" target "${line}")
+      list(FIND FOLDERS "${target}" target_level)
+      if(target_level EQUAL -1 OR target_level GREATER level)
+        string(APPEND bad "${file}: ${line}\n")
+      endif()
+    endforeach()
+  endforeach()
+endforeach()
+file(GLOB stray ${ROOT}/src/*.cpp ${ROOT}/src/*.h ${ROOT}/include/sparq/*.h)
+foreach(file ${stray})
+  string(APPEND bad "${file}: outside the folders\n")
+endforeach()
+if(bad)
+  message(FATAL_ERROR "includes that point up or outside the layers:\n${bad}")
+endif()
