@@ -1,24 +1,9 @@
 #include "sparq/cli/profile.h"
 
 #include "sparq/bench/bench_table.h"
+#include "sparq/engine/trace.h"
 
 namespace sparq {
-
-std::vector<Phase> forward_phases(const ForwardStats& s) {
-  const AttnCounters& a = s.attn;
-  const double sparq = a.t_step1 + a.t_topk + a.t_step3 + a.t_mix;
-  return {{"embedding", 0, s.t_embed, s.b_embed},
-          {"qkv projection, rope, KV store", 0, s.t_qkv, s.b_qkv},
-          {"attention", 0, s.t_attn, a.kv_bytes},
-          {"sparq step 1 (with component selection)", 1, a.t_step1, 0},
-          {"sparq top-k", 1, a.t_topk, 0},
-          {"sparq step 3", 1, a.t_step3, 0},
-          {"sparq mix", 1, a.t_mix, 0},
-          {"dense and prefill attention, setup", 1, s.t_attn - sparq, 0},
-          {"output projection", 0, s.t_out, s.b_out},
-          {"MLP", 0, s.t_mlp, s.b_mlp},
-          {"logits", 0, s.t_logits, s.b_logits}};
-}
 
 void print_profile(std::FILE* f, const GenerateResult& r, double tokenizer_s, double total_s) {
   // Bytes and GB/s are the decode steps': they are memory-bound, while prompt

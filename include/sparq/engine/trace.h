@@ -1,8 +1,10 @@
-// --trace FILE.json: a Chrome trace-event file (opens in Perfetto or
-// chrome://tracing) with an event per forward pass and one per phase in it,
-// plus sampling and tokenizer events.
+// The phases of a forward pass (shared by --profile), and --trace FILE.json:
+// a Chrome trace-event file (opens in Perfetto or chrome://tracing) with an
+// event per forward pass and one per phase in it, plus sampling and tokenizer
+// events.
 #pragma once
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,18 @@
 #include "sparq/model/model.h"
 
 namespace sparq {
+
+struct Phase {
+  std::string name;
+  int level = 0;     // 0: a phase of the forward pass; 1: part of the attention phase before it
+  double seconds = 0;
+  uint64_t bytes = 0;  // 0: not counted
+};
+
+// The phases of the forward passes that s counts, in the order they run in
+// a layer; SparQ's parts (step 1 with the component selection, top-k, step 3,
+// mix) are always listed, zero where SparQ did not run.
+std::vector<Phase> forward_phases(const ForwardStats& s);
 
 class TraceLog {
  public:
