@@ -37,6 +37,7 @@ struct RunFlags {
   int n_predict = 128, ctx = 0, threads = 0, batch = 512;
   int64_t seed = -1;
   SparqSettings sp{.r = 0, .k = 0, .local = -1, .ratio = 8, .k_floor = 128, .mean_mixing = false};
+  std::string sparq_group = SparqSettings{}.group == GroupRule::logit ? "logit" : "prob";
   SamplerOptions sampling;
   bool verbose = false, ignore_eos = false, no_bos = false;
 };
@@ -61,7 +62,8 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
   app.add_option("-f,--file", o.prompt_file, "read the prompt from a file");
   app.add_option("-n,--n-predict", o.n_predict, "tokens to generate (-1: until EOS or context full)")
       ->capture_default_str();
-  app.add_option("-c,--ctx-size", o.ctx, "context size (0: the model's, at most 4096)")->capture_default_str();
+  app.add_option("-c,--ctx-size", o.ctx, "context size (0: the model's trained context, halved until its KV cache fits)")
+      ->capture_default_str();
   app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str();
   app.add_option("-t,--threads", o.threads, "threads (0: all cores)")->capture_default_str();
   app.add_option("-s,--seed", o.seed, "random seed (-1: random)")->capture_default_str();
@@ -84,6 +86,10 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
       ->capture_default_str();
   app.add_option("--sparq-local", o.sp.local, "SparQ local window (-1: k/4)")->capture_default_str();
   app.add_option("--sparq-k-floor", o.sp.k_floor, "smallest k the ratio rule picks")->capture_default_str();
+  app.add_option("--sparq-split", o.sp.split, "percent of the ratio rule's bytes that step 1 (r) gets")
+      ->capture_default_str();
+  app.add_option("--sparq-group", o.sparq_group, "how a GQA group picks positions: prob or logit")
+      ->capture_default_str();
   app.add_flag("--sparq-mean,!--sparq-no-mean", o.sp.mean_mixing,
                "mix the output with the mean of V (off by default, as the authors for GQA)");
   app.add_option("--stats-json", o.stats_json, "write per-step KV/time statistics to this file");
@@ -102,15 +108,15 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
   app.add_flag("--resume", o.resume, "skip (id, setting) results already in --out");
 }
 
-// Comma-separated settings; the items of "sparq:r=8,k=64,mean" continue the previous one.
+// Comma-separated settings; the items of "sparq:r=8,k=64,mean" (or of any
+// "kind:...") continue the previous one.
 std::vector<std::string> split_settings(const std::string& list) {
   std::vector<std::string> out;
   std::stringstream ss(list);
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (item.empty()) fail("--compare has an empty item: '{}'", list);
-    const bool continues = !out.empty() && out.back().rfind("sparq:", 0) == 0 && item.rfind("sparq", 0) != 0 &&
-                           item.rfind("dense", 0) != 0;
+    const bool continues = !out.empty() && out.back().find(':') != std::string::npos && !starts_attention_setting(item);
     if (continues) out.back() += "," + item;
     else out.push_back(item);
   }
@@ -119,9 +125,10 @@ std::vector<std::string> split_settings(const std::string& list) {
 
 AttentionSettings attention_settings(const RunFlags& o) {
   AttentionSettings a = parse_attention_setting(o.attention);
-  if (a.sparq && o.attention == "sparq") a.sp = o.sp;  // bare "sparq" takes the --sparq-* flags
-  else if (a.sparq) a.sp.mean_mixing = a.sp.mean_mixing || o.sp.mean_mixing;  // "sparq:8,mean" or --sparq-mean
-  if (a.sparq) a.sp.validate();
+  const bool sparq = a.sparq && a.method == Method::sparq;
+  if (sparq && o.attention == "sparq") a.sp = o.sp;  // bare "sparq" takes the --sparq-* flags
+  else if (sparq) a.sp.mean_mixing = a.sp.mean_mixing || o.sp.mean_mixing;  // "sparq:8,mean" or --sparq-mean
+  if (sparq) a.sp.validate();
   return a;
 }
 
@@ -163,6 +170,9 @@ int run(RunFlags& o) {
   if (o.batch < 1) fail("--batch-size must be >= 1, got {}", o.batch);
   // More threads than this only fails thread creation inside OpenMP.
   if (o.threads > 1024) fail("--threads must be at most 1024, got {}", o.threads);
+  if (o.sparq_group != "prob" && o.sparq_group != "logit")
+    fail("--sparq-group must be prob or logit, got '{}'", o.sparq_group);
+  o.sp.group = o.sparq_group == "logit" ? GroupRule::logit : GroupRule::prob;
   o.sp.validate();  // the --sparq-* flags, even when --attention does not use them
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   omp_set_num_threads(threads);
@@ -183,7 +193,10 @@ int run(RunFlags& o) {
   const auto t0 = std::chrono::steady_clock::now();
   auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
   const ModelConfig& c = model->config();
-  g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
+  g.ctx = o.ctx > 0 ? o.ctx : default_context(model->kv_shape(c.max_position_embeddings, g.kv_type), available_memory());
+  if (o.ctx == 0 && g.ctx < c.max_position_embeddings)
+    fmt::print(stderr, "sparq-run: context {} (the trained {} does not fit in memory; -c sets it)\n", g.ctx,
+               c.max_position_embeddings);
   const InterruptGuard ctrl_c;  // Ctrl-C from here on stops the run, keeping its statistics
   if (eval) {
     const int code = run_eval(o, g, *model);

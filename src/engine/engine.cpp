@@ -51,11 +51,8 @@ uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type) {
   return uint64_t(c.n_layers) * c.n_kv_heads * dense_step_bytes(S, c.head_dim, kv_type);
 }
 
-uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type) {
-  if (!a.sparq) return step_dense_kv_bytes(c, S, kv_type);
-  const SparqStep st = resolve_sparq(a.sp, S, c.head_dim);
-  if (st.dense) return step_dense_kv_bytes(c, S, kv_type);
-  return uint64_t(c.n_layers) * c.n_kv_heads * sparq_step_bytes(st, S, c.head_dim, kv_type);
+uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type, bool first_step) {
+  return uint64_t(c.n_layers) * c.n_kv_heads * decode_step_bytes(a, S, c.head_dim, kv_type, first_step);
 }
 
 Engine::Engine(Model& model, int parallel, int ctx, DType kv_type) : model_(model), ctx_(ctx) {
@@ -112,6 +109,27 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
       Active& a = active[ai];
       const Job& j = jobs[a.job];
       const int P = int(j.prefill.size()), nv = int(a.seqs.size());
+      Seq& lead = a.seqs[0];
+      // The prompt but its last token is dense for every variant: the first
+      // runs it alone and the others copy its cache, then all feed the last
+      // prompt token together.
+      if (nv > 1 && lead.fed < P - 1) {
+        if (budget < 1 && !rows.empty()) continue;
+        const int n = std::min(P - 1 - lead.fed, std::max(1, budget));
+        budget -= n;
+        for (int t = 0; t < n; ++t) {
+          rows.push_back(Row{j.prefill[size_t(lead.fed + t)], lead.fed + t, lead.cache, nullptr, false});
+          lead.history.push_back(rows.back().token);
+        }
+        lead.fed += n;
+        continue;
+      }
+      if (nv > 1 && P > 1 && a.seqs[1].fed < P - 1)
+        for (size_t si = 1; si < a.seqs.size(); ++si) {
+          a.seqs[si].cache->copy_from(*lead.cache);
+          a.seqs[si].fed = lead.fed;
+          a.seqs[si].history = lead.history;
+        }
       // Variants are in lockstep until sampling: one chunk size for all.
       int n = 1;
       if (a.seqs[0].fed < P) {
@@ -163,7 +181,7 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
       for (Seq& s : a.seqs)
         if (s.fed > P && s.res.decode_steps < s.fed - P) {
           s.res.decode_steps = s.fed - P;
-          s.res.kv_bytes += step_kv_bytes(c, *s.attn, s.fed, s.cache->shape().type);
+          s.res.kv_bytes += step_kv_bytes(c, *s.attn, s.fed, s.cache->shape().type, s.res.decode_steps == 1);
           s.res.dense_kv_bytes += step_dense_kv_bytes(c, s.fed, s.cache->shape().type);
         }
       if (a.forced_logits[0]) {

@@ -36,6 +36,12 @@ void check_kv_fits(const KVShape& one, int n, size_t available) {
          available / gib);
 }
 
+int default_context(const KVShape& at_trained, size_t available) {
+  KVShape s = at_trained;
+  while (available > 0 && s.capacity > 1 && KVCache::bytes_needed(s) > kv_budget(available)) s.capacity /= 2;
+  return s.capacity;
+}
+
 int parallel_that_fits(const KVShape& one, int cap) {
   const size_t available = available_memory();
   if (available == 0) return std::max(1, std::min(cap, 4));

@@ -1,12 +1,12 @@
-// Attention settings and their rules, and the decode/prefill entry points:
-// SparQ steps go to sparq_decode, dense ones to the dense kernels here, split
-// over threads by (query, KV head) and, when those are too few, by positions.
+// The decode/prefill entry points: SparQ and topk steps go to sparq_decode,
+// window and h2o to baseline_decode, dense ones to the dense kernels here,
+// split over threads by (query, KV head) and, when those are too few, by
+// positions. The settings' rules are in attention_settings.cpp.
 #include "sparq/kernels/attention.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -14,121 +14,12 @@
 #include <vector>
 
 #include "sparq/kernels/attention_dense.h"
+#include "sparq/kernels/baseline_decode.h"
 #include "sparq/util/cpu.h"
 #include "sparq/util/region_error.h"
 #include "sparq/kernels/sparq_decode.h"
 
 namespace sparq {
-
-void SparqSettings::validate() const {
-  if (r < 0) fail("SparQ r must be >= 0 (0: from the ratio), got {}", r);
-  if (k < 0) fail("SparQ k must be >= 0 (0: from the ratio), got {}", k);
-  if (local < -1) fail("SparQ local window must be >= 0 (-1: k/4), got {}", local);
-  if (ratio < 0) fail("SparQ ratio must be >= 0, got {}", ratio);
-  if (k_floor < 1) fail("SparQ k floor must be >= 1, got {}", k_floor);
-  if ((r == 0 || k == 0) && ratio == 0) fail("SparQ needs r and k, or a ratio to derive them from");
-}
-
-std::string AttentionSettings::describe() const {
-  if (!sparq) return "dense";
-  std::string s = "sparq";
-  const bool from_ratio = sp.r == 0 || sp.k == 0;
-  if (from_ratio) s += fmt::format(" 1/{}", sp.ratio);
-  if (sp.r > 0) s += fmt::format(" r={}", sp.r);
-  if (sp.k > 0) s += fmt::format(" k={}", sp.k);
-  if (sp.local >= 0) s += fmt::format(" l={}", sp.local);
-  else if (sp.k > 0) s += fmt::format(" l={}", sp.k / 4);
-  if (sp.k == 0 && sp.k_floor != SparqSettings{}.k_floor) s += fmt::format(" floor={}", sp.k_floor);
-  if (sp.mean_mixing) s += " mean";
-  if (!sp.dense_fallback) s += " nofallback";
-  return s;
-}
-
-AttentionSettings parse_attention_setting(const std::string& text) {
-  auto bad = [&](const std::string& why) -> Error {
-    return Error(fmt::format("bad attention setting '{}': {} (expected dense, sparq, sparq:N or "
-                             "sparq:r=R,k=K[,l=L][,floor=F][,mean][,nofallback])",
-                             text, why));
-  };
-  auto number = [&](std::string_view v) {
-    int x = 0;
-    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-    if (v.empty() || ec != std::errc() || end != v.data() + v.size())
-      throw bad(fmt::format("'{}' is not an integer", v));
-    return x;
-  };
-  AttentionSettings a;
-  if (text == "dense") return a;
-  a.sparq = true;
-  a.sp.ratio = 8;
-  if (text == "sparq") return a;
-  const std::string_view prefix = "sparq:";
-  if (text.compare(0, prefix.size(), prefix) != 0) throw bad("unknown kind");
-  std::string_view rest = std::string_view(text).substr(prefix.size());
-  bool ratio_given = false;
-  for (bool more = true; more;) {
-    const size_t comma = rest.find(',');
-    const std::string_view item = rest.substr(0, comma);
-    more = comma != std::string_view::npos;
-    if (more) rest = rest.substr(comma + 1);
-    if (item.empty()) throw bad("empty item");
-    const size_t eq = item.find('=');
-    const std::string_view key = item.substr(0, eq);
-    if (eq == std::string_view::npos) {
-      if (item == "mean") a.sp.mean_mixing = true;
-      else if (item == "nofallback") a.sp.dense_fallback = false;
-      else {
-        a.sp.ratio = number(item);
-        ratio_given = true;
-      }
-      continue;
-    }
-    const int v = number(item.substr(eq + 1));
-    if (key == "r") a.sp.r = v;
-    else if (key == "k") a.sp.k = v;
-    else if (key == "l") a.sp.local = v;
-    else if (key == "floor") a.sp.k_floor = v;
-    else if (key == "ratio") {
-      a.sp.ratio = v;
-      ratio_given = true;
-    } else throw bad(fmt::format("unknown key '{}'", key));
-  }
-  // Explicit r and k without a ratio: the default ratio is not used, drop it.
-  if (!ratio_given && a.sp.r > 0 && a.sp.k > 0) a.sp.ratio = 0;
-  try {
-    a.sp.validate();
-  } catch (const Error& e) {
-    throw bad(e.what());
-  }
-  return a;
-}
-
-// The product rule. Explicit r and k are used as given (r capped at d, k at
-// S). Otherwise, with ratio N: r = max(1, d/N) and k = max(S/(2N), k_floor),
-// capped at S, so step 1 (S*r) plus step 2 (2*k*d) read about 1/N of the
-// 2*S*d elements dense attention reads. The local window is l (when >= 0) or
-// k/4, capped at k. When SparQ would read at least as many elements as dense
-// attention (short caches, or r and k too large), dense attention runs.
-SparqStep resolve_sparq(const SparqSettings& s, int S, int d) {
-  s.validate();
-  if (S < 1 || d < 1) fail("SparQ step needs S >= 1 and head size >= 1, got S={} d={}", S, d);
-  SparqStep st;
-  st.mean = s.mean_mixing;
-  st.r = s.r > 0 ? std::min(s.r, d) : std::max(1, d / s.ratio);
-  const int64_t k = s.k > 0 ? s.k : std::max<int64_t>(S / (2 * int64_t(s.ratio)), s.k_floor);
-  st.k = int(std::min<int64_t>(k, S));
-  st.l = std::min(s.local >= 0 ? s.local : st.k / 4, st.k);
-  st.dense = s.dense_fallback && int64_t(S) * st.r + 2 * int64_t(st.k) * d >= 2 * int64_t(S) * d;
-  return st;
-}
-
-uint64_t dense_step_bytes(int S, int d, DType t) { return 2 * uint64_t(S) * uint64_t(d) * dtype_size(t); }
-
-uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, DType t) {
-  const uint64_t e = dtype_size(t);
-  return uint64_t(S) * uint64_t(st.r) * e + 2 * uint64_t(st.k) * uint64_t(d) * e +
-         (st.mean ? uint64_t(d) * sizeof(float) : 0);
-}
 
 void AttnCounters::add(const AttnCounters& o) {
   calls += o.calls;
@@ -278,13 +169,28 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
   if (queries.empty()) return;
   for (const DecodeQuery& q : queries) check_decode_query(q, layer, n_heads, "attention");
   thread_local std::vector<DecodeQuery> sparse, dense;
+  thread_local std::vector<SparqStep> steps;
   sparse.clear();
   dense.clear();
+  steps.clear();
+  const Method method = settings.method;
   for (const DecodeQuery& q : queries) {
-    const bool sp = settings.sparq && !resolve_sparq(settings.sp, q.S, q.cache->shape().head_dim).dense;
+    const int d = q.cache->shape().head_dim;
+    bool sp = settings.sparq;
+    if (sp && method == Method::sparq) steps.push_back(resolve_sparq(settings.sp, q.S, d));
+    if (sp && method == Method::topk) steps.push_back(resolve_topk(settings.sp, q.S, d));
+    if (sp && method == Method::window) sp = baseline_budget(settings.sp, q.S, d) < q.S;
+    if (!steps.empty() && steps.back().dense) {
+      steps.pop_back();
+      sp = false;
+    }
     (sp ? sparse : dense).push_back(q);
   }
-  if (!sparse.empty()) sparq_decode(sparse, layer, n_heads, settings.sp, counters);
+  if (!sparse.empty()) {
+    if (method == Method::window) window_decode(sparse, layer, n_heads, settings, counters);
+    else if (method == Method::h2o) h2o_decode(sparse, layer, n_heads, settings, counters);  // seeds or evicts itself
+    else sparq_decode_steps(sparse, steps, layer, n_heads, counters);
+  }
   if (!dense.empty()) dense_decode(dense, layer, n_heads);
   if (!counters) return;
   for (const DecodeQuery& q : dense) {

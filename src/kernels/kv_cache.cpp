@@ -61,6 +61,7 @@ KVCache::KVCache(const KVShape& shape) : shape_(shape) {
   const size_t nsum = size_t(shape.n_layers) * shape.n_kv_heads * shape.head_dim;
   vsum64_.assign(nsum, 0.0);
   vsum_.assign(nsum, 0.0f);
+  evict_.resize(size_t(shape.n_layers) * shape.n_kv_heads);
 }
 
 uint8_t* KVCache::at(const std::unique_ptr<uint8_t, Deleter>& a, int layer, int kv_head) const {
@@ -74,10 +75,42 @@ const float* KVCache::v_sum(int layer, int kv_head) const {
   return &vsum_[(size_t(layer) * shape_.n_kv_heads + kv_head) * shape_.head_dim];
 }
 
+EvictionState& KVCache::eviction(int layer, int kv_head) const {
+  return evict_[size_t(layer) * shape_.n_kv_heads + kv_head];
+}
+
+void KVCache::reset_eviction(int layer) {
+  for (int h = 0; h < shape_.n_kv_heads; ++h) eviction(layer, h) = EvictionState{};
+}
+
 void KVCache::clear() {
+  for (int l = 0; l < shape_.n_layers; ++l) reset_eviction(l);
   std::fill(len_.begin(), len_.end(), 0);
   std::fill(vsum64_.begin(), vsum64_.end(), 0.0);
   std::fill(vsum_.begin(), vsum_.end(), 0.0f);
+}
+
+void KVCache::copy_from(const KVCache& src) {
+  const KVShape& o = src.shape_;
+  if (o.n_layers != shape_.n_layers || o.n_kv_heads != shape_.n_kv_heads || o.head_dim != shape_.head_dim ||
+      o.capacity != shape_.capacity || o.type != shape_.type)
+    fail("KV cache copy: the caches' shapes differ");
+  const int n = src.len_[0];
+  for (int l = 0; l < shape_.n_layers; ++l)
+    if (src.len_[l] != n) fail("KV cache copy: the source's layers hold {} and {} positions", n, src.len_[l]);
+  clear();
+  const size_t rows = size_t(n) * shape_.head_dim * elem_;
+  const size_t blocks = (size_t(n) + kBlock - 1) / kBlock * kBlock * shape_.head_dim * elem_;
+  for (int l = 0; l < shape_.n_layers; ++l) {
+    for (int h = 0; h < shape_.n_kv_heads; ++h) {
+      std::copy_n(src.at(src.k_, l, h), rows, at(k_, l, h));
+      std::copy_n(src.at(src.v_, l, h), rows, at(v_, l, h));
+      std::copy_n(src.at(src.kt_, l, h), blocks, at(kt_, l, h));
+    }
+    len_[l] = n;
+  }
+  vsum64_ = src.vsum64_;
+  vsum_ = src.vsum_;
 }
 
 void KVCache::truncate(int length) {
@@ -86,6 +119,7 @@ void KVCache::truncate(int length) {
     if (len_[l] > length) {
       len_[l] = length;
       recompute_vsum(l);
+      reset_eviction(l);
     }
 }
 
@@ -119,6 +153,7 @@ void KVCache::store(int layer, int pos, const float* k, const float* v) {
   if (pos < len_[layer]) {
     len_[layer] = pos;
     recompute_vsum(layer);
+    reset_eviction(layer);
   }
   const int d = shape_.head_dim;
   const size_t row = size_t(pos) * d;

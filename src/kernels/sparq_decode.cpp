@@ -76,13 +76,14 @@ struct Item {
   int kv;
   int r, k, l;  // k capped at S, l at k
   bool mean;
+  GroupRule group;
   SparqTrace* trace;
 };
 
 // Scratch of one item, shared by the threads that split it.
 struct ItemScratch {
   std::vector<int> i1, i2, rows;
-  std::vector<float> qs, q3, e, mx, sum, w, alpha;
+  std::vector<float> qs, qs1, q3, e, mx, sum, w, w_sel, alpha;
   std::vector<uint32_t> topk;
   std::vector<float> part_m, part_z, part_acc;  // per thread: [G], [G], [G][dpad]
 };
@@ -128,6 +129,12 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
   const int n = S - it.l, m = it.k - it.l;  // m of the first n positions, then the last l
   const bool want_alpha = it.mean || it.trace;
   const bool scores = m < n && (m > 0 || want_alpha);
+  // Step 1's heads: the group's (prob rule); or, for the logit rule, one
+  // more whose query is the sum of theirs, since the sum of the heads'
+  // approximate logits is that query's logit (the group's heads are still
+  // scored when alpha is wanted).
+  const bool logit = it.group == GroupRule::logit;
+  const int H1 = !logit ? G : want_alpha ? G + 1 : 1;
   const float* q = it.q->q + size_t(it.kv) * G * d;
   const auto section = [&](bool mine, auto&& f) {
     if (mine) err.guard(f, phase);
@@ -143,19 +150,29 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     grow(x.qs, size_t(G) * it.r);
     grow(x.q3, size_t(G) * d);
     grow(x.i2, size_t(it.k));
-    grow(x.alpha, size_t(G));
+    grow(x.alpha, size_t(G) + 1);
+    grow(x.qs1, size_t(H1) * it.r);
     grow(x.part_m, size_t(nt) * G);
     grow(x.part_z, size_t(nt) * G);
     grow(x.part_acc, size_t(nt) * G * dp);
     grow(x.rows, size_t(nt));
     if (scores) {
-      grow(x.e, size_t(nb) * G * B);
-      grow(x.mx, size_t(nb) * G);
-      grow(x.sum, size_t(nb) * G);
-      grow(x.w, size_t(nb) * G);
+      grow(x.e, size_t(nb) * H1 * B);
+      grow(x.mx, size_t(nb) * H1);
+      grow(x.sum, size_t(nb) * H1);
+      grow(x.w, size_t(nb) * H1);
+      if (logit) grow(x.w_sel, size_t(nb) * H1);
       grow(x.topk, sparq_select_scratch(n));
     }
     sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
+    float* qs1 = x.qs1.data();
+    if (H1 != 1) std::copy_n(x.qs.data(), size_t(G) * it.r, qs1);
+    if (logit)
+      for (int j = 0; j < it.r; ++j) {
+        float v = 0;
+        for (int h = 0; h < G; ++h) v += x.qs[size_t(h) * it.r + j];
+        qs1[size_t(H1 - 1) * it.r + j] = query_for(sh.type, v);
+      }
     for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
   });
   if (!barrier()) return;
@@ -163,12 +180,18 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
   // Step 1: approximate scores from r components of every key.
   if (scores) {
     section(true, [&] {
-      const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs.data(), G};
+      const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs1.data(), H1};
       const auto [b0, b1] = share(nb, 1, tid, nt);
       K.step1(a, b0, b1, x.e.data(), x.mx.data(), x.sum.data());
     });
     if (!barrier()) return;
-    section(tid == 0, [&] { K.weights(x.mx.data(), x.sum.data(), G, nb, x.w.data()); });
+    section(tid == 0, [&] {
+      K.weights(x.mx.data(), x.sum.data(), H1, nb, x.w.data());
+      if (logit) {  // select by the summed head alone: the others weigh 0
+        std::fill_n(x.w_sel.data(), size_t(H1 - 1) * nb, 0.0f);
+        std::copy_n(x.w.data() + size_t(H1 - 1) * nb, nb, x.w_sel.data() + size_t(H1 - 1) * nb);
+      }
+    });
     if (!barrier()) return;
   }
   double t1 = omp_get_wtime();
@@ -179,14 +202,18 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
   section(tid == 0, [&] {
     int* i2 = x.i2.data();
     float* alpha = want_alpha ? x.alpha.data() : nullptr;
-    if (alpha) std::fill_n(alpha, G, 0.0f);
+    if (alpha) std::fill_n(alpha, H1, 0.0f);
     if (m >= n) {
       std::iota(i2, i2 + S, 0);
-      if (alpha) std::fill_n(alpha, G, 1.0f);
+      if (alpha) std::fill_n(alpha, H1, 1.0f);
     } else {
-      if (m > 0) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
+      if (m > 0 && !logit) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
+      if (m > 0 && logit) {
+        K.select(x.e.data(), x.w_sel.data(), H1, nb, n, m, i2, nullptr, x.topk.data());
+        if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2, m, alpha);
+      }
       std::iota(i2 + m, i2 + it.k, n);
-      if (alpha) K.mass(x.e.data(), x.w.data(), G, nb, i2 + m, it.k - m, alpha);
+      if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2 + m, it.k - m, alpha);
     }
   });
   if (!barrier()) return;
@@ -263,7 +290,7 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
     check(q, layer, n_heads, st);
     const int k = std::min(st.k, q.S);
     for (int kv = 0; kv < q.cache->shape().n_kv_heads; ++kv)
-      items.push_back(Item{&q, kv, st.r, k, std::min(st.l, k), st.mean, nullptr});
+      items.push_back(Item{&q, kv, st.r, k, std::min(st.l, k), st.mean, st.group, nullptr});
   }
   if (trace) {
     trace->assign(items.size(), SparqTrace{});
@@ -341,6 +368,14 @@ void sparq_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
     if (st.dense) fail("sparq: the step at S={} resolves to dense attention", q.S);
     steps.push_back(st);
   }
+  run(queries, steps.data(), layer, n_heads, counters, nullptr);
+}
+
+void sparq_decode_steps(std::span<const DecodeQuery> queries, std::span<const SparqStep> steps, int layer,
+                        int n_heads, AttnCounters* counters) {
+  if (steps.size() != queries.size()) fail("sparq: {} steps for {} queries", steps.size(), queries.size());
+  for (const SparqStep& st : steps)
+    if (st.dense) fail("sparq: a step resolves to dense attention");
   run(queries, steps.data(), layer, n_heads, counters, nullptr);
 }
 

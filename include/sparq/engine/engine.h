@@ -68,8 +68,10 @@ class Engine {
 };
 
 // KV bytes one decode step at cache length S reads over all layers and KV
-// heads under this setting, and what dense attention would read.
-uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type);
+// heads under this setting (first_step: the sequence's first decode step,
+// which h2o reads whole), and what dense attention would read.
+uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type,
+                       bool first_step = false);
 uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type);
 
 }  // namespace sparq

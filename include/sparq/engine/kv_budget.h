@@ -16,6 +16,11 @@ size_t available_memory();
 // than 80% of `available` bytes (0: unknown, no check).
 void check_kv_fits(const KVShape& one_sequence, int n, size_t available);
 
+// The default context of one sequence: the trained one (one_sequence's
+// capacity), halved while its KV cache would not fit in `available` bytes as
+// check_kv_fits counts them (0: unknown, the trained one), down to 1.
+int default_context(const KVShape& at_trained, size_t available);
+
 // As many sequences as fit in the memory available now (at most `cap`);
 // throws as check_kv_fits when not even one does.
 int parallel_that_fits(const KVShape& one_sequence, int cap);

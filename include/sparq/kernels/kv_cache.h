@@ -20,6 +20,16 @@ struct KVShape {
   DType type = DType::BF16;  // F32 or BF16
 };
 
+// What a decode attention that evicts (H2O) keeps of one (layer, KV head) of
+// a sequence: the positions it still holds and their accumulated attention.
+// Positions it dropped are never read again; the cache resets it whenever
+// positions are dropped (clear, truncate, a store over earlier positions).
+struct EvictionState {
+  std::vector<int> kept;      // ascending
+  std::vector<float> score;   // accumulated attention of kept[i], summed over the group's heads
+  int seen = 0;               // positions [0, seen) were added to kept (0: nothing yet)
+};
+
 class KVCache {
  public:
   // Positions per block of the transposed key copy. SparQ's step 1 reads runs
@@ -43,6 +53,10 @@ class KVCache {
   void store(int layer, int pos, const float* k, const float* v);
   int length(int layer) const { return len_[layer]; }
   void clear();
+  // Makes this cache hold the positions src holds (the same in every layer),
+  // so a prompt run once can be shared; src must have this cache's shape.
+  // The eviction state starts empty.
+  void copy_from(const KVCache& src);
   // Drops the positions from `length` on in every layer, so later stores
   // append without recomputing v_sum (benchmarks rewind to a depth this way).
   void truncate(int length);
@@ -57,6 +71,10 @@ class KVCache {
   // block p / kBlock, row c, column p % kBlock.
   const void* k_t(int layer, int kv_head) const;
   const float* v_sum(int layer, int kv_head) const;  // [head_dim], sum over stored positions
+  // Per-sequence state of an evicting decode attention; mutable through a
+  // const cache because decode queries see their cache as const (the stored
+  // keys and values are not changed through it).
+  EvictionState& eviction(int layer, int kv_head) const;
 
  private:
   KVShape shape_;
@@ -67,6 +85,9 @@ class KVCache {
   std::unique_ptr<uint8_t, Deleter> k_, v_, kt_;
   std::vector<double> vsum64_;  // exact-order running sums; vsum_ is their f32 copy
   std::vector<float> vsum_;
+  mutable std::vector<EvictionState> evict_;  // [layer][kv head]
+
+  void reset_eviction(int layer);
 
   uint8_t* at(const std::unique_ptr<uint8_t, Deleter>& a, int layer, int kv_head) const;
   void recompute_vsum(int layer);

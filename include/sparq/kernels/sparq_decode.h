@@ -14,6 +14,11 @@ namespace sparq {
 void sparq_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
                   const SparqSettings& settings, AttnCounters* counters);
 
+// The same with each query's step given (none dense), as resolve_sparq or
+// resolve_topk made it.
+void sparq_decode_steps(std::span<const DecodeQuery> queries, std::span<const SparqStep> steps, int layer,
+                        int n_heads, AttnCounters* counters);
+
 // What SparQ chose for one (query, KV head): i1 and i2 ascending, and alpha
 // (the step-1 softmax mass of i2) per query head of the group.
 struct SparqTrace {
