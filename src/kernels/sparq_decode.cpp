@@ -166,7 +166,7 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
     }
     sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
     float* qs1 = x.qs1.data();
-    if (H1 != 1) std::copy_n(x.qs.data(), size_t(G) * it.r, qs1);
+    if (H1 != 1 || !logit) std::copy_n(x.qs.data(), size_t(G) * it.r, qs1);  // the group's heads are scored
     if (logit)
       for (int j = 0; j < it.r; ++j) {
         float v = 0;
