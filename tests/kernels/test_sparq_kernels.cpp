@@ -16,9 +16,12 @@
 #include "sparq/kernels/kv_cache.h"
 #include "sparq/kernels/sparq_decode.h"
 #include "sparq/kernels/sparq_kernels.h"
+#include "kv_test_data.h"
 #include "test_util.h"
 
 using namespace sparq;
+using sparq::test::gaussian;
+using sparq::test::make_cache;
 
 namespace {
 
@@ -37,13 +40,6 @@ struct Threads {
   ~Threads() { omp_set_num_threads(saved); }
 };
 
-std::vector<float> gaussian(size_t n, float scale, std::mt19937& rng) {
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng);
-  return v;
-}
-
 // Integers in [-a, a] times 2^e: exact in bf16, and dot products of them are
 // exact in f32, so both paths see identical scores and identical ties.
 std::vector<float> grid(size_t n, int a, int e, std::mt19937& rng) {
@@ -51,13 +47,6 @@ std::vector<float> grid(size_t n, int a, int e, std::mt19937& rng) {
   std::vector<float> v(n);
   for (float& x : v) x = std::ldexp(float(ud(rng)), e);
   return v;
-}
-
-// A one-layer cache holding k and v ([S][n_kv][d]) at positions 0..S-1.
-KVCache make_cache(int n_kv, int d, int S, DType t, const std::vector<float>& k, const std::vector<float>& v) {
-  KVCache c(KVShape{1, n_kv, d, S, t});
-  for (int p = 0; p < S; ++p) c.store(0, p, &k[size_t(p) * n_kv * d], &v[size_t(p) * n_kv * d]);
-  return c;
 }
 
 // r distinct components of [0, d), ascending.
