@@ -1,7 +1,9 @@
 // sparq-run --perplexity FILE.txt: llama-perplexity's protocol (windows of the
 // context size, BOS first, the second half scored), except that the scored
 // half is fed by decode steps so the decode attention under test produces it.
+#include <array>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -15,8 +17,22 @@ namespace {
 
 struct SettingScore {
   MeanStat nll, kl, top1;
+  MeanStat kl_copy, kl_other;  // KL on tokens that continue a repeat (copyable) and on the rest
   uint64_t kv = 0, dense = 0;
 };
+
+// Tokens a model can copy: those whose trigram ending at them occurred
+// earlier in the same window (an induction head's case). Per position of
+// ids[begin, begin + n).
+std::vector<char> copyable(const std::vector<int>& ids, size_t begin, size_t n) {
+  std::set<std::array<int, 3>> seen;
+  std::vector<char> out(n, 0);
+  for (size_t i = 2; i < n; ++i) {
+    const std::array<int, 3> g{ids[begin + i - 2], ids[begin + i - 1], ids[begin + i]};
+    out[i] = !seen.insert(g).second;
+  }
+  return out;
+}
 
 // KL(p || q) of the softmaxes of two logit rows, in double.
 double kl_divergence(const float* p_logits, const float* q_logits, size_t V, std::vector<double>& lp,
@@ -81,6 +97,8 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
                n_windows, n_ctx, n_ctx - half, variants.size(), engine.parallel());
 
   std::vector<SettingScore> score(variants.size());
+  std::vector<std::vector<char>> copy(n_windows);
+  for (size_t w = 0; w < n_windows; ++w) copy[w] = copyable(ids, w * size_t(n_ctx), size_t(n_ctx));
   std::vector<double> lp, lq;
   const size_t V = size_t(c.vocab_size);
   Progress progress(n_windows, opt.quiet);
@@ -92,7 +110,9 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
     for (size_t v = 0; v < logits.size(); ++v) {
       score[v].nll.add(-log_prob(logits[v], V, target));
       if (v == 0) continue;
-      score[v].kl.add(kl_divergence(logits[0], logits[v], V, lp, lq));
+      const double kl = kl_divergence(logits[0], logits[v], V, lp, lq);
+      score[v].kl.add(kl);
+      (copy[job][size_t(half + index)] ? score[v].kl_copy : score[v].kl_other).add(kl);
       score[v].top1.add(argmax({logits[v], V}) == dense_top ? 1.0 : 0.0);
     }
   };
@@ -120,6 +140,17 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
                   {"kl_vs_dense", s.kl.mean()}, {"kl_stderr", s.kl.se()},
                   {"top1_agreement", v == 0 ? 1.0 : s.top1.mean()}, {"kv_ratio", ratio},
                   {"scored_tokens", s.nll.n}});
+  }
+  // Where the KL comes from: tokens that continue a repeated trigram, and the rest.
+  fmt::print(stderr, "\n| setting | KL on copyable tokens | KL on the rest | copyable share of KL | copyable tokens |\n|---|---:|---:|---:|---:|\n");
+  for (size_t v = 1; v < variants.size(); ++v) {
+    const SettingScore& s = score[v];
+    const double total = s.kl_copy.sum + s.kl_other.sum;
+    fmt::print(stderr, "| {} | {:.6f} | {:.6f} | {:.3f} | {} |\n", names[v], s.kl_copy.mean(), s.kl_other.mean(),
+               total > 0 ? s.kl_copy.sum / total : 0.0, s.kl_copy.n);
+    js[v]["kl_copyable"] = s.kl_copy.mean();
+    js[v]["kl_rest"] = s.kl_other.mean();
+    js[v]["copyable_tokens"] = s.kl_copy.n;
   }
   if (!opt.summary_json.empty()) {
     std::ofstream f(opt.summary_json);

@@ -173,3 +173,42 @@ TEST_CASE("attention settings given inline keep all their items", "[cli][sparq]"
   REQUIRE(r.code == 0);
   CHECK(r.err.find("decode attention: sparq 1/8 mean") != std::string::npos);
 }
+
+TEST_CASE("baselines and SparQ's rules are settings of --compare, bad ones one error line", "[cli][baselines]") {
+  const std::string small = shared_dir() + "/models/stories260K-hf";
+  SPARQ_REQUIRE_SHARED(small);
+  const std::string m = "-m " + quote(small);
+  for (const char* bad : {"--attention window:8,sinks=-1", "--attention h2o:8,sinks=2", "--sparq-group sum",
+                          "--sparq-split 0", "--attention topk:8,recent=3"})
+    require_one_error_line(run(m + " -p hi -n 2 " + bad), "");
+  const TempDir dir;
+  std::string story;
+  for (int i = 0; i < 80; ++i) story += "Once upon a time there was a little fox who liked to play. ";
+  const std::string text = dir.write("t.txt", story);
+  const std::string summary = (dir.path / "s.json").string();
+  const Result r = run(m + " --perplexity " + quote(text) + " -c 256 --quiet --summary-json " + quote(summary) +
+                       " --compare dense,window:k=40,sinks=2,h2o:k=40,recent=25,topk:k=20,l=4,group=logit,sparq:8,split=25");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  const nlohmann::json s = nlohmann::json::parse(read_text(summary));
+  std::vector<std::string> names;
+  for (const auto& x : s["settings"]) names.push_back(x["setting"]);
+  CHECK(names == std::vector<std::string>{"dense", "window:k=40,sinks=2", "h2o:k=40,recent=25", "topk:k=20,l=4,group=logit",
+                                          "sparq:8,split=25"});
+  for (size_t i = 0; i < names.size(); ++i) {
+    CHECK(s["settings"][i]["kv_ratio"].get<double>() <= 1.0);
+    CHECK(s["settings"][i].contains("kl_copyable") == (i > 0));  // where the KL comes from, but for dense
+  }
+  // window and h2o read 40 of S >= 128 positions, h2o after its first step reads all.
+  CHECK(s["settings"][1]["kv_ratio"].get<double>() < 0.32);
+  CHECK(s["settings"][2]["kv_ratio"].get<double>() > s["settings"][1]["kv_ratio"].get<double>());
+}
+
+TEST_CASE("the default context is the model's trained one", "[cli]") {
+  const std::string bpe8k = shared_dir() + "/models/llama-27m-bpe8k";
+  SPARQ_REQUIRE_SHARED(bpe8k);
+  const Result r = run("-m " + quote(bpe8k) + " -p hi -n 2 --temp 0");
+  INFO("stderr: " << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.err.find("ctx 8192") != std::string::npos);
+}

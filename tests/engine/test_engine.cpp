@@ -181,3 +181,15 @@ TEST_CASE("eval metrics: repetition characters and answer matching", "[eval]") {
   CHECK_FALSE(answer_matches(" now 67741", "67741"));
   CHECK(match_answer("  42, then") == "42");
 }
+
+TEST_CASE("the default context is the trained one, halved until its KV cache fits", "[engine]") {
+  const KVShape at8k{8, 1, 128, 8192, DType::BF16};  // llama-27m-bpe8k's
+  const size_t need = KVCache::bytes_needed(at8k);
+  CHECK(default_context(at8k, 0) == 8192);                  // memory unknown
+  CHECK(default_context(at8k, need * 2) == 8192);           // fits with room (80% of it is the budget)
+  CHECK(default_context(at8k, need) == 4096);               // 80% of exactly its size does not fit
+  CHECK(default_context(at8k, need / 3) == 2048);
+  KVShape fits = at8k;
+  fits.capacity = default_context(at8k, need / 3);
+  CHECK_NOTHROW(check_kv_fits(fits, 1, need / 3));
+}

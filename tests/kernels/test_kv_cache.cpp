@@ -157,3 +157,41 @@ TEST_CASE("KV cache rejects bad shapes and out-of-order stores", "[kv_cache]") {
   CHECK_THROWS_WITH(KVCache(bad), Catch::Contains("cannot allocate") && Catch::Contains("MiB for the KV cache"));
 #endif
 }
+
+TEST_CASE("KV cache copy holds the source's positions and a fresh eviction state", "[kv_cache]") {
+  for (const DType t : {DType::F32, DType::BF16}) {
+    const KVShape s{.n_layers = 2, .n_kv_heads = 2, .head_dim = 8, .capacity = 1500, .type = t};
+    const int n = 1100;  // past one block of the transposed copy
+    const Rows r(n + 1, 2, 8, 9);
+    KVCache src(s), dst(s);
+    for (int l = 0; l < 2; ++l)
+      for (int p = 0; p < n; ++p) src.store(l, p, r.kp(p, 2, 8), r.vp(p, 2, 8));
+    dst.store(0, 0, r.kp(n, 2, 8), r.vp(n, 2, 8));  // something to overwrite
+    dst.eviction(1, 1).seen = 5;
+    dst.copy_from(src);
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 2; ++h) {
+        CHECK(dst.length(l) == n);
+        CHECK(dst.eviction(l, h).seen == 0);
+        for (size_t i = 0; i < size_t(n) * 8; ++i) {
+          REQUIRE(elem(dst.k_rows(l, h), t, i) == elem(src.k_rows(l, h), t, i));
+          REQUIRE(elem(dst.v_rows(l, h), t, i) == elem(src.v_rows(l, h), t, i));
+        }
+        for (int p = 0; p < n; ++p)
+          for (int c = 0; c < 8; ++c) {
+            const size_t at = size_t(p / KVCache::kBlock) * 8 * KVCache::kBlock + size_t(c) * KVCache::kBlock +
+                              p % KVCache::kBlock;
+            REQUIRE(elem(dst.k_t(l, h), t, at) == elem(src.k_t(l, h), t, at));
+          }
+        CHECK(std::vector<float>(dst.v_sum(l, h), dst.v_sum(l, h) + 8) == expected_vsum(src, l, h));
+      }
+    dst.store(0, n, r.kp(n, 2, 8), r.vp(n, 2, 8));  // appends after the copy, v_sum exact
+    CHECK(std::vector<float>(dst.v_sum(0, 1), dst.v_sum(0, 1) + 8) == expected_vsum(dst, 0, 1));
+  }
+  KVCache a(KVShape{1, 1, 4, 8, DType::F32}), b(KVShape{1, 1, 4, 9, DType::F32});
+  CHECK_THROWS_WITH(a.copy_from(b), Catch::Contains("shapes differ"));
+  KVCache two(KVShape{2, 1, 4, 8, DType::F32}), other(KVShape{2, 1, 4, 8, DType::F32});
+  const float x[4] = {1, 2, 3, 4};
+  two.store(0, 0, x, x);
+  CHECK_THROWS_WITH(other.copy_from(two), Catch::Contains("layers hold 1 and 0 positions"));
+}

@@ -22,6 +22,7 @@ using Catch::Matchers::Contains;
 namespace {
 
 const std::string kProse = "/models/llama-27m-prose/tokenizer.json";
+const std::string kBpe8k = "/models/llama-27m-bpe8k/tokenizer.json";
 const std::string kByteLevel = "/golden/bytelevel-bpe/tokenizer.json";
 const std::string kTok512 = "/models/stories260K-hf/tok512.bin";
 const std::string kStoriesJson = "/models/stories260K-hf/tokenizer.json";
@@ -193,6 +194,22 @@ TEST_CASE("tokenizer: byte-level (Llama 3 style) golden cases", "[tokenizer]") {
   }
 }
 
+TEST_CASE("tokenizer: llama-27m-bpe8k golden cases, BOS id 0", "[tokenizer]") {
+  SPARQ_REQUIRE_SHARED(shared(kBpe8k));
+  const Tokenizer t = Tokenizer::load(shared(kBpe8k));
+  const json g = read_json(shared("/golden/tokenizer_bpe8k.json"));
+  REQUIRE(g["cases"].size() >= 20);
+  CHECK(t.bos_id() == g["cases"][0]["ids"][0].get<int>());  // 0: an id like any other, not "none"
+  for (const json& c : g["cases"]) {
+    const auto ids = c["ids"].get<std::vector<int>>();
+    INFO("text: " << c["text"].dump());
+    CHECK(t.encode(c["text"].get<std::string>(), true) == ids);
+    for (size_t i = 0; i < ids.size(); ++i) CHECK(t.token_text(ids[i]) == c["tokens"][i].get<std::string>());
+    CHECK(t.decode(ids, false) == c["decoded"].get<std::string>());
+    CHECK(stream(t, ids) == t.decode(ids));
+  }
+}
+
 TEST_CASE("tokenizer: merges written as \"a b\" strings give the same ids", "[tokenizer]") {
   SPARQ_REQUIRE_SHARED(shared(kByteLevel));
   json j = read_json(shared(kByteLevel));
@@ -208,6 +225,7 @@ TEST_CASE("tokenizer: input ids and greedy text of the logits goldens", "[tokeni
     std::string tokenizer, golden;
   };
   for (const Check& k : {Check{kProse, "/golden/logits_llama-27m-prose.json"},
+                         Check{kBpe8k, "/golden/logits_llama-27m-bpe8k.json"},
                          Check{kTok512, "/golden/logits_stories260K.json"},
                          Check{kStoriesJson, "/golden/logits_stories260K.json"}}) {
     SPARQ_REQUIRE_SHARED(shared(k.tokenizer));
