@@ -174,9 +174,10 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
   dense.clear();
   steps.clear();
   const Method method = settings.method;
+  const bool here = settings.only_layer < 0 || settings.only_layer == layer;
   for (const DecodeQuery& q : queries) {
     const int d = q.cache->shape().head_dim;
-    bool sp = settings.sparq;
+    bool sp = settings.sparq && here;
     if (sp && method == Method::sparq) steps.push_back(resolve_sparq(settings.sp, q.S, d));
     if (sp && method == Method::topk) steps.push_back(resolve_topk(settings.sp, q.S, d));
     if (sp && method == Method::window) sp = baseline_budget(settings.sp, q.S, d) < q.S;
@@ -199,7 +200,7 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
     counters->calls += 1;
     counters->kv_bytes += bytes;
     counters->dense_bytes += bytes;
-    if (settings.sparq) counters->dense_fallbacks += 1;
+    if (settings.sparq && here) counters->dense_fallbacks += 1;
   }
   counters->seconds += seconds_since(t0);
 }

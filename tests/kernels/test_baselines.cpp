@@ -341,3 +341,27 @@ TEST_CASE("the logit group rule ranks positions by the group's summed approximat
   }
   set_avx512_enabled(true);
 }
+
+TEST_CASE("layer=L runs a method at one layer and dense attention at the others", "[attention][settings]") {
+  const AttentionSettings a = parse_attention_setting("window:k=3,layer=1");
+  CHECK((a.only_layer == 1 && a.describe() == "window k=3 sinks=4 layer=1"));
+  CHECK_THROWS_WITH(parse_attention_setting("sparq:8,layer=-1"), Catch::Contains("layer must be >= 0"));
+  std::mt19937 rng(3);
+  const int d = 16, S = 50;
+  KVCache c(KVShape{2, 1, d, S, DType::F32});
+  const std::vector<float> k = gaussian(size_t(S) * d, 1.0f, rng), v = gaussian(size_t(S) * d, 1.0f, rng);
+  for (int l = 0; l < 2; ++l)
+    for (int p = 0; p < S; ++p) c.store(l, p, &k[size_t(p) * d], &v[size_t(p) * d]);
+  const std::vector<float> q = gaussian(size_t(2) * d, 1.0f, rng);
+  for (int layer = 0; layer < 2; ++layer) {
+    std::vector<float> got(q.size()), dense(q.size()), window(q.size());
+    const DecodeQuery g{&c, S, q.data(), got.data()}, dn{&c, S, q.data(), dense.data()}, w{&c, S, q.data(), window.data()};
+    AttnCounters n;
+    attention_decode({&g, 1}, layer, 2, a, &n);
+    attention_decode({&dn, 1}, layer, 2, AttentionSettings{}, nullptr);
+    attention_decode({&w, 1}, layer, 2, parse_attention_setting("window:k=3"), nullptr);
+    CHECK(got == (layer == 1 ? window : dense));
+    CHECK(n.kv_bytes == (layer == 1 ? 2u * 3 * d * 4 : dense_step_bytes(S, d, DType::F32)));
+    CHECK(n.dense_fallbacks == 0);
+  }
+}

@@ -54,6 +54,7 @@ struct AttentionSettings {
   Method method = Method::sparq;
   SparqSettings sp;
   BaselineSettings base;
+  int only_layer = -1;  // >= 0: the method runs at this layer alone, dense attention at the others (a diagnostic)
   std::string describe() const;  // "dense", "sparq r=8 k=512 l=128", "sparq 1/8", "h2o 1/8 recent=50%"
 };
 
@@ -62,8 +63,9 @@ struct AttentionSettings {
 // floor), split=P, group=prob|logit, mean (mean mixing on), nofallback.
 // "window:", "h2o:" and "topk:" take N, ratio=N, k=K (window, h2o: budget
 // positions; topk: positions kept), floor=F, and window sinks=N, h2o
-// recent=P (percent), topk l=L and group=. Validated; throws Error naming
-// the problem.
+// recent=P (percent), topk l=L and group=. Every kind takes layer=L (that
+// layer alone, dense at the others). Validated; throws Error naming the
+// problem.
 AttentionSettings parse_attention_setting(const std::string& text);
 
 // Whether text starts a new setting of a list (dense, sparq, window, h2o, topk).
