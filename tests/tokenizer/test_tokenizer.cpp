@@ -159,6 +159,20 @@ std::vector<int> naive_bpe(const sparq::tok::BpeModel& m, const std::string& wor
   return s;
 }
 
+// A byte-level golden file's cases: ids with BOS, each token's text, the
+// decoded text (it keeps special tokens; streaming follows decode's default
+// and skips them).
+void check_golden_cases(const Tokenizer& t, const json& g) {
+  for (const json& c : g["cases"]) {
+    const auto ids = c["ids"].get<std::vector<int>>();
+    INFO("text: " << c["text"].dump());
+    CHECK(t.encode(c["text"].get<std::string>(), true) == ids);
+    for (size_t i = 0; i < ids.size(); ++i) CHECK(t.token_text(ids[i]) == c["tokens"][i].get<std::string>());
+    CHECK(t.decode(ids, false) == c["decoded"].get<std::string>());
+    CHECK(stream(t, ids) == t.decode(ids));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("tokenizer: llama2-style golden cases, tokenizer.json semantics", "[tokenizer]") {
@@ -183,15 +197,7 @@ TEST_CASE("tokenizer: byte-level (Llama 3 style) golden cases", "[tokenizer]") {
   const json g = read_json(shared("/golden/tokenizer_bytelevel.json"));
   REQUIRE(g["cases"].size() >= 19);
   CHECK(t.bos_id() == t.encode("", true).at(0));
-  for (const json& c : g["cases"]) {
-    const auto ids = c["ids"].get<std::vector<int>>();
-    INFO("text: " << c["text"].dump());
-    CHECK(t.encode(c["text"].get<std::string>(), true) == ids);
-    for (size_t i = 0; i < ids.size(); ++i) CHECK(t.token_text(ids[i]) == c["tokens"][i].get<std::string>());
-    // The golden text keeps special tokens; streaming follows decode's default (skip them).
-    CHECK(t.decode(ids, false) == c["decoded"].get<std::string>());
-    CHECK(stream(t, ids) == t.decode(ids));
-  }
+  check_golden_cases(t, g);
 }
 
 TEST_CASE("tokenizer: llama-27m-bpe8k golden cases, BOS id 0", "[tokenizer]") {
@@ -200,14 +206,7 @@ TEST_CASE("tokenizer: llama-27m-bpe8k golden cases, BOS id 0", "[tokenizer]") {
   const json g = read_json(shared("/golden/tokenizer_bpe8k.json"));
   REQUIRE(g["cases"].size() >= 20);
   CHECK(t.bos_id() == g["cases"][0]["ids"][0].get<int>());  // 0: an id like any other, not "none"
-  for (const json& c : g["cases"]) {
-    const auto ids = c["ids"].get<std::vector<int>>();
-    INFO("text: " << c["text"].dump());
-    CHECK(t.encode(c["text"].get<std::string>(), true) == ids);
-    for (size_t i = 0; i < ids.size(); ++i) CHECK(t.token_text(ids[i]) == c["tokens"][i].get<std::string>());
-    CHECK(t.decode(ids, false) == c["decoded"].get<std::string>());
-    CHECK(stream(t, ids) == t.decode(ids));
-  }
+  check_golden_cases(t, g);
 }
 
 TEST_CASE("tokenizer: merges written as \"a b\" strings give the same ids", "[tokenizer]") {
