@@ -58,6 +58,22 @@ std::array<Shape, 4> layer_shapes(const ModelConfig& c) {
   return {Shape{q_rows + 2 * int64_t(c.n_kv_heads) * c.head_dim, H}, Shape{H, q_rows}, Shape{2 * I, H}, Shape{H, I}};
 }
 
+// y = x . W^T for M rows, decode rows (is_decode(i)) through the layer's
+// decode kernels and prompt rows through its prompt path, run by run, so a
+// row's result never depends on what else is in the batch.
+template <class IsDecode>
+void project(const Linear& L, const float* x, float* y, int M, IsDecode is_decode) {
+  for (int i = 0; i < M;) {
+    const bool d = is_decode(i);
+    int j = i + 1;
+    while (j < M && is_decode(j) == d) ++j;
+    const float* xi = x + size_t(i) * L.cols();
+    float* yi = y + size_t(i) * L.rows();
+    d ? L.forward_decode(xi, yi, j - i) : L.forward(xi, yi, j - i);
+    i = j;
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
@@ -164,6 +180,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   ForwardStats& st = stats ? *stats : local;
   if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
 
+  auto decode_row = [&](int i) { return rows[i].decode != nullptr; };
   auto t0 = Clock::now();
   for (int i = 0; i < M; ++i) embed(rows[i].token, &x_[size_t(i) * H]);
   st.t_embed += seconds_since(t0);
@@ -173,7 +190,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     t0 = Clock::now();
     for (int i = 0; i < M; ++i)
       ops::rmsnorm(&xb_[size_t(i) * H], &x_[size_t(i) * H], L.attn_norm.data(), H, c.rms_norm_eps);
-    L.qkv.forward(xb_.data(), qkv_.data(), M);
+    project(L.qkv, xb_.data(), qkv_.data(), M, decode_row);
     for (int i = 0; i < M; ++i) {
       float* q = &qkv_[size_t(i) * QKV];
       float* k = q + NH * D;
@@ -215,7 +232,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     st.t_attn += seconds_since(t0);
 
     t0 = Clock::now();
-    L.o.forward(xb_.data(), qkv_.data(), M);
+    project(L.o, xb_.data(), qkv_.data(), M, decode_row);
     ops::add(x_.data(), qkv_.data(), M * H);
     st.t_out += seconds_since(t0);
 
@@ -225,13 +242,14 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     for (int r0 = 0; r0 < M; r0 += kMlpRows) {
       const int m = std::min(kMlpRows, M - r0);
       float* xr = &xb_[size_t(r0) * H];  // the block's input, then its output
-      L.gate_up.forward(xr, hb_.data(), m);
+      auto block_row = [&](int i) { return decode_row(r0 + i); };
+      project(L.gate_up, xr, hb_.data(), m, block_row);
       for (int i = 0; i < m; ++i) {
         float* g = &hb_[size_t(i) * 2 * I];
         ops::silu_mul(g, g + I, I);
         if (i > 0) std::copy_n(g, I, &hb_[size_t(i) * I]);  // packed in place: that slot held rows already used
       }
-      L.down.forward(hb_.data(), xr, m);
+      project(L.down, hb_.data(), xr, m, block_row);
     }
     ops::add(x_.data(), xb_.data(), M * H);
     st.t_mlp += seconds_since(t0);
@@ -239,11 +257,13 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
 
   t0 = Clock::now();
   int n_out = 0;
+  out_decode_.clear();
   for (int i = 0; i < M; ++i)
-    if (rows[i].logits)
-      ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H,
-                   c.rms_norm_eps);
-  if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
+    if (rows[i].logits) {
+      ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H, c.rms_norm_eps);
+      out_decode_.push_back(decode_row(i));
+    }
+  project(*lm_head_, xb_.data(), logits, n_out, [&](int i) { return out_decode_[size_t(i)] != 0; });
   st.t_logits += seconds_since(t0);
   st.weight_bytes += weight_bytes();
   st.b_embed += uint64_t(M) * H * dtype_size(weight_type_);

@@ -81,6 +81,7 @@ class Model {
   std::vector<float> x_, xb_, qkv_, hb_;
   std::vector<DecodeQuery> decode_queries_;
   std::vector<char> decode_done_;  // per row, within one layer's attention
+  std::vector<char> out_decode_;   // per row with logits: a decode row
 };
 
 }  // namespace sparq
