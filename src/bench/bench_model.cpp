@@ -7,12 +7,16 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "sparq/kernels/attention.h"
 #include "sparq/kernels/bandwidth.h"
 #include "sparq/bench/bench_table.h"
+#include "sparq/bench/bench_data.h"
+#include "sparq/engine/kv_budget.h"
 #include "sparq/model/model.h"
+#include "sparq/model/shapes.h"
 #include "sparq/util/process_memory.h"
 
 namespace sparq {
@@ -29,7 +33,8 @@ void check(const ModelBenchOptions& o) {
     for (int x : v)
       if (x < lo) fail("model bench: {} must be >= {}, got {}", what, lo, x);
   };
-  if (o.model.empty()) fail("model bench: give a model with -m/--model");
+  if (o.model.empty() == o.shape.empty()) fail("model bench: give a model with -m/--model or a shape with --shape");
+  if (!o.shape.empty() && !o.text.empty()) fail("model bench: --shape models have no tokenizer: -f needs -m");
   at_least(o.prompt_lens, 0, "prompt lengths (-p)");
   at_least(o.gen_lens, 0, "generated tokens (-n)");
   at_least(o.depths, 0, "depths (-d)");
@@ -44,6 +49,28 @@ void check(const ModelBenchOptions& o) {
   if (o.batch < 1) fail("model bench: batch size must be >= 1, got {}", o.batch);
   if (o.bandwidth_gbs < 0) fail("model bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
   bench_format(o.format);
+}
+
+// A shape's weights, the largest matrix while it is converted, and the KV
+// caches of the run must fit in the memory available: refused in one line
+// otherwise, before anything is allocated.
+void check_shape_fits(const std::string& shape, const ModelConfig& c, DType wt, int ctx, int B,
+                      const std::vector<DType>& kv_types) {
+  const double H = c.hidden_size, Q = double(c.n_heads) * c.head_dim, KV = double(c.n_kv_heads) * c.head_dim;
+  const double I = c.intermediate_size, V = c.vocab_size;
+  const double layer = H * (Q + 2 * KV) + Q * H + 3 * I * H;
+  const double params = c.n_layers * layer + V * H * (c.tie_word_embeddings ? 1 : 2);
+  const double staging = std::max(V * H, 2 * I * H) * 2 * 2;  // a matrix as read and as stacked, bf16
+  size_t kv = 0;
+  for (DType t : kv_types)
+    kv = std::max(kv, KVCache::bytes_needed(KVShape{c.n_layers, c.n_kv_heads, c.head_dim, ctx, t}));
+  const double need = params * dtype_size(wt) + staging + double(kv) * B;
+  const size_t avail = available_memory();
+  if (avail > 0 && need > double(avail))
+    fail("bench --shape {}: weights {:.1f} GiB + KV caches {:.1f} GiB ({} x {} positions) need {:.1f} GiB, {:.1f} GiB "
+         "available",
+         shape, params * dtype_size(wt) / 1073741824.0, double(kv) * B / 1073741824.0, B, ctx, need / 1073741824.0,
+         avail / 1073741824.0);
 }
 
 // The ids every test feeds: the text's tokens (repeated when short) or
@@ -204,6 +231,14 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   for (int t : o.threads) threads.push_back(t > 0 ? t : omp_get_num_procs());
   const int most_threads = max_of(threads);
 
+  const int max_depth = max_of(o.depths), max_len = std::max(max_of(o.prompt_lens), max_of(o.gen_lens));
+  const int max_B = max_of(o.parallel);
+  std::optional<ModelConfig> shape_cfg;
+  if (!o.shape.empty()) {
+    shape_cfg = ModelConfig::from_json_text(shape_config_json(o.shape));
+    check_shape_fits(o.shape, *shape_cfg, o.weight_type, max_depth + max_len, max_B, o.kv_types);
+  }
+
   BenchTable table;
   table.columns = columns();
   std::string bw_how = "given with --bandwidth";
@@ -216,10 +251,14 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   if (o.format == "md" || o.format == "markdown")  // people watch the run; scripts get it with the table
     fmt::print(out, "read bandwidth {:.1f} GB/s ({})\n", bw, bw_how);
 
-  auto model = Model::load(o.model, LoadOptions{o.weight_type});
+  std::unique_ptr<Model> model;
+  if (o.shape.empty()) {
+    model = Model::load(o.model, LoadOptions{o.weight_type});
+  } else {
+    if (o.progress) fmt::print(stderr, "bench: building {} with random weights\n", o.shape);
+    model = Model::random(*shape_cfg, LoadOptions{o.weight_type}, o.seed);
+  }
   const ModelConfig& c = model->config();
-  const int max_depth = max_of(o.depths), max_len = std::max(max_of(o.prompt_lens), max_of(o.gen_lens));
-  const int max_B = max_of(o.parallel);
   std::string source;
   const std::vector<int> ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
   if (max_depth + max_len > c.max_position_embeddings)
@@ -239,7 +278,12 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
       if (d > 0) {
         if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
         omp_set_num_threads(most_threads);
-        run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+        if (o.shape.empty()) {
+          run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+        } else {  // a prompt of d tokens through a 7B model would take longer than the run
+          Rng rng{o.seed};
+          for (auto& cache : s.caches) fill_cache(*cache, d, rng);
+        }
       }
       for (int t : threads)
         for (int B : o.parallel) {
@@ -250,7 +294,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   omp_set_num_threads(saved_threads);
 
   const size_t peak = peak_memory_bytes();
-  const std::string name = std::filesystem::path(o.model).filename().string();
+  const std::string name = o.shape.empty() ? std::filesystem::path(o.model).filename().string() : o.shape;
   table.meta = {{"model", name.empty() ? o.model : name},
                 {"weight_type", dtype_name(o.weight_type)},
                 {"weight_bytes", model->weight_bytes()},
@@ -262,12 +306,12 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
                 {"peak_memory_bytes", peak},
                 {"weights_kv_bytes", most_bytes}};
   table.notes = {
-      fmt::format("model bench: {} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB", o.model,
+      fmt::format("model bench: {}{} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB",
+                  o.shape.empty() ? o.model : o.shape, o.shape.empty() ? "" : " with random weights",
                   c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
                   dtype_name(o.weight_type), model->weight_bytes() / 1e6),
-      fmt::format("tokens: {}; depth d: d positions prefilled first (dense, untimed), the caches rewound to d before "
-                  "every repetition",
-                  source),
+      fmt::format("tokens: {}; depth d: d positions {} first (untimed), the caches rewound to d before every repetition",
+                  source, o.shape.empty() ? "prefilled (dense)" : "of random keys and values stored"),
       "pp: prompt processing, always dense causal attention; tg: greedy decode, one token per sequence per step",
       fmt::format("B sequences run together and t/s counts all of them; t/s is the mean ± sd of {} rep(s) after a "
                   "warm-up; KV bytes are counted for decode only",

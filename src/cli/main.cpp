@@ -253,6 +253,9 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
   bench.add_option("--kernel", b.kernel, "model (pp/tg of a model, like llama-bench), attention or matmul")
       ->capture_default_str();
   bench.add_option("-m,--model", b.model.model, "model: model directory or .safetensors file");
+  bench.add_option("--shape", b.model.shape,
+                   "model: instead of -m, random bf16 weights of a real shape: llama-3.2-1b, llama-3.2-3b, "
+                   "llama-3.1-8b, llama-2-7b, mistral-7b, NAME:key=value,... or a config.json");
   bench.add_option("-p,--n-prompt", b.model.prompt_lens, "model: prompt lengths (pp tests; 0: none)")
       ->delimiter(',')->capture_default_str();
   bench.add_option("-n,--n-gen", b.model.gen_lens, "model: generated tokens (tg tests; 0: none)")

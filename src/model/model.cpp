@@ -8,8 +8,12 @@
 #include <chrono>
 #include <malloc.h>
 
+#include <cmath>
+#include <functional>
+
 #include "sparq/kernels/ops.h"
 #include "sparq/io/safetensors.h"
+#include "sparq/util/random.h"
 
 namespace sparq {
 namespace {
@@ -76,24 +80,57 @@ void project(const Linear& L, const float* x, float* y, int M, IsDecode is_decod
 
 }  // namespace
 
+// Where a model's tensors come from: a checkpoint's files, or seeded random
+// values for a shape (bench --shape).
+struct Model::Source {
+  std::function<Data(const std::string&, const std::vector<int64_t>&)> matrix;
+  std::function<std::vector<float>(const std::string&, const std::vector<int64_t>&)> vector;
+};
+
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
-  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
-    fail("--dtype must be f32 or bf16");
   const ModelFiles files = resolve_model_files(path);
   auto m = std::unique_ptr<Model>(new Model());
   m->cfg_ = ModelConfig::load(files.config);
   m->tok_ = std::make_unique<Tokenizer>(Tokenizer::load(files.tokenizer));
-  const ModelConfig& c = m->cfg_;
-  if (m->tok_->vocab_size() > c.vocab_size)
-    fail("tokenizer has {} tokens but the model's vocab_size is {}", m->tok_->vocab_size(),
-         c.vocab_size);
-
+  if (m->tok_->vocab_size() > m->cfg_.vocab_size)
+    fail("tokenizer has {} tokens but the model's vocab_size is {}", m->tok_->vocab_size(), m->cfg_.vocab_size);
   const WeightStore w(files.safetensors);
+  m->build(Source{[&](const std::string& name, const std::vector<int64_t>& shape) { return w.get_data(name, shape); },
+                  [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get_f32(name, shape); }},
+           opt);
+  w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
+  return m;
+}
+
+std::unique_ptr<Model> Model::random(const ModelConfig& cfg, const LoadOptions& opt, uint64_t seed) {
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = cfg;
+  // Uniform in +-sqrt(3 / K): each product of a unit-variance input has
+  // unit variance, so activations stay finite through any number of layers.
+  auto matrix = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    Data d{DType::BF16, std::vector<uint8_t>(size_t(shape[0] * shape[1]) * 2)};
+    const float scale = name.find("embed") != std::string::npos ? 1.0f : std::sqrt(3.0f / float(shape[1]));
+    fill_random_bf16(reinterpret_cast<uint16_t*>(d.bytes.data()), d.bytes.size() / 2, scale,
+                     seed ^ std::hash<std::string>{}(name));
+    return d;
+  };
+  auto vector = [](const std::string&, const std::vector<int64_t>& shape) {
+    return std::vector<float>(size_t(shape[0]), 1.0f);  // norms: identity weights
+  };
+  m->build(Source{matrix, vector}, opt);
+  return m;
+}
+
+void Model::build(const Source& w, const LoadOptions& opt) {
+  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
+    fail("--dtype must be f32 or bf16");
+  Model* m = this;
+  const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
   const DType wt = m->weight_type_ = opt.weight_type;
 
-  m->final_norm_ = w.get_f32("model.norm.weight", {H});
+  m->final_norm_ = w.vector("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
   const Shape table{V, H};
   const std::array<Shape, 4> shapes = layer_shapes(c);
@@ -102,35 +139,38 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   m->arena_ = std::make_unique<WeightArena>(arena);
   WeightArena& a = *m->arena_;
   {
-    const Data embed = w.get_data("model.embed_tokens.weight", {V, H});
+    const Data embed = w.matrix("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
       m->lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
     } else {
-      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), table, wt, a));
+      m->lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, wt, a));
       m->embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    auto get = [&](const char* name, std::vector<int64_t> shape) { return w.get_data(p + name, shape); };
+    auto get = [&](const char* name, std::vector<int64_t> shape) { return w.matrix(p + name, shape); };
     const Data q = get("self_attn.q_proj.weight", {q_rows, H});
     const Data k = get("self_attn.k_proj.weight", {kv_rows, H});
     const Data v = get("self_attn.v_proj.weight", {kv_rows, H});
     const Data gate = get("mlp.gate_proj.weight", {I, H});
     const Data up = get("mlp.up_proj.weight", {I, H});
     m->layers_.push_back(Layer{
-        w.get_f32(p + "input_layernorm.weight", {H}),
-        w.get_f32(p + "post_attention_layernorm.weight", {H}),
+        w.vector(p + "input_layernorm.weight", {H}),
+        w.vector(p + "post_attention_layernorm.weight", {H}),
         linear(stack({&q, &k, &v}), shapes[0], wt, a),
         linear(get("self_attn.o_proj.weight", {H, q_rows}), shapes[1], wt, a),
         linear(stack({&gate, &up}), shapes[2], wt, a),
         linear(get("mlp.down_proj.weight", {H, I}), shapes[3], wt, a),
     });
   }
-  w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
   // The loading buffers are freed but glibc keeps their pages: hand them back.
   malloc_trim(0);
-  return m;
+}
+
+const Tokenizer& Model::tokenizer() const {
+  if (!tok_) fail("this model has no tokenizer (a random-weight shape)");
+  return *tok_;
 }
 
 KVShape Model::kv_shape(int capacity, DType kv_type) const {

@@ -47,9 +47,13 @@ class Model {
  public:
   // path: directory or .safetensors file (see resolve_model_files).
   static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt);
+  // A model of cfg's shape with seeded random bf16 weights (uniform, scaled
+  // by 1/sqrt of each matrix's inputs) and no tokenizer: for benchmarks of
+  // real model sizes without their files.
+  static std::unique_ptr<Model> random(const ModelConfig& cfg, const LoadOptions& opt, uint64_t seed);
 
   const ModelConfig& config() const { return cfg_; }
-  const Tokenizer& tokenizer() const { return *tok_; }
+  const Tokenizer& tokenizer() const;  // throws Error for a random model
   KVShape kv_shape(int capacity, DType kv_type) const;
   size_t weight_bytes() const;  // bytes of all matrices in compute format
   size_t memory_bytes() const;  // weight_bytes() plus an untied embedding table
@@ -65,6 +69,8 @@ class Model {
     Linear gate_up;  // [gate; up] fused
     Linear down;
   };
+  struct Source;
+  void build(const Source& w, const LoadOptions& opt);
   void embed(int token, float* out) const;
   void size_activations(int M);
 
