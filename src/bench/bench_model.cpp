@@ -182,6 +182,8 @@ struct Bench {
                           {"dense_kv_bytes_per_token", dense_kv},
                           {"weight_bytes_per_token", w},
                           {"gbs", gbs},
+                          {"pct_steps_fewer_threads",
+                           st.decode_steps > 0 ? 100.0 * double(st.steps_fewer_threads) / double(st.decode_steps) : 0.0},
                           {"pct_bandwidth", 100.0 * gbs / bw}});
     if (o.progress)
       fmt::print(stderr, "bench: {} {} t={} B={} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
@@ -258,6 +260,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
     if (o.progress) fmt::print(stderr, "bench: building {} with random weights\n", o.shape);
     model = Model::random(*shape_cfg, LoadOptions{o.weight_type}, o.seed);
   }
+  model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
   std::string source;
   const std::vector<int> ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
@@ -316,7 +319,8 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
       fmt::format("B sequences run together and t/s counts all of them; t/s is the mean ± sd of {} rep(s) after a "
                   "warm-up; KV bytes are counted for decode only",
                   o.reps),
-      fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the read bandwidth {:.1f} GB/s", bw)};
+      fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the read bandwidth {:.1f} GB/s", bw),
+      o.fixed_threads ? "threads: exactly t" : "threads: up to t; decode tries t - 1 now and then (after 4 steps, then 8, 16 .. 256 steps apart) and keeps it while faster (% of steps in the JSON's pct_steps_fewer_threads)"};
   table.footer = {fmt::format(
       "peak memory {:.1f} MiB (VmHWM); weights + largest KV caches {:.1f} MiB (K, V and transposed K, {} sequence(s))",
       peak / 1048576.0, most_bytes / 1048576.0, max_B)};

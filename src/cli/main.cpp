@@ -3,9 +3,12 @@
 // stdout; everything else goes to stderr.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <omp.h>
@@ -38,7 +41,7 @@ struct RunFlags {
   int64_t seed = -1;
   SparqSettings sp{.r = 0, .k = 0, .local = -1, .ratio = 8, .k_floor = 128, .mean_mixing = false};
   SamplerOptions sampling;
-  bool verbose = false, ignore_eos = false, no_bos = false;
+  bool verbose = false, ignore_eos = false, no_bos = false, fixed_threads = false;
 };
 
 DType parse_type(const std::string& s, const char* flag) {
@@ -64,6 +67,9 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
   app.add_option("-c,--ctx-size", o.ctx, "context size (0: the model's, at most 4096)")->capture_default_str();
   app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str();
   app.add_option("-t,--threads", o.threads, "threads (0: all cores)")->capture_default_str();
+  app.add_flag("--fixed-threads", o.fixed_threads,
+               "decode on exactly -t threads (default: one fewer while that is faster, as when another process "
+               "holds a core)");
   app.add_option("-s,--seed", o.seed, "random seed (-1: random)")->capture_default_str();
   app.add_option("--temp", o.sampling.temp, "temperature (0: greedy)")->capture_default_str();
   app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)")->capture_default_str();
@@ -182,6 +188,7 @@ int run(RunFlags& o) {
 
   const auto t0 = std::chrono::steady_clock::now();
   auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
+  model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : std::min(c.max_position_embeddings, 4096);
   const InterruptGuard ctrl_c;  // Ctrl-C from here on stops the run, keeping its statistics
@@ -239,6 +246,9 @@ int run(RunFlags& o) {
   return interrupted() ? kInterruptedExit : 0;
 }
 
+// GOMP_SPINCOUNT unless the environment sets a wait policy (short_omp_spin).
+constexpr const char* kOmpSpinCount = "2000";
+
 struct BenchFlags {
   std::string kernel = "model", settings = "dense,sparq:8,sparq:16", format = "md", dtype = "bf16", text_file;
   std::vector<std::string> kv_types = {"bf16"};
@@ -277,6 +287,7 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
       ->delimiter(',')->capture_default_str();
   bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default; model: 5)");
   bench.add_option("-o,--output", b.format, "md, csv, json or jsonl")->capture_default_str();
+  bench.add_flag("--fixed-threads", b.model.fixed_threads, "model: decode on exactly -t threads (see the run's flag)");
   bench.add_option("--bandwidth", b.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
 }
 
@@ -323,7 +334,20 @@ int run_bench(BenchFlags& b) {
 
 }  // namespace
 
+// libgomp reads its wait policy once, when it is loaded, and by default a
+// thread waiting for its team spins ~300000 times before it sleeps. When
+// another process holds a core, that spin keeps our core busy while the
+// thread it waits for sits in the run queue, and a decode step opens a
+// parallel region per matrix product: see README's "Busy machines". Unless
+// the user chose a policy, start again with a short spin.
+void short_omp_spin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", kOmpSpinCount, 1);
+  execv("/proc/self/exe", argv);  // only returns on failure: go on with the default
+}
+
 int main(int argc, char** argv) {
+  short_omp_spin(argv);
   CLI::App app{"sparq-run: Llama inference on the CPU with SparQ attention for decoding"};
   app.set_version_flag("--version", fmt::format("sparq-run 0.1 ({})", kBuildCommit));
   RunFlags flags;

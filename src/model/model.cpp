@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <malloc.h>
+#include <omp.h>
 
 #include <cmath>
 #include <functional>
@@ -221,6 +222,15 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
 
   auto decode_row = [&](int i) { return rows[i].decode != nullptr; };
+  const auto t_start = Clock::now();
+  const bool decode_only = std::all_of(rows.begin(), rows.end(), [](const Row& r) { return r.decode != nullptr; });
+  const int user_threads = omp_get_max_threads();
+  if (decode_only) {
+    const int n = governor_on_ ? governor_.pick(user_threads) : user_threads;
+    omp_set_num_threads(n);
+    ++st.decode_steps;
+    if (n < user_threads) ++st.steps_fewer_threads;
+  }
   auto t0 = Clock::now();
   for (int i = 0; i < M; ++i) embed(rows[i].token, &x_[size_t(i) * H]);
   st.t_embed += seconds_since(t0);
@@ -315,6 +325,10 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   if (n_out > 0) st.b_logits += lm_head_->weight_bytes();
   st.attn = AttnCounters{};
   for (const AttnCounters& a : st.attn_layers) st.attn.add(a);
+  if (decode_only) {
+    if (governor_on_) governor_.record(seconds_since(t_start));
+    omp_set_num_threads(user_threads);
+  }
 }
 
 }  // namespace sparq

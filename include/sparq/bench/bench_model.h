@@ -30,6 +30,7 @@ struct ModelBenchOptions {
   std::string format = "markdown";       // md/markdown, csv, json or jsonl
   double bandwidth_gbs = 0;              // 0: measure it at start
   bool progress = true;                  // a line on stderr per test
+  bool fixed_threads = false;            // no ThreadGovernor (Model::set_thread_governor)
   uint64_t seed = 1;                     // of the pseudo-random ids
 };
 

@@ -12,6 +12,7 @@
 #include "sparq/kernels/kv_cache.h"
 #include "sparq/kernels/matmul.h"
 #include "sparq/tokenizer/tokenizer.h"
+#include "sparq/util/thread_governor.h"
 
 namespace sparq {
 
@@ -40,6 +41,7 @@ struct ForwardStats {
   std::vector<AttnCounters> attn_layers;  // decode attention, per layer
   AttnCounters attn;                      // the sum over layers
   std::map<const AttentionSettings*, AttnCounters> by_setting;  // decode attention per setting
+  int64_t decode_steps = 0, steps_fewer_threads = 0;  // forwards of decode rows only; of those, run on fewer threads
   double seconds() const { return t_embed + t_qkv + t_attn + t_out + t_mlp + t_logits; }
 };
 
@@ -57,6 +59,10 @@ class Model {
   KVShape kv_shape(int capacity, DType kv_type) const;
   size_t weight_bytes() const;  // bytes of all matrices in compute format
   size_t memory_bytes() const;  // weight_bytes() plus an untied embedding table
+
+  // Decode-only forwards run on as many threads as the ThreadGovernor finds
+  // fastest, up to omp_get_max_threads() (on: the default); off: always that many.
+  void set_thread_governor(bool on) { governor_on_ = on; }
 
   // Runs the rows; logits is [number of rows with logits=true][vocab].
   void forward(std::span<const Row> rows, float* logits, ForwardStats* stats = nullptr);
@@ -88,6 +94,8 @@ class Model {
   std::vector<DecodeQuery> decode_queries_;
   std::vector<char> decode_done_;  // per row, within one layer's attention
   std::vector<char> out_decode_;   // per row with logits: a decode row
+  ThreadGovernor governor_;
+  bool governor_on_ = true;
 };
 
 }  // namespace sparq
