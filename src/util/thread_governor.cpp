@@ -22,14 +22,19 @@ void ThreadGovernor::record(double seconds) {
     return;
   }
   trial_sum_ += seconds;
-  if (--trial_left_ > 0) return;
-  const double tried = trial_sum_ / kTrial;
+  ++trial_steps_;
+  // A first step far slower than the current count's settles the trial.
+  const bool settled = seconds > kGiveUp * mean_;
+  if (--trial_left_ > 0 && !settled) return;
+  trial_left_ = 0;
+  const double tried = trial_sum_ / trial_steps_;
   if (tried < kSwitch * mean_) {  // clearly faster: keep it
     current_ = picked_;
     mean_ = tried;
   }
   period_ = std::min(2 * period_, kMaxPeriod);
   trial_sum_ = 0;
+  trial_steps_ = 0;
   since_trial_ = 0;
 }
 

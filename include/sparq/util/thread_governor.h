@@ -4,8 +4,8 @@
 // barrier waits for it, so on a 2-core machine with one busy neighbour 2
 // threads decoded at 35-70% of 1 thread's speed. The governor runs the
 // user's count and now and then tries one thread fewer (or, once it has
-// switched, the user's count again) for kTrial steps, switching when that was
-// clearly faster (kSwitch). The first trial comes after kFirstPeriod steps,
+// switched, the user's count again) for kTrial steps, or one when that one is
+// far slower (kGiveUp), switching when that was clearly faster (kSwitch). The first trial comes after kFirstPeriod steps,
 // then each one twice as far from the last, up to kMaxPeriod: a trial of the
 // wrong count costs little, and a change of load is seen within kMaxPeriod.
 #pragma once
@@ -23,6 +23,7 @@ class ThreadGovernor {
   static constexpr int kTrial = 2;
   static constexpr int kFirstPeriod = 4;
   static constexpr double kSwitch = 0.95;
+  static constexpr double kGiveUp = 1.25;  // a trial step this much slower ends the trial
   static constexpr int kMaxPeriod = 256;
 
  private:
@@ -32,6 +33,7 @@ class ThreadGovernor {
   int period_ = kFirstPeriod, since_trial_ = 0, trial_left_ = 0;
   double mean_ = 0;  // recent step time at current_
   double trial_sum_ = 0;
+  int trial_steps_ = 0;
 };
 
 }  // namespace sparq
