@@ -61,7 +61,9 @@ void check_shape_fits(const std::string& shape, const ModelConfig& c, DType wt, 
   const double I = c.intermediate_size, V = c.vocab_size;
   const double layer = H * (Q + 2 * KV) + Q * H + 3 * I * H;
   const double params = c.n_layers * layer + V * H * (c.tie_word_embeddings ? 1 : 2);
-  const double staging = std::max(V * H, 2 * I * H) * 2 * 2;  // a matrix as read and as stacked, bf16
+  // Staging while a Linear converts: the table as generated, or gate and up
+  // and the two stacked (bf16).
+  const double staging = std::max(V * H, 4 * I * H) * 2;
   size_t kv = 0;
   for (DType t : kv_types)
     kv = std::max(kv, KVCache::bytes_needed(KVShape{c.n_layers, c.n_kv_heads, c.head_dim, ctx, t}));
