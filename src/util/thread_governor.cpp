@@ -17,8 +17,10 @@ int ThreadGovernor::pick(int max_threads) {
 void ThreadGovernor::record(double seconds) {
   if (max_ < 2) return;
   if (picked_ == current_) {
+    // A step far slower than the recent ones hints at a new neighbour: try now.
+    const bool surprise = mean_ > 0 && seconds > kSurprise * mean_;
     mean_ = mean_ == 0 ? seconds : 0.75 * mean_ + 0.25 * seconds;
-    if (++since_trial_ >= period_) trial_left_ = kTrial;  // the next steps try the other count
+    if (++since_trial_ >= period_ || surprise) trial_left_ = kTrial;  // the next steps try the other count
     return;
   }
   trial_sum_ += seconds;

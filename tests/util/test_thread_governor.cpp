@@ -46,6 +46,14 @@ TEST_CASE("thread governor: moves to one thread fewer when that is faster, and b
   CHECK(fewer <= 2);
 }
 
+TEST_CASE("thread governor: a step far slower than the recent ones brings a trial forward", "[governor]") {
+  ThreadGovernor g;
+  run(g, 2, 100, [](int t) { return t == 2 ? 1.0 : 2.0; });  // quiet: 2 threads
+  // A neighbour arrives: 2 threads now take 3x as long, 1 thread is unchanged.
+  const int fewer = run(g, 2, 20, [](int t) { return t == 2 ? 3.0 : 2.0; });
+  CHECK(fewer >= 20 - 1 - ThreadGovernor::kTrial);
+}
+
 TEST_CASE("thread governor: one thread, or a new count, starts over", "[governor]") {
   ThreadGovernor g;
   CHECK(run(g, 1, 100, [](int) { return 1.0; }) == 0);

@@ -22,6 +22,7 @@ class ThreadGovernor {
 
   static constexpr int kTrial = 2;
   static constexpr int kFirstPeriod = 4;
+  static constexpr double kSurprise = 1.5;
   static constexpr double kSwitch = 0.95;
   static constexpr double kGiveUp = 1.25;  // a trial step this much slower ends the trial
   static constexpr int kMaxPeriod = 256;
