@@ -199,6 +199,13 @@ struct Bench {
                           {"pct_steps_fewer_threads",
                            st.decode_steps > 0 ? 100.0 * double(st.steps_fewer_threads) / double(st.decode_steps) : 0.0},
                           {"read_gbs", read},
+                          {"phase_ms_per_token",  // the last repetition's, as --profile splits a step
+                           {{"embed", 1e3 * st.t_embed / tokens},
+                            {"qkv", 1e3 * st.t_qkv / tokens},
+                            {"attention", 1e3 * st.t_attn / tokens},
+                            {"out", 1e3 * st.t_out / tokens},
+                            {"mlp", 1e3 * st.t_mlp / tokens},
+                            {"logits", 1e3 * st.t_logits / tokens}}},
                           {"from", llc > 0 && (decode ? kv.get<double>() : 0.0) + w <= double(llc) ? "cache?" : "DRAM"},
                           {"pct_bandwidth", 100.0 * gbs / read}});
     if (o.progress)

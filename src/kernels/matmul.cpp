@@ -1,9 +1,9 @@
-// Linear: bf16 weights are stored once, in the layout of matvec.h
-// (oneDNN's BA16a64b2a). Decode rows (one per sequence) go through our own
+// Linear: bf16 weights are stored once, in the layout of matvec.h (oneDNN's
+// BA16a64b2a). Decode rows (one per sequence) go through our own
 // matrix-vector kernels, prompt rows through oneDNN's matmul on the same
 // memory; should oneDNN refuse that layout on some CPU, our kernels take
-// prompt rows too. f32 weights stay in the
-// layout oneDNN picks for M = 1, and oneDNN runs every product on them.
+// prompt rows too. f32 weights stay in the layout oneDNN picks for M = 1, and
+// oneDNN runs every product on them.
 #include "sparq/kernels/matmul.h"
 
 #include <omp.h>
