@@ -9,6 +9,7 @@
 
 #include "sparq/kernels/attention.h"
 #include "sparq/kernels/bandwidth.h"
+#include "sparq/bench/bench_data.h"
 #include "sparq/bench/bench_table.h"
 #include "sparq/kernels/kv_cache.h"
 
@@ -16,24 +17,6 @@ namespace sparq {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Fast random numbers: filling a GiB-sized cache with std::normal_distribution
-// would take longer than the measurement.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {  // splitmix64
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  // About N(0, 1): sum of four 16-bit uniforms (Irwin-Hall), scaled.
-  float normal() {
-    const uint64_t r = next();
-    const float u = float((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48)) / 65536.0f;
-    return (u - 2.0f) * 1.7320508f;
-  }
-};
 
 struct Row {
   std::string setting;
@@ -62,24 +45,8 @@ void check(const AttentionBenchOptions& o) {
   if (o.bandwidth_gbs < 0) fail("attention bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
 }
 
-// Keys with per-channel scales (some channels matter more, as in real
-// models) and queries with heavy-tailed components (a normal times a
-// log-normal), so SparQ's top-r and top-k selections are not degenerate.
-void fill_cache(KVCache& c, int S, Rng& rng) {
-  const KVShape& s = c.shape();
-  const size_t n = size_t(s.n_kv_heads) * s.head_dim;
-  std::vector<float> scale(n), k(n), v(n);
-  for (float& x : scale) x = std::exp(0.5f * rng.normal());
-  for (int l = 0; l < s.n_layers; ++l)
-    for (int p = 0; p < S; ++p) {
-      for (size_t i = 0; i < n; ++i) {
-        k[i] = scale[i] * rng.normal();
-        v[i] = rng.normal();
-      }
-      c.store(l, p, k.data(), v.data());
-    }
-}
-
+// Queries with heavy-tailed components (a normal times a log-normal), so
+// SparQ's top-r selection is not degenerate.
 std::vector<float> heavy_tailed(size_t n, Rng& rng) {
   std::vector<float> q(n);
   for (float& x : q) x = rng.normal() * std::exp(rng.normal());

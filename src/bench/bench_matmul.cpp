@@ -58,6 +58,7 @@ std::vector<BenchColumn> columns() {
              return fmt::format("{} {} x {}", r["shape"].get<std::string>(), r["N"].get<int>(), r["K"].get<int>());
            }},
           bench_column("M", "M"),
+          bench_column("path", "path"),
           bench_column("dtype", "dtype"),
           bench_column("copies", "copies"),
           bench_column("time (us)", "time_us", 1),
@@ -77,17 +78,24 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
 
   const Shape model[] = {{"qkv", 768, 512}, {"o", 512, 512}, {"gate_up", 2816, 512},
                          {"down", 512, 1408}, {"lm_head", 8192, 512}};
-  const Shape large[] = {{"large", 4096, 4096}, {"large", 11008, 4096}};
+  const Shape large[] = {{"1B qkv", 3072, 2048}, {"1B gate_up", 16384, 2048}, {"1B down", 2048, 8192},
+                         {"large", 4096, 4096}, {"large", 11008, 4096}};
   struct Case {
     Shape s;
     int M;
+    bool decode;  // Linear::forward_decode (matvec.h for bf16) instead of forward (oneDNN)
   };
+  // Decode rows both ways at 1 to 16 rows (where oneDNN and our kernels
+  // cross), prompt rows through oneDNN.
   std::vector<Case> cases;
-  for (const Shape& s : model) cases.push_back({s, 1});
-  if (o.large)
-    for (const Shape& s : large) cases.push_back({s, 1});
-  for (int M : {16, 128, 512})
-    for (const Shape& s : model) cases.push_back({s, M});
+  for (int M : {1, 4, 8, 16})
+    for (bool decode : {true, false}) {
+      for (const Shape& s : model) cases.push_back({s, M, decode});
+      if (o.large && (M == 1 || M == 8))
+        for (const Shape& s : large) cases.push_back({s, M, decode});
+    }
+  for (int M : {128, 512})
+    for (const Shape& s : model) cases.push_back({s, M, false});
 
   BenchTable table;
   table.columns = columns();
@@ -97,10 +105,14 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
   size_t converted = 0;
   for (DType t : {DType::BF16, DType::F32}) {
     for (const Case& c : cases) {
+      if (c.decode && t != DType::BF16) continue;  // f32 decode rows are oneDNN's: the prompt rows show them
       const int N = c.s.N, K = c.s.K, M = c.M;
       std::vector<float> w(size_t(N) * K), x(size_t(M) * K), y(size_t(M) * N);
       for (float& v : w) v = dist(rng);
       for (float& v : x) v = dist(rng);
+      auto forward = [&](const Linear& l) {
+        c.decode ? l.forward_decode(x.data(), y.data(), M) : l.forward(x.data(), y.data(), M);
+      };
       const size_t bytes = size_t(N) * K * dtype_size(t);
       const size_t copies = M <= 16 ? std::max<size_t>(1, o.working_set_bytes / bytes) : 1;
       std::vector<Linear> lins;
@@ -110,14 +122,14 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
       for (size_t i = 0; i < copies; ++i) lins.emplace_back(w.data(), DType::F32, N, K, t, &arena);
       convert_s += seconds_since(t0);
       converted += copies * size_t(N) * K;
-      for (const Linear& l : lins) l.forward(x.data(), y.data(), M);  // warm-up, primitive creation
+      for (const Linear& l : lins) forward(l);  // warm-up, primitive creation
       const bool streamed = copies > 1;
       double mm_s = 0, read_s = 0;
       size_t read_bytes = 0;
       uint64_t sink = 0;
       for (int r = 0; r < o.reps; ++r) {
         const auto t1 = Clock::now();
-        for (const Linear& l : lins) l.forward(x.data(), y.data(), M);
+        for (const Linear& l : lins) forward(l);
         mm_s += seconds_since(t1);
         if (!streamed) continue;
         const auto t2 = Clock::now();
@@ -133,6 +145,7 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"N", N},
                             {"K", K},
                             {"M", M},
+                            {"path", c.decode ? "matvec" : "oneDNN"},
                             {"dtype", dtype_name(t)},
                             {"copies", copies},
                             {"time_us", per * 1e6},
@@ -141,7 +154,8 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"pct_read", streamed ? BenchRow(100.0 * gbs / read_gbs) : BenchRow()},
                             {"gflops", 2.0 * M * N * K / per * 1e-9}});
       if (o.progress)
-        fmt::print(stderr, "bench: {} {} x {} M={} {}: {:.1f} us\n", c.s.what, N, K, M, dtype_name(t), per * 1e6);
+        fmt::print(stderr, "bench: {} {} x {} M={} {} {}: {:.1f} us\n", c.s.what, N, K, M, dtype_name(t),
+                   c.decode ? "matvec" : "oneDNN", per * 1e6);
     }
   }
   table.meta = {{"kernel", "matmul"}, {"threads", o.threads}, {"reps", o.reps},

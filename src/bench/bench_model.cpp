@@ -7,12 +7,17 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "sparq/kernels/attention.h"
 #include "sparq/kernels/bandwidth.h"
 #include "sparq/bench/bench_table.h"
+#include "sparq/bench/bench_data.h"
+#include "sparq/engine/kv_budget.h"
 #include "sparq/model/model.h"
+#include "sparq/model/shapes.h"
+#include "sparq/util/cpu.h"
 #include "sparq/util/process_memory.h"
 
 namespace sparq {
@@ -29,7 +34,8 @@ void check(const ModelBenchOptions& o) {
     for (int x : v)
       if (x < lo) fail("model bench: {} must be >= {}, got {}", what, lo, x);
   };
-  if (o.model.empty()) fail("model bench: give a model with -m/--model");
+  if (o.model.empty() == o.shape.empty()) fail("model bench: give a model with -m/--model or a shape with --shape");
+  if (!o.shape.empty() && !o.text.empty()) fail("model bench: --shape models have no tokenizer: -f needs -m");
   at_least(o.prompt_lens, 0, "prompt lengths (-p)");
   at_least(o.gen_lens, 0, "generated tokens (-n)");
   at_least(o.depths, 0, "depths (-d)");
@@ -44,6 +50,31 @@ void check(const ModelBenchOptions& o) {
   if (o.batch < 1) fail("model bench: batch size must be >= 1, got {}", o.batch);
   if (o.bandwidth_gbs < 0) fail("model bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
   bench_format(o.format);
+}
+
+// A shape's weights, the largest matrix while it is converted, and the KV
+// caches of the run must fit in the memory available: refused in one line
+// otherwise, before anything is allocated.
+void check_shape_fits(const std::string& shape, const ModelConfig& c, DType wt, int ctx, int B,
+                      const std::vector<DType>& kv_types) {
+  const double H = c.hidden_size, Q = double(c.n_heads) * c.head_dim, KV = double(c.n_kv_heads) * c.head_dim;
+  const double I = c.intermediate_size, V = c.vocab_size;
+  const double layer = H * (Q + 2 * KV) + Q * H + 3 * I * H;
+  const double params = c.n_layers * layer + V * H * (c.tie_word_embeddings ? 1 : 2);
+  // Staging while a Linear converts: the table as generated, or gate and up
+  // and the two stacked (bf16).
+  const double staging = std::max(V * H, 4 * I * H) * 2;
+  size_t kv = 0;
+  for (DType t : kv_types)
+    kv = std::max(kv, KVCache::bytes_needed(KVShape{c.n_layers, c.n_kv_heads, c.head_dim, ctx, t}));
+  const double probe = 1073741824.0;  // the bandwidth probe's buffer
+  const double need = params * dtype_size(wt) + staging + double(kv) * B + probe;
+  const size_t avail = available_memory();
+  if (avail > 0 && need > double(avail))
+    fail("bench --shape {}: weights {:.1f} GiB + KV caches {:.1f} GiB ({} x {} positions) need {:.1f} GiB, {:.1f} GiB "
+         "available",
+         shape, params * dtype_size(wt) / 1073741824.0, double(kv) * B / 1073741824.0, B, ctx, need / 1073741824.0,
+         avail / 1073741824.0);
 }
 
 // The ids every test feeds: the text's tokens (repeated when short) or
@@ -116,6 +147,7 @@ struct Bench {
   const std::vector<int>& ids;
   double bw;
   BenchTable& table;
+  size_t peak_before_probes = 0;
 
   // Times one test over o.reps repetitions after a shorter warm-up, rewinding
   // the caches to the depth before each (untimed); run(st, warmup) runs it.
@@ -139,6 +171,15 @@ struct Bench {
     const BenchRow kv = decode ? BenchRow(double(st.attn.kv_bytes) / tokens) : BenchRow();
     const BenchRow dense_kv = decode ? BenchRow(double(st.attn.dense_bytes) / tokens) : BenchRow();
     const double gbs = ((decode ? kv.get<double>() : 0.0) + w) * t.mean / 1e9;
+    // The host's bandwidth drifts over a run: decode rows, which are bound by
+    // it, are held to a read measured right after them on their threads.
+    const size_t llc = last_level_cache_bytes();
+    double read = bw;
+    if (decode && o.bandwidth_gbs == 0) {  // the probe's 1 GiB is not the run's: the peak before it is kept
+      peak_before_probes = std::max(peak_before_probes, peak_memory_bytes());
+      read = measure_read_bandwidth_gbs(p.threads);
+      reset_peak_memory();
+    }
     table.rows.push_back({{"test", p.depth > 0 ? fmt::format("{} @ d{}", test, p.depth) : test},
                           {"n_prompt", decode ? 0 : tokens / p.B},
                           {"n_gen", decode ? tokens / p.B : 0},
@@ -155,7 +196,18 @@ struct Bench {
                           {"dense_kv_bytes_per_token", dense_kv},
                           {"weight_bytes_per_token", w},
                           {"gbs", gbs},
-                          {"pct_bandwidth", 100.0 * gbs / bw}});
+                          {"pct_steps_fewer_threads",
+                           st.decode_steps > 0 ? 100.0 * double(st.steps_fewer_threads) / double(st.decode_steps) : 0.0},
+                          {"read_gbs", read},
+                          {"phase_ms_per_token",  // the last repetition's, as --profile splits a step
+                           {{"embed", 1e3 * st.t_embed / tokens},
+                            {"qkv", 1e3 * st.t_qkv / tokens},
+                            {"attention", 1e3 * st.t_attn / tokens},
+                            {"out", 1e3 * st.t_out / tokens},
+                            {"mlp", 1e3 * st.t_mlp / tokens},
+                            {"logits", 1e3 * st.t_logits / tokens}}},
+                          {"from", llc > 0 && (decode ? kv.get<double>() : 0.0) + w <= double(llc) ? "cache?" : "DRAM"},
+                          {"pct_bandwidth", 100.0 * gbs / read}});
     if (o.progress)
       fmt::print(stderr, "bench: {} {} t={} B={} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
                  attention, p.threads, p.B, dtype_name(p.kv), t.mean, t.sd);
@@ -190,7 +242,9 @@ std::vector<BenchColumn> columns() {
           bench_column("KV MB/token", "kv_bytes_per_token", 3, 1e-6),
           bench_column("weights MB/token", "weight_bytes_per_token", 2, 1e-6),
           bench_column("GB/s", "gbs", 1),
-          bench_column("% of bw", "pct_bandwidth", 1, 1.0, "%")};
+          bench_column("from", "from"),
+          bench_column("read GB/s", "read_gbs", 1),
+          bench_column("% of read", "pct_bandwidth", 1, 1.0, "%")};
 }
 
 }  // namespace
@@ -204,6 +258,14 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   for (int t : o.threads) threads.push_back(t > 0 ? t : omp_get_num_procs());
   const int most_threads = max_of(threads);
 
+  const int max_depth = max_of(o.depths), max_len = std::max(max_of(o.prompt_lens), max_of(o.gen_lens));
+  const int max_B = max_of(o.parallel);
+  std::optional<ModelConfig> shape_cfg;
+  if (!o.shape.empty()) {
+    shape_cfg = ModelConfig::from_json_text(shape_config_json(o.shape));
+    check_shape_fits(o.shape, *shape_cfg, o.weight_type, max_depth + max_len, max_B, o.kv_types);
+  }
+
   BenchTable table;
   table.columns = columns();
   std::string bw_how = "given with --bandwidth";
@@ -216,10 +278,15 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   if (o.format == "md" || o.format == "markdown")  // people watch the run; scripts get it with the table
     fmt::print(out, "read bandwidth {:.1f} GB/s ({})\n", bw, bw_how);
 
-  auto model = Model::load(o.model, LoadOptions{o.weight_type});
+  std::unique_ptr<Model> model;
+  if (o.shape.empty()) {
+    model = Model::load(o.model, LoadOptions{o.weight_type});
+  } else {
+    if (o.progress) fmt::print(stderr, "bench: building {} with random weights\n", o.shape);
+    model = Model::random(*shape_cfg, LoadOptions{o.weight_type}, o.seed);
+  }
+  model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
-  const int max_depth = max_of(o.depths), max_len = std::max(max_of(o.prompt_lens), max_of(o.gen_lens));
-  const int max_B = max_of(o.parallel);
   std::string source;
   const std::vector<int> ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
   if (max_depth + max_len > c.max_position_embeddings)
@@ -239,7 +306,12 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
       if (d > 0) {
         if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
         omp_set_num_threads(most_threads);
-        run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+        if (o.shape.empty()) {
+          run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+        } else {  // a prompt of d tokens through a 7B model would take longer than the run
+          Rng rng{o.seed};
+          for (auto& cache : s.caches) fill_cache(*cache, d, rng);
+        }
       }
       for (int t : threads)
         for (int B : o.parallel) {
@@ -249,8 +321,8 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
     }
   omp_set_num_threads(saved_threads);
 
-  const size_t peak = peak_memory_bytes();
-  const std::string name = std::filesystem::path(o.model).filename().string();
+  const size_t peak = std::max(peak_memory_bytes(), bench.peak_before_probes);
+  const std::string name = o.shape.empty() ? std::filesystem::path(o.model).filename().string() : o.shape;
   table.meta = {{"model", name.empty() ? o.model : name},
                 {"weight_type", dtype_name(o.weight_type)},
                 {"weight_bytes", model->weight_bytes()},
@@ -262,17 +334,24 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
                 {"peak_memory_bytes", peak},
                 {"weights_kv_bytes", most_bytes}};
   table.notes = {
-      fmt::format("model bench: {} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB", o.model,
+      fmt::format("model bench: {}{} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB",
+                  o.shape.empty() ? o.model : o.shape, o.shape.empty() ? "" : " with random weights",
                   c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
                   dtype_name(o.weight_type), model->weight_bytes() / 1e6),
-      fmt::format("tokens: {}; depth d: d positions prefilled first (dense, untimed), the caches rewound to d before "
-                  "every repetition",
-                  source),
+      fmt::format("tokens: {}; depth d: d positions {} first (untimed), the caches rewound to d before every repetition",
+                  source, o.shape.empty() ? "prefilled (dense)" : "of random keys and values stored"),
+      fmt::format("from: DRAM when a token's weight and KV bytes exceed the last-level cache ({:.0f} MiB as sysfs "
+                  "reports it), else cache? (they may stay in it between tokens, beating the read)",
+                  last_level_cache_bytes() / 1048576.0),
       "pp: prompt processing, always dense causal attention; tg: greedy decode, one token per sequence per step",
       fmt::format("B sequences run together and t/s counts all of them; t/s is the mean ± sd of {} rep(s) after a "
                   "warm-up; KV bytes are counted for decode only",
                   o.reps),
-      fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the read bandwidth {:.1f} GB/s", bw)};
+      o.bandwidth_gbs > 0
+          ? fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the given read bandwidth {:.1f} GB/s", bw)
+          : "GB/s = (KV + weight bytes per token) x t/s; % of read: against a streaming read of 1 GiB measured right "
+            "after each decode row on its threads (prompt rows: the read at start)",
+      o.fixed_threads ? "threads: exactly t" : "threads: up to t; decode tries t - 1 now and then (after 4 steps, then 8, 16 .. 256 steps apart) and keeps it while faster (% of steps in the JSON's pct_steps_fewer_threads)"};
   table.footer = {fmt::format(
       "peak memory {:.1f} MiB (VmHWM); weights + largest KV caches {:.1f} MiB (K, V and transposed K, {} sequence(s))",
       peak / 1048576.0, most_bytes / 1048576.0, max_B)};

@@ -3,9 +3,12 @@
 // stdout; everything else goes to stderr.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <omp.h>
@@ -39,7 +42,7 @@ struct RunFlags {
   SparqSettings sp{.r = 0, .k = 0, .local = -1, .ratio = 8, .k_floor = 128, .mean_mixing = false};
   std::string sparq_group = SparqSettings{}.group == GroupRule::logit ? "logit" : "prob";
   SamplerOptions sampling;
-  bool verbose = false, ignore_eos = false, no_bos = false;
+  bool verbose = false, ignore_eos = false, no_bos = false, fixed_threads = false;
 };
 
 DType parse_type(const std::string& s, const char* flag) {
@@ -66,6 +69,9 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
       ->capture_default_str();
   app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str();
   app.add_option("-t,--threads", o.threads, "threads (0: all cores)")->capture_default_str();
+  app.add_flag("--fixed-threads", o.fixed_threads,
+               "decode on exactly -t threads (default: one fewer while that is faster, as when another process "
+               "holds a core)");
   app.add_option("-s,--seed", o.seed, "random seed (-1: random)")->capture_default_str();
   app.add_option("--temp", o.sampling.temp, "temperature (0: greedy)")->capture_default_str();
   app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)")->capture_default_str();
@@ -192,6 +198,7 @@ int run(RunFlags& o) {
 
   const auto t0 = std::chrono::steady_clock::now();
   auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
+  model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : default_context(model->kv_shape(c.max_position_embeddings, g.kv_type), available_memory());
   if (o.ctx == 0 && g.ctx < c.max_position_embeddings)
@@ -252,6 +259,9 @@ int run(RunFlags& o) {
   return interrupted() ? kInterruptedExit : 0;
 }
 
+// GOMP_SPINCOUNT unless the environment sets a wait policy (short_omp_spin).
+constexpr const char* kOmpSpinCount = "2000";
+
 struct BenchFlags {
   std::string kernel = "model", settings = "dense,sparq:8,sparq:16", format = "md", dtype = "bf16", text_file;
   std::vector<std::string> kv_types = {"bf16"};
@@ -266,6 +276,9 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
   bench.add_option("--kernel", b.kernel, "model (pp/tg of a model, like llama-bench), attention or matmul")
       ->capture_default_str();
   bench.add_option("-m,--model", b.model.model, "model: model directory or .safetensors file");
+  bench.add_option("--shape", b.model.shape,
+                   "model: instead of -m, random bf16 weights of a real shape: llama-3.2-1b, llama-3.2-3b, "
+                   "llama-3.1-8b, llama-2-7b, mistral-7b, NAME:key=value,... or a config.json");
   bench.add_option("-p,--n-prompt", b.model.prompt_lens, "model: prompt lengths (pp tests; 0: none)")
       ->delimiter(',')->capture_default_str();
   bench.add_option("-n,--n-gen", b.model.gen_lens, "model: generated tokens (tg tests; 0: none)")
@@ -287,6 +300,7 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
       ->delimiter(',')->capture_default_str();
   bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default; model: 5)");
   bench.add_option("-o,--output", b.format, "md, csv, json or jsonl")->capture_default_str();
+  bench.add_flag("--fixed-threads", b.model.fixed_threads, "model: decode on exactly -t threads (see the run's flag)");
   bench.add_option("--bandwidth", b.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
 }
 
@@ -333,7 +347,20 @@ int run_bench(BenchFlags& b) {
 
 }  // namespace
 
+// libgomp reads its wait policy once, when it is loaded, and by default a
+// thread waiting for its team spins ~300000 times before it sleeps. When
+// another process holds a core, that spin keeps our core busy while the
+// thread it waits for sits in the run queue, and a decode step opens a
+// parallel region per matrix product: see README's "Busy machines". Unless
+// the user chose a policy, start again with a short spin.
+void short_omp_spin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  setenv("GOMP_SPINCOUNT", kOmpSpinCount, 1);
+  execv("/proc/self/exe", argv);  // only returns on failure: go on with the default
+}
+
 int main(int argc, char** argv) {
+  short_omp_spin(argv);
   CLI::App app{"sparq-run: Llama inference on the CPU with SparQ attention for decoding"};
   app.set_version_flag("--version", fmt::format("sparq-run 0.1 ({})", kBuildCommit));
   RunFlags flags;

@@ -1,10 +1,9 @@
-// Linear through oneDNN matmul. The weights are stored once, in the blocked
-// layout oneDNN picks for M = 1 (decode, the hot path; ~2.7x faster than the
-// plain layout there). The same memory serves every other M: on this oneDNN
-// (2.6, brgemm kernels) the layout chosen for M = 1 is also the one chosen for
-// M = 2..512 and is accepted as given, so no second copy of the weights is
-// needed. Should oneDNN refuse that layout for some M on another CPU, those
-// rows run one at a time through the M = 1 primitive instead.
+// Linear: bf16 weights are stored once, in the layout of matvec.h (oneDNN's
+// BA16a64b2a). Decode rows (one per sequence) go through our own
+// matrix-vector kernels, prompt rows through oneDNN's matmul on the same
+// memory; should oneDNN refuse that layout on some CPU, our kernels take
+// prompt rows too. f32 weights stay in the layout oneDNN picks for M = 1, and
+// oneDNN runs every product on them.
 #include "sparq/kernels/matmul.h"
 
 #include <omp.h>
@@ -16,6 +15,7 @@
 #include <dnnl.hpp>
 
 #include "sparq/io/big_buffer.h"
+#include "sparq/kernels/matvec.h"
 #include "sparq/kernels/ops.h"
 
 namespace sparq {
@@ -62,8 +62,10 @@ dnnl::matmul::primitive_desc matmul_pd(int N, int K, int M, dt type, const dnnl:
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, w, dst), cpu_engine());
 }
 
-// The layout oneDNN picks for M = 1, in which the weights are stored.
+// The layout the weights are stored in: matvec.h's for bf16, oneDNN's pick
+// for M = 1 for f32.
 dnnl::memory::desc stored_weights_desc(int N, int K, dt type) {
+  if (type == dt::bf16) return dnnl::memory::desc({K, N}, type, tag::BA16a64b2a);
   return matmul_pd(N, K, 1, type, dnnl::memory::desc({K, N}, type, tag::any)).weights_desc();
 }
 
@@ -93,7 +95,8 @@ struct Linear::Impl {
     dnnl::matmul matmul;
     dnnl::memory src, dst;
     bool reference = false;   // oneDNN's slow reference implementation
-    bool row_by_row = false;  // runs M rows through the M = 1 primitive
+    bool row_by_row = false;  // f32: runs M rows through the M = 1 primitive
+    bool own = false;         // bf16: oneDNN has no fast kernel here, matvec.h's take the rows
   };
 
   dt type;
@@ -118,14 +121,30 @@ struct Linear::Impl {
       p = Prim{dnnl::matmul(pd), dnnl::memory(pd.src_desc(), cpu_engine(), nullptr),
                dnnl::memory(pd.dst_desc(), cpu_engine(), nullptr), is_reference_impl(pd)};
     } catch (const dnnl::error&) {
-      if (M == 1) throw;
+      if (M == 1 && type != dt::bf16) throw;
       refused = true;
     }
-    if (M > 1 && (refused || (p.reference && !prim(N, K, 1).reference))) {
+    if (type == dt::bf16) {
+      if (refused || p.reference) {
+        p = Prim{};
+        p.own = true;
+      }
+    } else if (M > 1 && (refused || (p.reference && !prim(N, K, 1).reference))) {
       p = prim(N, K, 1);
       p.row_by_row = true;
     }
     return prims.emplace(M, std::move(p)).first->second;
+  }
+
+  // y[M][N] through matvec.h's kernels, the weight blocks shared out to the
+  // threads as they come free (a thread the OS holds back delays at most one
+  // block), x: [M][kp] bf16.
+  void matvec(int N, int K, const uint16_t* x, int M, float* y) const {
+    const PackedBf16 W{static_cast<const uint16_t*>(weights.get_data_handle()), N, K, matvec_kp(K)};
+    const int blocks = W.blocks();
+    const int threads = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), blocks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+    for (int b = 0; b < blocks; ++b) matvec::matvec_bf16(W, x, M, y, size_t(N), b, b + 1);
   }
 
   void run(Prim& p, const void* x, float* y) {
@@ -162,6 +181,8 @@ Linear::Linear(const void* w, DType w_type, int N, int K, DType compute, WeightA
     im.stream.wait();
     const dnnl_memory_desc_t& md = im.weights.get_desc().data;
     if (md.format_kind != dnnl_blocked) fail("linear layer {} x {}: oneDNN chose a non-blocked weight layout", N, K);
+    if (im.type == dt::bf16 && (md.padded_dims[0] != matvec_kp(K) || md.padded_dims[1] % kMatvecBlock != 0))
+      fail("linear layer {} x {}: oneDNN padded the weights to {} x {}", N, K, md.padded_dims[0], md.padded_dims[1]);
     im.k_offset.resize(size_t(K));
     for (int k = 0; k < K; ++k) im.k_offset[k] = md.offset0 + blocked_offset(md.format_desc.blocking, 0, k);
   } catch (const dnnl::error& e) {
@@ -197,6 +218,7 @@ void Linear::forward(const float* x, float* y, int M) const {
   if (im.type == dt::bf16) {
     // Activations converted for the bf16 product: one buffer for all layers.
     thread_local std::vector<uint16_t> x_bf16;
+    if (im.prim(N_, K_, M).own) return forward_decode(x, y, M);
     x_bf16.resize(size_t(M) * K_);
     ops::to_bf16(x_bf16.data(), x, size_t(M) * K_);
     src = x_bf16.data();
@@ -213,6 +235,17 @@ void Linear::forward(const float* x, float* y, int M) const {
   } catch (const dnnl::error& e) {
     fail("linear layer {} x {}, {} rows: oneDNN failed: {}", N_, K_, M, e.what());
   }
+}
+
+void Linear::forward_decode(const float* x, float* y, int M) const {
+  if (M < 1) fail("linear layer: bad number of rows {}", M);
+  const Impl& im = *impl_;
+  if (im.type != dt::bf16) return forward(x, y, M);
+  thread_local std::vector<uint16_t> x_bf16;
+  const int kp = matvec_kp(K_);
+  x_bf16.assign(size_t(M) * kp, 0);  // zeros past K meet the weights' zero padding
+  for (int i = 0; i < M; ++i) ops::to_bf16(&x_bf16[size_t(i) * kp], x + size_t(i) * K_, size_t(K_));
+  im.matvec(N_, K_, x_bf16.data(), M, y);
 }
 
 }  // namespace sparq

@@ -7,9 +7,14 @@
 #include <array>
 #include <chrono>
 #include <malloc.h>
+#include <omp.h>
+
+#include <cmath>
+#include <functional>
 
 #include "sparq/kernels/ops.h"
 #include "sparq/io/safetensors.h"
+#include "sparq/util/random.h"
 
 namespace sparq {
 namespace {
@@ -58,26 +63,75 @@ std::array<Shape, 4> layer_shapes(const ModelConfig& c) {
   return {Shape{q_rows + 2 * int64_t(c.n_kv_heads) * c.head_dim, H}, Shape{H, q_rows}, Shape{2 * I, H}, Shape{H, I}};
 }
 
+// y = x . W^T for M rows, decode rows (is_decode(i)) through the layer's
+// decode kernels and prompt rows through its prompt path, run by run, so a
+// row's result never depends on what else is in the batch.
+template <class IsDecode>
+void project(const Linear& L, const float* x, float* y, int M, IsDecode is_decode) {
+  for (int i = 0; i < M;) {
+    const bool d = is_decode(i);
+    int j = i + 1;
+    while (j < M && is_decode(j) == d) ++j;
+    const float* xi = x + size_t(i) * L.cols();
+    float* yi = y + size_t(i) * L.rows();
+    d ? L.forward_decode(xi, yi, j - i) : L.forward(xi, yi, j - i);
+    i = j;
+  }
+}
+
 }  // namespace
 
+// Where a model's tensors come from: a checkpoint's files, or seeded random
+// values for a shape (bench --shape).
+struct Model::Source {
+  std::function<Data(const std::string&, const std::vector<int64_t>&)> matrix;
+  std::function<std::vector<float>(const std::string&, const std::vector<int64_t>&)> vector;
+};
+
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& opt) {
-  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
-    fail("--dtype must be f32 or bf16");
   const ModelFiles files = resolve_model_files(path);
   auto m = std::unique_ptr<Model>(new Model());
   m->cfg_ = ModelConfig::load(files.config);
   m->tok_ = std::make_unique<Tokenizer>(Tokenizer::load(files.tokenizer));
-  const ModelConfig& c = m->cfg_;
-  if (m->tok_->vocab_size() > c.vocab_size)
-    fail("tokenizer has {} tokens but the model's vocab_size is {}", m->tok_->vocab_size(),
-         c.vocab_size);
-
+  if (m->tok_->vocab_size() > m->cfg_.vocab_size)
+    fail("tokenizer has {} tokens but the model's vocab_size is {}", m->tok_->vocab_size(), m->cfg_.vocab_size);
   const WeightStore w(files.safetensors);
+  m->build(Source{[&](const std::string& name, const std::vector<int64_t>& shape) { return w.get_data(name, shape); },
+                  [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get_f32(name, shape); }},
+           opt);
+  w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
+  return m;
+}
+
+std::unique_ptr<Model> Model::random(const ModelConfig& cfg, const LoadOptions& opt, uint64_t seed) {
+  auto m = std::unique_ptr<Model>(new Model());
+  m->cfg_ = cfg;
+  // Uniform in +-sqrt(3 / K): each product of a unit-variance input has
+  // unit variance, so activations stay finite through any number of layers.
+  auto matrix = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    Data d{DType::BF16, std::vector<uint8_t>(size_t(shape[0] * shape[1]) * 2)};
+    const float scale = name.find("embed") != std::string::npos ? 1.0f : std::sqrt(3.0f / float(shape[1]));
+    fill_random_bf16(reinterpret_cast<uint16_t*>(d.bytes.data()), d.bytes.size() / 2, scale,
+                     seed ^ std::hash<std::string>{}(name));
+    return d;
+  };
+  auto vector = [](const std::string&, const std::vector<int64_t>& shape) {
+    return std::vector<float>(size_t(shape[0]), 1.0f);  // norms: identity weights
+  };
+  m->build(Source{matrix, vector}, opt);
+  return m;
+}
+
+void Model::build(const Source& w, const LoadOptions& opt) {
+  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
+    fail("--dtype must be f32 or bf16");
+  Model* m = this;
+  const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
   const DType wt = m->weight_type_ = opt.weight_type;
 
-  m->final_norm_ = w.get_f32("model.norm.weight", {H});
+  m->final_norm_ = w.vector("model.norm.weight", {H});
   m->inv_freq_ = c.rope_inv_freq();
   const Shape table{V, H};
   const std::array<Shape, 4> shapes = layer_shapes(c);
@@ -86,35 +140,38 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   m->arena_ = std::make_unique<WeightArena>(arena);
   WeightArena& a = *m->arena_;
   {
-    const Data embed = w.get_data("model.embed_tokens.weight", {V, H});
+    const Data embed = w.matrix("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
       m->lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
     } else {
-      m->lm_head_ = std::make_unique<Linear>(linear(w.get_data("lm_head.weight", {V, H}), table, wt, a));
+      m->lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, wt, a));
       m->embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    auto get = [&](const char* name, std::vector<int64_t> shape) { return w.get_data(p + name, shape); };
+    auto get = [&](const char* name, std::vector<int64_t> shape) { return w.matrix(p + name, shape); };
     const Data q = get("self_attn.q_proj.weight", {q_rows, H});
     const Data k = get("self_attn.k_proj.weight", {kv_rows, H});
     const Data v = get("self_attn.v_proj.weight", {kv_rows, H});
     const Data gate = get("mlp.gate_proj.weight", {I, H});
     const Data up = get("mlp.up_proj.weight", {I, H});
     m->layers_.push_back(Layer{
-        w.get_f32(p + "input_layernorm.weight", {H}),
-        w.get_f32(p + "post_attention_layernorm.weight", {H}),
+        w.vector(p + "input_layernorm.weight", {H}),
+        w.vector(p + "post_attention_layernorm.weight", {H}),
         linear(stack({&q, &k, &v}), shapes[0], wt, a),
         linear(get("self_attn.o_proj.weight", {H, q_rows}), shapes[1], wt, a),
         linear(stack({&gate, &up}), shapes[2], wt, a),
         linear(get("mlp.down_proj.weight", {H, I}), shapes[3], wt, a),
     });
   }
-  w.check_unchanged();  // weights read from a file rewritten meanwhile would be a mix
   // The loading buffers are freed but glibc keeps their pages: hand them back.
   malloc_trim(0);
-  return m;
+}
+
+const Tokenizer& Model::tokenizer() const {
+  if (!tok_) fail("this model has no tokenizer (a random-weight shape)");
+  return *tok_;
 }
 
 KVShape Model::kv_shape(int capacity, DType kv_type) const {
@@ -164,6 +221,16 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   ForwardStats& st = stats ? *stats : local;
   if (st.attn_layers.size() < size_t(c.n_layers)) st.attn_layers.resize(c.n_layers);
 
+  auto decode_row = [&](int i) { return rows[i].decode != nullptr; };
+  const auto t_start = Clock::now();
+  const bool decode_only = std::all_of(rows.begin(), rows.end(), [](const Row& r) { return r.decode != nullptr; });
+  const int user_threads = omp_get_max_threads();
+  if (decode_only) {
+    const int n = governor_on_ ? governor_.pick(user_threads) : user_threads;
+    omp_set_num_threads(n);
+    ++st.decode_steps;
+    if (n < user_threads) ++st.steps_fewer_threads;
+  }
   auto t0 = Clock::now();
   for (int i = 0; i < M; ++i) embed(rows[i].token, &x_[size_t(i) * H]);
   st.t_embed += seconds_since(t0);
@@ -173,7 +240,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     t0 = Clock::now();
     for (int i = 0; i < M; ++i)
       ops::rmsnorm(&xb_[size_t(i) * H], &x_[size_t(i) * H], L.attn_norm.data(), H, c.rms_norm_eps);
-    L.qkv.forward(xb_.data(), qkv_.data(), M);
+    project(L.qkv, xb_.data(), qkv_.data(), M, decode_row);
     for (int i = 0; i < M; ++i) {
       float* q = &qkv_[size_t(i) * QKV];
       float* k = q + NH * D;
@@ -215,7 +282,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     st.t_attn += seconds_since(t0);
 
     t0 = Clock::now();
-    L.o.forward(xb_.data(), qkv_.data(), M);
+    project(L.o, xb_.data(), qkv_.data(), M, decode_row);
     ops::add(x_.data(), qkv_.data(), M * H);
     st.t_out += seconds_since(t0);
 
@@ -225,13 +292,14 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
     for (int r0 = 0; r0 < M; r0 += kMlpRows) {
       const int m = std::min(kMlpRows, M - r0);
       float* xr = &xb_[size_t(r0) * H];  // the block's input, then its output
-      L.gate_up.forward(xr, hb_.data(), m);
+      auto block_row = [&](int i) { return decode_row(r0 + i); };
+      project(L.gate_up, xr, hb_.data(), m, block_row);
       for (int i = 0; i < m; ++i) {
         float* g = &hb_[size_t(i) * 2 * I];
         ops::silu_mul(g, g + I, I);
         if (i > 0) std::copy_n(g, I, &hb_[size_t(i) * I]);  // packed in place: that slot held rows already used
       }
-      L.down.forward(hb_.data(), xr, m);
+      project(L.down, hb_.data(), xr, m, block_row);
     }
     ops::add(x_.data(), xb_.data(), M * H);
     st.t_mlp += seconds_since(t0);
@@ -239,11 +307,13 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
 
   t0 = Clock::now();
   int n_out = 0;
+  out_decode_.clear();
   for (int i = 0; i < M; ++i)
-    if (rows[i].logits)
-      ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H,
-                   c.rms_norm_eps);
-  if (n_out > 0) lm_head_->forward(xb_.data(), logits, n_out);
+    if (rows[i].logits) {
+      ops::rmsnorm(&xb_[size_t(n_out++) * H], &x_[size_t(i) * H], final_norm_.data(), H, c.rms_norm_eps);
+      out_decode_.push_back(decode_row(i));
+    }
+  project(*lm_head_, xb_.data(), logits, n_out, [&](int i) { return out_decode_[size_t(i)] != 0; });
   st.t_logits += seconds_since(t0);
   st.weight_bytes += weight_bytes();
   st.b_embed += uint64_t(M) * H * dtype_size(weight_type_);
@@ -255,6 +325,10 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   if (n_out > 0) st.b_logits += lm_head_->weight_bytes();
   st.attn = AttnCounters{};
   for (const AttnCounters& a : st.attn_layers) st.attn.add(a);
+  if (decode_only) {
+    if (governor_on_) governor_.record(seconds_since(t_start));
+    omp_set_num_threads(user_threads);
+  }
 }
 
 }  // namespace sparq

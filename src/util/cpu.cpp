@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <cctype>
 #include <fstream>
 
 namespace sparq {
@@ -40,6 +41,27 @@ std::string cpu_model_name() {
     if (start != std::string::npos && start < line.size()) return line.substr(start);
   }
   return "unknown";
+}
+
+size_t last_level_cache_bytes() {
+  int best_level = 0;
+  size_t bytes = 0;
+  for (int i = 0;; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level) || !(size_file >> size)) break;
+    size_t n = 0, at = 0;
+    while (at < size.size() && std::isdigit(static_cast<unsigned char>(size[at]))) n = n * 10 + size_t(size[at++] - '0');
+    const char unit = at < size.size() ? size[at] : ' ';
+    n <<= unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0;
+    if (level >= best_level) {
+      best_level = level;
+      bytes = n;
+    }
+  }
+  return bytes;
 }
 
 }  // namespace sparq

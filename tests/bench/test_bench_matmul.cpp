@@ -31,11 +31,20 @@ TEST_CASE("matmul bench: JSON rows per shape, M and type, with the same-run read
   const nlohmann::json j = nlohmann::json::parse(bench_output(o));
   CHECK(j["kernel"] == "matmul");
   CHECK(j["build_commit"] == kBuildCommit);
-  // Per type: the 5 model shapes at M = 1, 16, 128 and 512.
-  REQUIRE(j["rows"].size() == 2 * 4 * 5);
+  // The 5 model shapes at M = 1, 4, 8, 16 through oneDNN for both types and
+  // through matvec for bf16, and at 128 and 512 through oneDNN.
+  REQUIRE(j["rows"].size() == (4 * 3 + 2 * 2) * 5);
+  int matvec_rows = 0;
   for (const auto& r : j["rows"]) {
     INFO(r.dump());
     const int N = r["N"], K = r["K"], M = r["M"];
+    if (r["path"] == "matvec") {
+      ++matvec_rows;
+      CHECK(r["dtype"] == "bf16");
+      CHECK(M <= 16);
+    } else {
+      CHECK(r["path"] == "oneDNN");
+    }
     const size_t bytes = size_t(N) * K * (r["dtype"] == "bf16" ? 2 : 4);
     const double us = r["time_us"];
     REQUIRE(us > 0);
@@ -48,21 +57,23 @@ TEST_CASE("matmul bench: JSON rows per shape, M and type, with the same-run read
     CHECK(r["read_gbs"].is_null() == (copies == 1));
     if (copies > 1) CHECK(r["pct_read"].get<double>() == Approx(100 * r["gbs"].get<double>() / r["read_gbs"].get<double>()));
   }
+  CHECK(matvec_rows == 4 * 5);
 }
 
 TEST_CASE("matmul bench: markdown and CSV, and bad options", "[bench]") {
   MatmulBenchOptions o = quick();
   const std::string md = bench_output(o);
   CHECK(md.find(fmt::format("sparq-run {} on ", kBuildCommit)) == 0);
-  CHECK(md.find("| shape N x K | M | dtype | copies | time (us) | GB/s | read GB/s | % of read | GFLOP/s |") !=
+  CHECK(md.find("| shape N x K | M | path | dtype | copies | time (us) | GB/s | read GB/s | % of read | GFLOP/s |") !=
         std::string::npos);
-  CHECK(md.find("| qkv 768 x 512 | 1 | bf16 | ") != std::string::npos);
-  CHECK(md.find("| lm_head 8192 x 512 | 512 | f32 | 1 | ") != std::string::npos);
+  CHECK(md.find("| qkv 768 x 512 | 1 | matvec | bf16 | ") != std::string::npos);
+  CHECK(md.find("| qkv 768 x 512 | 1 | oneDNN | bf16 | ") != std::string::npos);
+  CHECK(md.find("| lm_head 8192 x 512 | 512 | oneDNN | f32 | 1 | ") != std::string::npos);
   CHECK(md.find("weight conversion at construction: ") != std::string::npos);
   o.format = "csv";
   const std::string csv = bench_output(o);
-  CHECK(csv.rfind("shape,N,K,M,dtype,copies,time_us,gbs,read_gbs,pct_read,gflops\n", 0) == 0);
-  CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + 2 * 4 * 5);
+  CHECK(csv.rfind("shape,N,K,M,path,dtype,copies,time_us,gbs,read_gbs,pct_read,gflops\n", 0) == 0);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + (4 * 3 + 2 * 2) * 5);
 
   o.format = "xml";
   CHECK_THROWS_WITH(run_matmul_bench(o), Catch::Contains("format must be md, csv, json or jsonl"));

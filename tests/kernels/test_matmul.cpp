@@ -1,4 +1,5 @@
-// Linear (oneDNN) against a double-precision product on odd shapes. For bf16
+// Linear (oneDNN for prompt rows, matvec.h for bf16 decode rows) against a
+// double-precision product on odd shapes. For bf16
 // compute the reference uses the bf16-rounded weights and activations, so the
 // only error left is f32 accumulation and the tolerance can be its bound.
 #include <omp.h>
@@ -28,30 +29,33 @@ float round_to(DType t, float x) { return t == DType::BF16 ? bf16_to_f32(f32_to_
 
 // y = x . W^T checked row by row against double sums of the (rounded) inputs;
 // the bound is the worst case of K-term f32 accumulation. Also checks that
-// nothing past y[M * N] is written.
+// nothing past y[M * N] is written. Both paths: prompt rows and decode rows.
 void check_forward(const Linear& lin, const std::vector<float>& w, DType t, int M, uint32_t seed) {
   const int N = lin.rows(), K = lin.cols();
   const auto x = uniform(size_t(M) * K, seed);
-  std::vector<float> y(size_t(M) * N + 1, 0.0f);
-  y.back() = 12345.0f;
-  lin.forward(x.data(), y.data(), M);
-  REQUIRE(y.back() == 12345.0f);
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < N; ++n) {
-      double want = 0, mag = 0;
-      for (int k = 0; k < K; ++k) {
-        const double p = double(round_to(t, x[size_t(m) * K + k])) * round_to(t, w[size_t(n) * K + k]);
-        want += p;
-        mag += std::abs(p);
+  for (bool decode : {false, true}) {
+    INFO((decode ? "decode" : "prompt") << " rows");
+    std::vector<float> y(size_t(M) * N + 1, 0.0f);
+    y.back() = 12345.0f;
+    decode ? lin.forward_decode(x.data(), y.data(), M) : lin.forward(x.data(), y.data(), M);
+    REQUIRE(y.back() == 12345.0f);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double want = 0, mag = 0;
+        for (int k = 0; k < K; ++k) {
+          const double p = double(round_to(t, x[size_t(m) * K + k])) * round_to(t, w[size_t(n) * K + k]);
+          want += p;
+          mag += std::abs(p);
+        }
+        const double tol = (K + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
+        const float got = y[size_t(m) * N + n];
+        if (std::abs(got - want) > tol) {
+          INFO(dtype_name(t) << " N=" << N << " K=" << K << " M=" << M << " row " << m << " col " << n
+                             << ": got " << got << " want " << want << " tol " << tol);
+          REQUIRE(std::abs(got - want) <= tol);
+        }
       }
-      const double tol = (K + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
-      const float got = y[size_t(m) * N + n];
-      if (std::abs(got - want) > tol) {
-        INFO(dtype_name(t) << " N=" << N << " K=" << K << " M=" << M << " row " << m << " col " << n
-                           << ": got " << got << " want " << want << " tol " << tol);
-        REQUIRE(std::abs(got - want) <= tol);
-      }
-    }
+  }
 }
 
 }  // namespace
@@ -150,4 +154,5 @@ TEST_CASE("Linear rejects bad shapes, f16 compute and empty batches", "[matmul]"
   const Linear lin(w.data(), 3, 4, DType::F32);
   float x[4] = {}, y[3] = {};
   REQUIRE_THROWS_AS(lin.forward(x, y, 0), Error);
+  REQUIRE_THROWS_AS(lin.forward_decode(x, y, 0), Error);
 }

@@ -14,6 +14,7 @@ namespace sparq {
 
 struct ModelBenchOptions {
   std::string model;  // directory or .safetensors file
+  std::string shape;  // or a shape for random weights (shape_config_json); depths filled with random K/V
   DType weight_type = DType::BF16;
   std::vector<int> prompt_lens = {512};  // pp tests: prompt tokens (0: none)
   std::vector<int> gen_lens = {128};     // tg tests: generated tokens (0: none)
@@ -29,6 +30,7 @@ struct ModelBenchOptions {
   std::string format = "markdown";       // md/markdown, csv, json or jsonl
   double bandwidth_gbs = 0;              // 0: measure it at start
   bool progress = true;                  // a line on stderr per test
+  bool fixed_threads = false;            // no ThreadGovernor (Model::set_thread_governor)
   uint64_t seed = 1;                     // of the pseudo-random ids
 };
 

@@ -1,5 +1,6 @@
-// Linear layers through oneDNN: y[M][N] = x[M][K] . W[N][K]^T, weights converted
-// once to the compute type and reordered to oneDNN's preferred (blocked) layout.
+// Linear layers: y[M][N] = x[M][K] . W[N][K]^T, weights converted once to the
+// compute type and stored blocked. Prompt rows run on oneDNN's matmul; decode
+// rows of bf16 layers on matvec.h's kernels, on the same copy of the weights.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -40,8 +41,12 @@ class Linear {
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;
 
-  // x: [M][K] f32, y: [M][N] f32. Any M >= 1; primitives are cached per M.
+  // x: [M][K] f32, y: [M][N] f32. Any M >= 1. Prompt rows: oneDNN's matmul
+  // (primitives cached per M). Decode rows: bf16 layers read their weights
+  // once for all M rows in matvec.h's kernels, f32 ones go to oneDNN. A row's
+  // result depends on its own input and path only, not on M.
   void forward(const float* x, float* y, int M) const;
+  void forward_decode(const float* x, float* y, int M) const;
 
   int rows() const { return N_; }  // N
   int cols() const { return K_; }  // K

@@ -12,6 +12,7 @@
 #include "sparq/kernels/kv_cache.h"
 #include "sparq/kernels/matmul.h"
 #include "sparq/tokenizer/tokenizer.h"
+#include "sparq/util/thread_governor.h"
 
 namespace sparq {
 
@@ -40,6 +41,7 @@ struct ForwardStats {
   std::vector<AttnCounters> attn_layers;  // decode attention, per layer
   AttnCounters attn;                      // the sum over layers
   std::map<const AttentionSettings*, AttnCounters> by_setting;  // decode attention per setting
+  int64_t decode_steps = 0, steps_fewer_threads = 0;  // forwards of decode rows only; of those, run on fewer threads
   double seconds() const { return t_embed + t_qkv + t_attn + t_out + t_mlp + t_logits; }
 };
 
@@ -47,12 +49,20 @@ class Model {
  public:
   // path: directory or .safetensors file (see resolve_model_files).
   static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt);
+  // A model of cfg's shape with seeded random bf16 weights (uniform, scaled
+  // by 1/sqrt of each matrix's inputs) and no tokenizer: for benchmarks of
+  // real model sizes without their files.
+  static std::unique_ptr<Model> random(const ModelConfig& cfg, const LoadOptions& opt, uint64_t seed);
 
   const ModelConfig& config() const { return cfg_; }
-  const Tokenizer& tokenizer() const { return *tok_; }
+  const Tokenizer& tokenizer() const;  // throws Error for a random model
   KVShape kv_shape(int capacity, DType kv_type) const;
   size_t weight_bytes() const;  // bytes of all matrices in compute format
   size_t memory_bytes() const;  // weight_bytes() plus an untied embedding table
+
+  // Decode-only forwards run on as many threads as the ThreadGovernor finds
+  // fastest, up to omp_get_max_threads() (on: the default); off: always that many.
+  void set_thread_governor(bool on) { governor_on_ = on; }
 
   // Runs the rows; logits is [number of rows with logits=true][vocab].
   void forward(std::span<const Row> rows, float* logits, ForwardStats* stats = nullptr);
@@ -65,6 +75,8 @@ class Model {
     Linear gate_up;  // [gate; up] fused
     Linear down;
   };
+  struct Source;
+  void build(const Source& w, const LoadOptions& opt);
   void embed(int token, float* out) const;
   void size_activations(int M);
 
@@ -81,6 +93,9 @@ class Model {
   std::vector<float> x_, xb_, qkv_, hb_;
   std::vector<DecodeQuery> decode_queries_;
   std::vector<char> decode_done_;  // per row, within one layer's attention
+  std::vector<char> out_decode_;   // per row with logits: a decode row
+  ThreadGovernor governor_;
+  bool governor_on_ = true;
 };
 
 }  // namespace sparq

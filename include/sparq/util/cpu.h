@@ -1,5 +1,6 @@
 // Run-time CPU feature checks that pick the AVX-512 kernels or the portable ones.
 #pragma once
+#include <cstddef>
 #include <string>
 
 namespace sparq {
@@ -14,5 +15,9 @@ void set_avx512_enabled(bool enabled);
 // The processor's name as the kernel reports it (/proc/cpuinfo's "model
 // name"), or "unknown".
 std::string cpu_model_name();
+
+// The size of the highest cache level sysfs lists for CPU 0 (one instance of
+// it; VMs may report more than the host shares), or 0 when it cannot be read.
+size_t last_level_cache_bytes();
 
 }  // namespace sparq

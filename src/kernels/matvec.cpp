@@ -1,0 +1,11 @@
+#include "sparq/kernels/matvec.h"
+
+#include "sparq/util/cpu.h"
+
+namespace sparq::matvec {
+
+void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1) {
+  use_avx512() ? avx512::matvec_bf16(W, x, M, y, ldy, b0, b1) : ref::matvec_bf16(W, x, M, y, ldy, b0, b1);
+}
+
+}  // namespace sparq::matvec
