@@ -53,10 +53,10 @@ uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type) {
 
 uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type, bool first_step) {
   const uint64_t method = decode_step_bytes(a, S, c.head_dim, kv_type, first_step);
-  if (a.only_layer < 0) return uint64_t(c.n_layers) * c.n_kv_heads * method;
   const uint64_t dense = dense_step_bytes(S, c.head_dim, kv_type);
-  const bool in_model = a.only_layer < c.n_layers;
-  return uint64_t(c.n_kv_heads) * ((uint64_t(c.n_layers) - in_model) * dense + (in_model ? method : 0));
+  uint64_t sum = 0;
+  for (int l = 0; l < c.n_layers; ++l) sum += a.runs_at(l) ? method : dense;
+  return uint64_t(c.n_kv_heads) * sum;
 }
 
 Engine::Engine(Model& model, int parallel, int ctx, DType kv_type) : model_(model), ctx_(ctx) {

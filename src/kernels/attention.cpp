@@ -174,7 +174,7 @@ void attention_decode(std::span<const DecodeQuery> queries, int layer, int n_hea
   dense.clear();
   steps.clear();
   const Method method = settings.method;
-  const bool here = settings.only_layer < 0 || settings.only_layer == layer;
+  const bool here = settings.runs_at(layer);
   for (const DecodeQuery& q : queries) {
     const int d = q.cache->shape().head_dim;
     bool sp = settings.sparq && here;

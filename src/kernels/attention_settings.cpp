@@ -66,6 +66,7 @@ std::string AttentionSettings::describe() const {
   if (sp.mean_mixing) s += " mean";
   if (!sp.dense_fallback) s += " nofallback";
   if (only_layer >= 0) s += fmt::format(" layer={}", only_layer);
+  if (except_layer >= 0) s += fmt::format(" except={}", except_layer);
   return s;
 }
 
@@ -82,7 +83,7 @@ AttentionSettings parse_attention_setting(const std::string& text) {
   auto bad = [&](const std::string& why) -> Error {
     return Error(fmt::format("bad attention setting '{}': {} (expected dense, sparq, sparq:N, "
                              "sparq:r=R,k=K[,l=L][,floor=F][,split=P][,group=prob|logit][,mean][,nofallback], "
-                             "window:N[,sinks=S], h2o:N[,recent=P] or topk:N[,l=L][,group=prob|logit]; each [,layer=L])",
+                             "window:N[,sinks=S], h2o:N[,recent=P] or topk:N[,l=L][,group=prob|logit]; each [,layer=L][,except=L])",
                              text, why));
   };
   auto number = [&](std::string_view v) {
@@ -109,7 +110,7 @@ AttentionSettings parse_attention_setting(const std::string& text) {
     if (key == "l" || key == "group") return is_sparq || a.method == Method::topk;
     if (key == "sinks") return a.method == Method::window;
     if (key == "recent") return a.method == Method::h2o;
-    return key == "k" || key == "floor" || key == "ratio" || key == "layer";
+    return key == "k" || key == "floor" || key == "ratio" || key == "layer" || key == "except";
   };
   std::string_view rest = std::string_view(text).substr(kind->name.size() + 1);
   bool ratio_given = false;
@@ -148,9 +149,9 @@ AttentionSettings parse_attention_setting(const std::string& text) {
     else if (key == "split") a.sp.split = v;
     else if (key == "sinks") a.base.sinks = v;
     else if (key == "recent") a.base.recent_pct = v;
-    else if (key == "layer") {
-      if (v < 0) throw bad(fmt::format("layer must be >= 0, got {}", v));
-      a.only_layer = v;
+    else if (key == "layer" || key == "except") {
+      if (v < 0) throw bad(fmt::format("{} must be >= 0, got {}", key, v));
+      (key == "layer" ? a.only_layer : a.except_layer) = v;
     }
     else {
       a.sp.ratio = v;

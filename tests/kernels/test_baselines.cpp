@@ -344,10 +344,13 @@ TEST_CASE("the logit group rule ranks positions by the group's summed approximat
   set_avx512_enabled(true);
 }
 
-TEST_CASE("layer=L runs a method at one layer and dense attention at the others", "[attention][settings]") {
+TEST_CASE("layer=L runs a method at one layer and dense attention at the others, except=L the reverse", "[attention][settings]") {
   const AttentionSettings a = parse_attention_setting("window:k=3,layer=1");
   CHECK((a.only_layer == 1 && a.describe() == "window k=3 sinks=4 layer=1"));
   CHECK_THROWS_WITH(parse_attention_setting("sparq:8,layer=-1"), Catch::Contains("layer must be >= 0"));
+  CHECK_THROWS_WITH(parse_attention_setting("h2o:8,except=-2"), Catch::Contains("except must be >= 0"));
+  const AttentionSettings x = parse_attention_setting("sparq:8,except=0");
+  CHECK((x.except_layer == 0 && x.describe() == "sparq 1/8 except=0" && !x.runs_at(0) && x.runs_at(1)));
   std::mt19937 rng(3);
   const int d = 16, S = 50;
   KVCache c(KVShape{2, 1, d, S, DType::F32});
@@ -365,5 +368,9 @@ TEST_CASE("layer=L runs a method at one layer and dense attention at the others"
     CHECK(got == (layer == 1 ? window : dense));
     CHECK(n.kv_bytes == (layer == 1 ? 2u * 3 * d * 4 : dense_step_bytes(S, d, DType::F32)));
     CHECK(n.dense_fallbacks == 0);
+    std::vector<float> rev(q.size());
+    const DecodeQuery e{&c, S, q.data(), rev.data()};
+    attention_decode({&e, 1}, layer, 2, parse_attention_setting("window:k=3,except=1"), nullptr);
+    CHECK(rev == (layer == 1 ? dense : window));
   }
 }

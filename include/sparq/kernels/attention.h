@@ -54,7 +54,12 @@ struct AttentionSettings {
   Method method = Method::sparq;
   SparqSettings sp;
   BaselineSettings base;
-  int only_layer = -1;  // >= 0: the method runs at this layer alone, dense attention at the others (a diagnostic)
+  // Diagnostics of which layers lose quality: >= 0, the method runs at
+  // only_layer alone, or everywhere but at except_layer (dense there).
+  int only_layer = -1, except_layer = -1;
+  bool runs_at(int layer) const {
+    return (only_layer < 0 || only_layer == layer) && except_layer != layer;
+  }
   std::string describe() const;  // "dense", "sparq r=8 k=512 l=128", "sparq 1/8", "h2o 1/8 recent=50%"
 };
 
@@ -64,7 +69,7 @@ struct AttentionSettings {
 // "window:", "h2o:" and "topk:" take N, ratio=N, k=K (window, h2o: budget
 // positions; topk: positions kept), floor=F, and window sinks=N, h2o
 // recent=P (percent), topk l=L and group=. Every kind takes layer=L (that
-// layer alone, dense at the others). Validated; throws Error naming the
+// layer alone, dense at the others) and except=L (dense at that layer). Validated; throws Error naming the
 // problem.
 AttentionSettings parse_attention_setting(const std::string& text);
 
