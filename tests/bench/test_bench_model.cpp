@@ -11,6 +11,7 @@
 #include "sparq/util/cpu.h"
 #include "sparq/engine/engine.h"
 #include "sparq/model/model.h"
+#include "sparq/model/shapes.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -157,4 +158,50 @@ TEST_CASE("mean and sample standard deviation", "[bench]") {
   CHECK(m.mean == 2.5);
   CHECK(m.sd == Approx(std::sqrt(5.0 / 3.0)));
   CHECK(mean_sd({7}).sd == 0);
+}
+
+TEST_CASE("model bench on a shape: random weights of a given configuration, random keys and values at depth", "[bench]") {
+  ModelBenchOptions o = small_bench();
+  o.model.clear();
+  o.shape = "llama-3.2-1b:num_hidden_layers=2,hidden_size=64,intermediate_size=96,num_attention_heads=4,"
+            "num_key_value_heads=2,head_dim=16,vocab_size=300";
+  o.format = "json";
+  const nlohmann::json j = nlohmann::json::parse(bench_output(o));
+  CHECK(j["model"] == o.shape);
+  // pp and tg rows at both depths, for both settings and batch sizes, as with a real model.
+  REQUIRE(j["rows"].size() == 2 * 2 * (1 + 2));
+  const ModelConfig c = ModelConfig::from_json_text(shape_config_json(o.shape));
+  CHECK(c.n_layers == 2);
+  CHECK(c.vocab_size == 300);
+  CHECK(c.bos_id == -1);  // 128000 does not fit a 300-token vocabulary
+  for (const auto& r : j["rows"]) {
+    INFO(r.dump());
+    CHECK(r["tps_mean"].get<double>() > 0);
+    if (r["n_gen"] == 0) continue;
+    // Decode at depth d reads the keys and values stored there (d + 1 .. d + 4 positions).
+    const int d = r["depth"];
+    CHECK(r["dense_kv_bytes_per_token"].get<double>() >=
+          double(c.n_layers) * c.n_kv_heads * c.head_dim * 2 * 2 * (d + 1));
+  }
+  // -f needs a tokenizer, and a shape comes without one.
+  o.text = "some text";
+  CHECK_THROWS_WITH(run_model_bench(o, stdout), Catch::Contains("no tokenizer"));
+}
+
+TEST_CASE("model bench on a shape: unknown names, bad overrides and shapes too big for memory are refused", "[bench][errors]") {
+  ModelBenchOptions o = small_bench();
+  o.model.clear();
+  auto error = [&](const std::string& shape) {
+    o.shape = shape;
+    return test::error_of([&] { run_model_bench(o, stdout); });
+  };
+  CHECK_THAT(error("llama-9"), Catch::Contains("unknown shape") && Catch::Contains("llama-3.1-8b"));
+  CHECK_THAT(error("llama-3.2-1b:hidden"), Catch::Contains("is not key=value"));
+  CHECK_THAT(error("llama-3.2-1b:no_such_field=1"), Catch::Contains("has no field no_such_field"));
+  CHECK_THAT(error("llama-3.2-1b:hidden_size=[1"), Catch::Contains("is not JSON"));
+  CHECK_THAT(error("/no/such/config.json"), Catch::Contains("cannot read"));
+  o.depths = {1 << 24};
+  CHECK_THAT(error("llama-3.1-8b"), Catch::Contains("GiB available"));
+  o.model = small_model();
+  CHECK_THAT(error("llama-3.2-1b"), Catch::Contains("-m/--model or a shape"));
 }
