@@ -125,27 +125,26 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, const LoadOptions& 
 void Model::build(const Source& w, const LoadOptions& opt) {
   if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
     fail("--dtype must be f32 or bf16");
-  Model* m = this;
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
-  const DType wt = m->weight_type_ = opt.weight_type;
+  const DType wt = weight_type_ = opt.weight_type;
 
-  m->final_norm_ = w.vector("model.norm.weight", {H});
-  m->inv_freq_ = c.rope_inv_freq();
+  final_norm_ = w.vector("model.norm.weight", {H});
+  inv_freq_ = c.rope_inv_freq();
   const Shape table{V, H};
   const std::array<Shape, 4> shapes = layer_shapes(c);
   size_t arena = arena_bytes(table, wt) * (c.tie_word_embeddings ? 1 : 2);
   for (const Shape& sh : shapes) arena += size_t(c.n_layers) * arena_bytes(sh, wt);
-  m->arena_ = std::make_unique<WeightArena>(arena);
-  WeightArena& a = *m->arena_;
+  arena_ = std::make_unique<WeightArena>(arena);
+  WeightArena& a = *arena_;
   {
     const Data embed = w.matrix("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
-      m->lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
+      lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
     } else {
-      m->lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, wt, a));
-      m->embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
+      lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, wt, a));
+      embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
@@ -156,7 +155,7 @@ void Model::build(const Source& w, const LoadOptions& opt) {
     const Data v = get("self_attn.v_proj.weight", {kv_rows, H});
     const Data gate = get("mlp.gate_proj.weight", {I, H});
     const Data up = get("mlp.up_proj.weight", {I, H});
-    m->layers_.push_back(Layer{
+    layers_.push_back(Layer{
         w.vector(p + "input_layernorm.weight", {H}),
         w.vector(p + "post_attention_layernorm.weight", {H}),
         linear(stack({&q, &k, &v}), shapes[0], wt, a),
