@@ -1,4 +1,5 @@
 #include "sparq/kernels/matvec.h"
+#include "sparq/kernels/matvec_quant.h"
 
 #include "sparq/util/cpu.h"
 
@@ -6,6 +7,10 @@ namespace sparq::matvec {
 
 void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1) {
   use_avx512() ? avx512::matvec_bf16(W, x, M, y, ldy, b0, b1) : ref::matvec_bf16(W, x, M, y, ldy, b0, b1);
+}
+
+void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1) {
+  use_avx512() ? avx512::matvec_quant(W, x, y, ldy, b0, b1) : ref::matvec_quant(W, x, y, ldy, b0, b1);
 }
 
 }  // namespace sparq::matvec

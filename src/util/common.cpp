@@ -1,5 +1,7 @@
 #include "sparq/util/common.h"
 
+#include <cmath>
+
 namespace sparq {
 
 float f16_to_f32(uint16_t h) {
@@ -24,6 +26,21 @@ float f16_to_f32(uint16_t h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const auto sign = uint16_t((u >> 16) & 0x8000u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (u >= 0x477ff000u) return sign | 0x7c00u;  // 65520 and up round to infinity
+  if (u >= 0x38800000u) {                       // a normal f16: rebias, round the 13 dropped bits
+    u += 0xfffu + ((u >> 13) & 1u);
+    return uint16_t(sign | ((u - 0x38000000u) >> 13));
+  }
+  std::memcpy(&f, &u, 4);  // below 2^-14: whole units of 2^-24, ties to even
+  return uint16_t(sign | uint16_t(std::nearbyint(f * 16777216.0f)));
 }
 
 void convert_to_f32(const void* src, DType t, float* dst, size_t n) {

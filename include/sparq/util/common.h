@@ -57,6 +57,8 @@ inline uint16_t f32_to_bf16(float f) {
 inline float query_for(DType t, float x) { return t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
 
 float f16_to_f32(uint16_t h);
+// Round to nearest even; overflow goes to infinity (what vcvtps2ph does).
+uint16_t f32_to_f16(float f);
 
 // Converts n elements of src (in dtype t) to f32.
 void convert_to_f32(const void* src, DType t, float* dst, size_t n);

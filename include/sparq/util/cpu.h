@@ -5,7 +5,8 @@
 
 namespace sparq {
 
-// True when AVX-512 F/BW/VL/DQ and AVX512_BF16 are present and not disabled.
+// True when AVX-512 F/BW/VL/DQ, BF16 and VNNI are present and not disabled
+// (every CPU with AVX512_BF16 has VNNI too).
 bool use_avx512();
 
 // Forces the portable kernels (tests compare both paths; SPARQ_NO_AVX512=1 does

@@ -1,0 +1,129 @@
+// vpdpbusd against quantized weights (matvec_quant.h): for each record and set
+// of 16 output rows, the set's 8 steps of unsigned quants (q4_0: 4 loads, each
+// split into low and high nibbles) meet 4 broadcast int8 activations each,
+// summed in two integer chains per row; the block's sum, less the offset's
+// share, is converted once and scaled into the row's float sum. Up to four
+// rows of activations share each load of the weights; more go four at a time
+// over chunks of a row group small enough to stay in L2, as in matvec_avx512.
+#include <immintrin.h>
+
+// GCC 12's conversion intrinsics start from _mm512_undefined_ps(), which
+// -Wmaybe-uninitialized mistakes for a read of an uninitialized value.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cstring>
+
+#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/matvec_quant.h"
+
+namespace sparq::avx512 {
+namespace {
+
+// Records of a row group per chunk when more than four rows share it (q8_0:
+// 68 KiB, q4_0: 36 KiB).
+constexpr int kChunkRecords = 32;
+// L2 prefetch distance, in bytes ahead of the record being read.
+constexpr int kAheadBytes = 4096;
+
+// Quants of one set of 16 rows in a record, as unsigned bytes: u[g] holds
+// quants 4g..4g+3 of each row.
+template <QuantFormat F>
+inline void load_set(const uint8_t* q, __m512i u[8]) {
+  if constexpr (F == QuantFormat::Q8_0) {
+    for (int g = 0; g < 8; ++g) u[g] = _mm512_loadu_si512(q + 64 * g);
+  } else {
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    for (int t = 0; t < 4; ++t) {
+      const __m512i v = _mm512_loadu_si512(q + 64 * t);
+      u[t] = _mm512_and_si512(v, low);
+      u[t + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+  }
+}
+
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// Rows [m0, m0 + R) of x against records [kb0, kb0 + n) of the row group at
+// w (its record kb0). y: the group's first column of row m0.
+template <QuantFormat F, int R>
+void tile(const uint8_t* w, int kb0, int n, const QuantRows& x, int m0, float* y, size_t ldy, const __mmask16* mask,
+          bool acc_in) {
+  constexpr size_t rec = quant_record_bytes(F);
+  constexpr size_t set_bytes = (rec - 2 * kMatvecBlock) / 4;
+  const int kblocks = x.K / kQuantBlock;
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j)
+      acc[r][j] = acc_in ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* record = w + size_t(i) * rec;
+    for (size_t b = 0; b < rec; b += 64) _mm_prefetch(reinterpret_cast<const char*>(record + kAheadBytes + b), _MM_HINT_T1);
+    const int kb = kb0 + i;
+    for (int j = 0; j < 4; ++j) {
+      __m512i u[8];
+      load_set<F>(record + 2 * kMatvecBlock + j * set_bytes, u);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 32 * j)));
+      for (int r = 0; r < R; ++r) {
+        const size_t xb = size_t(m0 + r) * kblocks + kb;
+        const int8_t* xq = &x.q[xb * kQuantBlock];
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        for (int g = 0; g < 8; g += 2) {
+          s0 = _mm512_dpbusd_epi32(s0, u[g], broadcast4(xq + 4 * g));
+          s1 = _mm512_dpbusd_epi32(s1, u[g + 1], broadcast4(xq + 4 * g + 4));
+        }
+        const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(x.off[xb]));
+        const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d[xb]));
+        acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(y + r * ldy + 16 * j, mask[j], acc[r][j]);
+}
+
+template <QuantFormat F>
+void rows(int R, const uint8_t* w, int kb0, int n, const QuantRows& x, int m0, float* y, size_t ldy,
+          const __mmask16* mask, bool acc_in) {
+  switch (R) {
+    case 1: return tile<F, 1>(w, kb0, n, x, m0, y, ldy, mask, acc_in);
+    case 2: return tile<F, 2>(w, kb0, n, x, m0, y, ldy, mask, acc_in);
+    case 3: return tile<F, 3>(w, kb0, n, x, m0, y, ldy, mask, acc_in);
+    default: return tile<F, 4>(w, kb0, n, x, m0, y, ldy, mask, acc_in);
+  }
+}
+
+template <QuantFormat F>
+void run(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1) {
+  constexpr size_t rec = quant_record_bytes(F);
+  const int kblocks = W.kblocks();
+  for (int b = b0; b < b1; ++b) {
+    const uint8_t* group = W.w + size_t(b) * W.group_bytes();
+    const int n0 = b * kMatvecBlock, cols = std::min(kMatvecBlock, W.N - n0);
+    __mmask16 mask[4];
+    for (int j = 0; j < 4; ++j) mask[j] = first16(cols - 16 * j);
+    if (x.M <= 4) {
+      rows<F>(x.M, group, 0, kblocks, x, 0, y + n0, ldy, mask, false);
+      continue;
+    }
+    for (int kb0 = 0; kb0 < kblocks; kb0 += kChunkRecords) {
+      const int n = std::min(kChunkRecords, kblocks - kb0);
+      for (int m0 = 0; m0 < x.M; m0 += 4)
+        rows<F>(std::min(4, x.M - m0), group + size_t(kb0) * rec, kb0, n, x, m0, y + size_t(m0) * ldy + n0, ldy, mask,
+                kb0 > 0);
+    }
+  }
+}
+
+}  // namespace
+
+void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1) {
+  W.format == QuantFormat::Q8_0 ? run<QuantFormat::Q8_0>(W, x, y, ldy, b0, b1)
+                                : run<QuantFormat::Q4_0>(W, x, y, ldy, b0, b1);
+}
+
+}  // namespace sparq::avx512
