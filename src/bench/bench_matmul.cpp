@@ -103,9 +103,11 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   double convert_s = 0;
   size_t converted = 0;
-  for (DType t : {DType::BF16, DType::F32}) {
+  for (WeightFormat t : {WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0}) {
     for (const Case& c : cases) {
-      if (c.decode && t != DType::BF16) continue;  // f32 decode rows are oneDNN's: the prompt rows show them
+      if (c.decode && t == WeightFormat::F32) continue;  // f32 decode rows are oneDNN's: the prompt rows show them
+      // Quantized layers run every row on our kernels: decode rows show them, and the prompt sizes.
+      if (!c.decode && is_quantized(t) && c.M <= 16) continue;
       const int N = c.s.N, K = c.s.K, M = c.M;
       std::vector<float> w(size_t(N) * K), x(size_t(M) * K), y(size_t(M) * N);
       for (float& v : w) v = dist(rng);
@@ -113,7 +115,7 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
       auto forward = [&](const Linear& l) {
         c.decode ? l.forward_decode(x.data(), y.data(), M) : l.forward(x.data(), y.data(), M);
       };
-      const size_t bytes = size_t(N) * K * dtype_size(t);
+      const auto bytes = size_t(double(N) * K * weight_format_bytes(t));
       const size_t copies = M <= 16 ? std::max<size_t>(1, o.working_set_bytes / bytes) : 1;
       std::vector<Linear> lins;
       lins.reserve(copies);
@@ -145,8 +147,8 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"N", N},
                             {"K", K},
                             {"M", M},
-                            {"path", c.decode ? "matvec" : "oneDNN"},
-                            {"dtype", dtype_name(t)},
+                            {"path", c.decode || is_quantized(t) ? "matvec" : "oneDNN"},
+                            {"dtype", weight_format_name(t)},
                             {"copies", copies},
                             {"time_us", per * 1e6},
                             {"gbs", gbs},
@@ -154,8 +156,8 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"pct_read", streamed ? BenchRow(100.0 * gbs / read_gbs) : BenchRow()},
                             {"gflops", 2.0 * M * N * K / per * 1e-9}});
       if (o.progress)
-        fmt::print(stderr, "bench: {} {} x {} M={} {} {}: {:.1f} us\n", c.s.what, N, K, M, dtype_name(t),
-                   c.decode ? "matvec" : "oneDNN", per * 1e6);
+        fmt::print(stderr, "bench: {} {} x {} M={} {} {}: {:.1f} us\n", c.s.what, N, K, M, weight_format_name(t),
+                   c.decode || is_quantized(t) ? "matvec" : "oneDNN", per * 1e6);
     }
   }
   table.meta = {{"kernel", "matmul"}, {"threads", o.threads}, {"reps", o.reps},

@@ -55,7 +55,7 @@ void check(const ModelBenchOptions& o) {
 // A shape's weights, the largest matrix while it is converted, and the KV
 // caches of the run must fit in the memory available: refused in one line
 // otherwise, before anything is allocated.
-void check_shape_fits(const std::string& shape, const ModelConfig& c, DType wt, int ctx, int B,
+void check_shape_fits(const std::string& shape, const ModelConfig& c, WeightFormat wt, int ctx, int B,
                       const std::vector<DType>& kv_types) {
   const double H = c.hidden_size, Q = double(c.n_heads) * c.head_dim, KV = double(c.n_kv_heads) * c.head_dim;
   const double I = c.intermediate_size, V = c.vocab_size;
@@ -68,12 +68,12 @@ void check_shape_fits(const std::string& shape, const ModelConfig& c, DType wt, 
   for (DType t : kv_types)
     kv = std::max(kv, KVCache::bytes_needed(KVShape{c.n_layers, c.n_kv_heads, c.head_dim, ctx, t}));
   const double probe = 1073741824.0;  // the bandwidth probe's buffer
-  const double need = params * dtype_size(wt) + staging + double(kv) * B + probe;
+  const double need = params * weight_format_bytes(wt) + staging + double(kv) * B + probe;
   const size_t avail = available_memory();
   if (avail > 0 && need > double(avail))
     fail("bench --shape {}: weights {:.1f} GiB + KV caches {:.1f} GiB ({} x {} positions) need {:.1f} GiB, {:.1f} GiB "
          "available",
-         shape, params * dtype_size(wt) / 1073741824.0, double(kv) * B / 1073741824.0, B, ctx, need / 1073741824.0,
+         shape, params * weight_format_bytes(wt) / 1073741824.0, double(kv) * B / 1073741824.0, B, ctx, need / 1073741824.0,
          avail / 1073741824.0);
 }
 
@@ -263,7 +263,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   std::optional<ModelConfig> shape_cfg;
   if (!o.shape.empty()) {
     shape_cfg = ModelConfig::from_json_text(shape_config_json(o.shape));
-    check_shape_fits(o.shape, *shape_cfg, o.weight_type, max_depth + max_len, max_B, o.kv_types);
+    check_shape_fits(o.shape, *shape_cfg, o.weight_format, max_depth + max_len, max_B, o.kv_types);
   }
 
   BenchTable table;
@@ -280,10 +280,10 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
 
   std::unique_ptr<Model> model;
   if (o.shape.empty()) {
-    model = Model::load(o.model, LoadOptions{o.weight_type});
+    model = Model::load(o.model, LoadOptions{o.weight_format});
   } else {
     if (o.progress) fmt::print(stderr, "bench: building {} with random weights\n", o.shape);
-    model = Model::random(*shape_cfg, LoadOptions{o.weight_type}, o.seed);
+    model = Model::random(*shape_cfg, LoadOptions{o.weight_format}, o.seed);
   }
   model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
@@ -324,7 +324,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   const size_t peak = std::max(peak_memory_bytes(), bench.peak_before_probes);
   const std::string name = o.shape.empty() ? std::filesystem::path(o.model).filename().string() : o.shape;
   table.meta = {{"model", name.empty() ? o.model : name},
-                {"weight_type", dtype_name(o.weight_type)},
+                {"weight_type", weight_format_name(o.weight_format)},
                 {"weight_bytes", model->weight_bytes()},
                 {"bandwidth_gbs", bw},
                 {"bandwidth_threads", most_threads},
@@ -337,7 +337,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
       fmt::format("model bench: {}{} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB",
                   o.shape.empty() ? o.model : o.shape, o.shape.empty() ? "" : " with random weights",
                   c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
-                  dtype_name(o.weight_type), model->weight_bytes() / 1e6),
+                  weight_format_name(o.weight_format), model->weight_bytes() / 1e6),
       fmt::format("tokens: {}; depth d: d positions {} first (untimed), the caches rewound to d before every repetition",
                   source, o.shape.empty() ? "prefilled (dense)" : "of random keys and values stored"),
       fmt::format("from: DRAM when a token's weight and KV bytes exceed the last-level cache ({:.0f} MiB as sysfs "

@@ -51,6 +51,12 @@ DType parse_type(const std::string& s, const char* flag) {
   fail("{} must be f32 or bf16, got '{}'", flag, s);
 }
 
+WeightFormat parse_format(const std::string& s) {
+  for (WeightFormat f : {WeightFormat::F32, WeightFormat::BF16, WeightFormat::Q8_0, WeightFormat::Q4_0})
+    if (s == weight_format_name(f)) return f;
+  fail("--dtype must be f32, bf16, q8_0 or q4_0, got '{}'", s);
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("cannot open prompt file {}", path);
@@ -81,7 +87,7 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
       ->capture_default_str();
   app.add_option("--repeat-last-n", o.sampling.repeat_last_n, "tokens the penalty looks back over")
       ->capture_default_str();
-  app.add_option("--dtype", o.dtype, "weight compute type: f32 or bf16")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "weight format: f32, bf16, q8_0 or q4_0 (quantized at load)")->capture_default_str();
   app.add_option("--kv-type", o.kv_type, "KV cache type: f32 or bf16")->capture_default_str();
   app.add_option("--attention", o.attention,
                  "decode attention: dense, sparq (see --sparq-*), sparq:N (1/N of dense bytes)")
@@ -197,7 +203,7 @@ int run(RunFlags& o) {
   if (o.verbose) g.on_step = [&step](const StepRecord& s) { print_step_line(stderr, step++, s); };
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = Model::load(o.model, LoadOptions{parse_type(o.dtype, "--dtype")});
+  auto model = Model::load(o.model, LoadOptions{parse_format(o.dtype)});
   model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
   g.ctx = o.ctx > 0 ? o.ctx : default_context(model->kv_shape(c.max_position_embeddings, g.kv_type), available_memory());
@@ -288,7 +294,7 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
   bench.add_option("--parallel", b.model.parallel, "model: sequences run together")->delimiter(',')->capture_default_str();
   bench.add_option("-b,--batch-size", b.model.batch, "model: prompt rows per forward pass")->capture_default_str();
   bench.add_option("-f,--file", b.text_file, "model: take the tokens from this text (default: pseudo-random ids)");
-  bench.add_option("--dtype", b.dtype, "model: weight compute type, f32 or bf16")->capture_default_str();
+  bench.add_option("--dtype", b.dtype, "model: weight format, f32, bf16, q8_0 or q4_0")->capture_default_str();
   bench.add_option("-S,--seq-lens", b.attn.seq_lens, "attention: cache lengths")->delimiter(',')->capture_default_str();
   bench.add_option("--head-dims", b.attn.head_dims, "attention: head sizes")->delimiter(',')->capture_default_str();
   bench.add_option("--groups", b.attn.groups, "attention: query heads per KV head")->delimiter(',')->capture_default_str();
@@ -306,7 +312,7 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
 
 int run_model_bench_flags(BenchFlags& b) {
   ModelBenchOptions& m = b.model;
-  m.weight_type = parse_type(b.dtype, "--dtype");
+  m.weight_format = parse_format(b.dtype);
   m.kv_types.clear();
   for (const std::string& t : b.kv_types) m.kv_types.push_back(parse_type(t, "--kv-type"));
   m.settings = split_settings(b.settings);

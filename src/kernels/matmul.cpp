@@ -3,7 +3,8 @@
 // matrix-vector kernels, prompt rows through oneDNN's matmul on the same
 // memory; should oneDNN refuse that layout on some CPU, our kernels take
 // prompt rows too. f32 weights stay in the layout oneDNN picks for M = 1, and
-// oneDNN runs every product on them.
+// oneDNN runs every product on them. Quantized weights (q8_0, q4_0) sit in
+// matvec_quant.h's layout and our kernels run every row on them.
 #include "sparq/kernels/matmul.h"
 
 #include <omp.h>
@@ -16,6 +17,7 @@
 
 #include "sparq/io/big_buffer.h"
 #include "sparq/kernels/matvec.h"
+#include "sparq/kernels/matvec_quant.h"
 #include "sparq/kernels/ops.h"
 
 namespace sparq {
@@ -54,8 +56,10 @@ bool is_reference_impl(const dnnl::matmul::primitive_desc& pd) {
 
 size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
-// oneDNN's type for F32 or BF16 (the only ones Linear takes).
+// oneDNN's type for F32 or BF16 weights.
+dt dnnl_type(WeightFormat f) { return f == WeightFormat::BF16 ? dt::bf16 : dt::f32; }
 dt dnnl_type(DType t) { return t == DType::BF16 ? dt::bf16 : dt::f32; }
+QuantFormat quant_format(WeightFormat f) { return f == WeightFormat::Q8_0 ? QuantFormat::Q8_0 : QuantFormat::Q4_0; }
 
 dnnl::matmul::primitive_desc matmul_pd(int N, int K, int M, dt type, const dnnl::memory::desc& w) {
   const dnnl::memory::desc src({M, K}, type, tag::ab), dst({M, N}, dt::f32, tag::ab);
@@ -69,12 +73,39 @@ dnnl::memory::desc stored_weights_desc(int N, int K, dt type) {
   return matmul_pd(N, K, 1, type, dnnl::memory::desc({K, N}, type, tag::any)).weights_desc();
 }
 
-void check_args(int N, int K, DType compute) {
+void check_args(int N, int K, WeightFormat f) {
   if (N <= 0 || K <= 0) fail("linear layer: bad weight shape {} x {}", N, K);
-  if (compute == DType::F16) fail("linear layer: compute type f16 is not supported (use bf16 or f32)");
+  if (is_quantized(f) && K % kQuantBlock != 0)
+    fail("linear layer {} x {}: {} needs a multiple of {} columns", N, K, weight_format_name(f), kQuantBlock);
+}
+
+// Groups of rows handed to threads as they come free (a thread the OS holds
+// back delays at most one group).
+template <class F>
+void over_groups(int groups, F&& f) {
+  const int threads = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), groups);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int b = 0; b < groups; ++b) f(b);
 }
 
 }  // namespace
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32: return "f32";
+    case WeightFormat::BF16: return "bf16";
+    case WeightFormat::Q8_0: return "q8_0";
+    case WeightFormat::Q4_0: return "q4_0";
+  }
+  return "?";
+}
+
+bool is_quantized(WeightFormat f) { return f == WeightFormat::Q8_0 || f == WeightFormat::Q4_0; }
+
+double weight_format_bytes(WeightFormat f) {
+  if (!is_quantized(f)) return f == WeightFormat::F32 ? 4 : 2;
+  return double(quant_record_bytes(quant_format(f))) / (kMatvecBlock * kQuantBlock);
+}
 
 WeightArena::WeightArena(size_t bytes)
     : base_(static_cast<char*>(alloc_big(bytes, "the model's weights"))), size_(bytes) {}
@@ -99,7 +130,10 @@ struct Linear::Impl {
     bool own = false;         // bf16: oneDNN has no fast kernel here, matvec.h's take the rows
   };
 
-  dt type;
+  WeightFormat format = WeightFormat::BF16;
+  dt type = dt::bf16;
+  PackedQuant quant;                          // q8_0 / q4_0: the weights
+  std::unique_ptr<uint8_t[]> quant_own;       // ... when no arena holds them
   dnnl::stream stream{cpu_engine()};
   dnnl::memory weights;
   std::map<int, Prim> prims;     // by M; cleared when the thread count changes
@@ -136,15 +170,18 @@ struct Linear::Impl {
     return prims.emplace(M, std::move(p)).first->second;
   }
 
-  // y[M][N] through matvec.h's kernels, the weight blocks shared out to the
-  // threads as they come free (a thread the OS holds back delays at most one
-  // block), x: [M][kp] bf16.
+  // y[M][N] through matvec.h's kernels, x: [M][kp] bf16.
   void matvec(int N, int K, const uint16_t* x, int M, float* y) const {
     const PackedBf16 W{static_cast<const uint16_t*>(weights.get_data_handle()), N, K, matvec_kp(K)};
-    const int blocks = W.blocks();
-    const int threads = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), blocks);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-    for (int b = 0; b < blocks; ++b) matvec::matvec_bf16(W, x, M, y, size_t(N), b, b + 1);
+    over_groups(W.blocks(), [&](int b) { matvec::matvec_bf16(W, x, M, y, size_t(N), b, b + 1); });
+  }
+
+  // y[M][N] through matvec_quant.h's kernels.
+  void matvec_quant(const float* x, int M, float* y) const {
+    thread_local QuantRows buffer;
+    QuantRows& xq = buffer;  // the caller's: worker threads have their own thread_locals
+    quantize_rows(x, M, quant.K, quant.format, xq);
+    over_groups(quant.blocks(), [&](int b) { matvec::matvec_quant(quant, xq, y, size_t(quant.N), b, b + 1); });
   }
 
   void run(Prim& p, const void* x, float* y) {
@@ -155,21 +192,50 @@ struct Linear::Impl {
   }
 };
 
-size_t Linear::arena_bytes(int N, int K, DType compute) {
-  check_args(N, K, compute);
+size_t Linear::arena_bytes(int N, int K, WeightFormat format) {
+  check_args(N, K, format);
+  if (is_quantized(format)) return round64(PackedQuant{nullptr, quant_format(format), N, K}.bytes());
   try {
-    return round64(stored_weights_desc(N, K, dnnl_type(compute)).get_size());
+    return round64(stored_weights_desc(N, K, dnnl_type(format)).get_size());
   } catch (const dnnl::error& e) {
-    fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, dtype_name(compute), e.what());
+    fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, weight_format_name(format), e.what());
   }
 }
 
-Linear::Linear(const void* w, DType w_type, int N, int K, DType compute, WeightArena* arena)
+Linear::Linear(const void* w, DType w_type, int N, int K, WeightFormat format, WeightArena* arena)
     : N_(N), K_(K), impl_(std::make_unique<Impl>()) {
-  check_args(N, K, compute);
+  check_args(N, K, format);
   if (w_type == DType::F16) fail("linear layer: f16 weights are not supported (widen them to f32)");
   Impl& im = *impl_;
-  im.type = dnnl_type(compute);
+  im.format = format;
+  if (is_quantized(format)) {
+    PackedQuant& W = im.quant;
+    W = PackedQuant{nullptr, quant_format(format), N, K};
+    uint8_t* out = nullptr;
+    if (arena) {
+      out = static_cast<uint8_t*>(arena->take(W.bytes()));
+    } else {
+      im.quant_own.reset(new uint8_t[W.bytes()]);
+      out = im.quant_own.get();
+    }
+    std::memset(out, 0, W.bytes());
+    // A group of 64 rows at a time, widened to f32 (quantizing is all the
+    // work a quantized model's load does).
+    const auto* w16 = static_cast<const uint16_t*>(w);
+    over_groups(W.blocks(), [&](int b) {
+      const int n0 = b * kMatvecBlock, n1 = std::min(N, n0 + kMatvecBlock);
+      std::vector<float> rows(size_t(n1 - n0) * K);
+      if (w_type == DType::BF16) {
+        for (size_t i = 0; i < rows.size(); ++i) rows[i] = bf16_to_f32(w16[size_t(n0) * K + i]);
+      } else {
+        std::memcpy(rows.data(), static_cast<const float*>(w) + size_t(n0) * K, rows.size() * 4);
+      }
+      quantize_weights(rows.data(), n0, n1, W, out);
+    });
+    W.w = out;
+    return;
+  }
+  im.type = dnnl_type(format);
   try {
     const dnnl::memory::desc wd = stored_weights_desc(N, K, im.type);
     // W is [N][K] row-major, i.e. the K x N weights matrix in "ba" order. The
@@ -186,7 +252,7 @@ Linear::Linear(const void* w, DType w_type, int N, int K, DType compute, WeightA
     im.k_offset.resize(size_t(K));
     for (int k = 0; k < K; ++k) im.k_offset[k] = md.offset0 + blocked_offset(md.format_desc.blocking, 0, k);
   } catch (const dnnl::error& e) {
-    fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, dtype_name(compute), e.what());
+    fail("linear layer {} x {} ({}): oneDNN failed: {}", N, K, weight_format_name(format), e.what());
   }
 }
 
@@ -194,12 +260,28 @@ Linear::~Linear() = default;
 Linear::Linear(Linear&&) noexcept = default;
 Linear& Linear::operator=(Linear&&) noexcept = default;
 
-size_t Linear::weight_bytes() const { return impl_->weights.get_desc().get_size(); }
-const void* Linear::weight_data() const { return impl_->weights.get_data_handle(); }
+WeightFormat Linear::format() const { return impl_->format; }
+
+size_t Linear::weight_bytes() const {
+  return is_quantized(impl_->format) ? impl_->quant.bytes() : impl_->weights.get_desc().get_size();
+}
+
+size_t Linear::row_bytes() const {
+  switch (impl_->format) {
+    case WeightFormat::F32: return size_t(K_) * 4;
+    case WeightFormat::BF16: return size_t(K_) * 2;
+    default: return impl_->quant.group_bytes() / kMatvecBlock;
+  }
+}
+
+const void* Linear::weight_data() const {
+  return is_quantized(impl_->format) ? static_cast<const void*>(impl_->quant.w) : impl_->weights.get_data_handle();
+}
 
 void Linear::row(int n, float* out) const {
   if (n < 0 || n >= N_) fail("linear layer: row {} is outside [0, {})", n, N_);
   const Impl& im = *impl_;
+  if (is_quantized(im.format)) return dequantize_row(im.quant, n, out);
   const int64_t off = blocked_offset(im.weights.get_desc().data.format_desc.blocking, 1, n);
   const void* w = im.weights.get_data_handle();
   if (im.type == dt::bf16) {
@@ -214,6 +296,7 @@ void Linear::row(int n, float* out) const {
 void Linear::forward(const float* x, float* y, int M) const {
   if (M < 1) fail("linear layer: bad number of rows {}", M);
   Impl& im = *impl_;
+  if (is_quantized(im.format)) return im.matvec_quant(x, M, y);
   const void* src = x;
   if (im.type == dt::bf16) {
     // Activations converted for the bf16 product: one buffer for all layers.
@@ -240,6 +323,7 @@ void Linear::forward(const float* x, float* y, int M) const {
 void Linear::forward_decode(const float* x, float* y, int M) const {
   if (M < 1) fail("linear layer: bad number of rows {}", M);
   const Impl& im = *impl_;
+  if (is_quantized(im.format)) return im.matvec_quant(x, M, y);
   if (im.type != dt::bf16) return forward(x, y, M);
   thread_local std::vector<uint16_t> x_bf16;
   const int kp = matvec_kp(K_);

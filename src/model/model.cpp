@@ -12,6 +12,7 @@
 #include <cmath>
 #include <functional>
 
+#include "sparq/kernels/matvec_quant.h"
 #include "sparq/kernels/ops.h"
 #include "sparq/io/safetensors.h"
 #include "sparq/util/random.h"
@@ -50,11 +51,11 @@ struct Shape {
   int64_t N, K;  // a weight matrix [N][K]
 };
 
-Linear linear(const Data& w, Shape s, DType compute, WeightArena& arena) {
-  return Linear(w.bytes.data(), w.type, int(s.N), int(s.K), compute, &arena);
+Linear linear(const Data& w, Shape s, WeightFormat f, WeightArena& arena) {
+  return Linear(w.bytes.data(), w.type, int(s.N), int(s.K), f, &arena);
 }
 
-size_t arena_bytes(Shape s, DType compute) { return Linear::arena_bytes(int(s.N), int(s.K), compute); }
+size_t arena_bytes(Shape s, WeightFormat f) { return Linear::arena_bytes(int(s.N), int(s.K), f); }
 
 // A layer's matrices, as Layer holds them: [q; k; v], o, [gate; up], down.
 // The arena is sized from this list and the layers are built from it.
@@ -123,28 +124,32 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, const LoadOptions& 
 }
 
 void Model::build(const Source& w, const LoadOptions& opt) {
-  if (opt.weight_type != DType::BF16 && opt.weight_type != DType::F32)
-    fail("--dtype must be f32 or bf16");
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
   const int64_t q_rows = c.n_heads * D, kv_rows = c.n_kv_heads * D;
-  const DType wt = weight_type_ = opt.weight_type;
+  const WeightFormat wt = opt.weight_format;
+  const WeightFormat table_format = is_quantized(wt) ? WeightFormat::Q8_0 : wt;
+  if (is_quantized(wt))
+    for (auto [name, cols] : {std::pair{"hidden_size", H}, {"n_heads * head_dim", q_rows}, {"intermediate_size", I}})
+      if (cols % kQuantBlock != 0)
+        fail("--dtype {}: {} = {} is not a multiple of the {}-weight block", weight_format_name(wt), name, cols,
+             kQuantBlock);
 
   final_norm_ = w.vector("model.norm.weight", {H});
   inv_freq_ = c.rope_inv_freq();
   const Shape table{V, H};
   const std::array<Shape, 4> shapes = layer_shapes(c);
-  size_t arena = arena_bytes(table, wt) * (c.tie_word_embeddings ? 1 : 2);
+  size_t arena = arena_bytes(table, table_format) * (c.tie_word_embeddings ? 1 : 2);
   for (const Shape& sh : shapes) arena += size_t(c.n_layers) * arena_bytes(sh, wt);
   arena_ = std::make_unique<WeightArena>(arena);
   WeightArena& a = *arena_;
   {
     const Data embed = w.matrix("model.embed_tokens.weight", {V, H});
     if (c.tie_word_embeddings) {
-      lm_head_ = std::make_unique<Linear>(linear(embed, table, wt, a));  // embed() reads its rows
+      lm_head_ = std::make_unique<Linear>(linear(embed, table, table_format, a));  // embed() reads its rows
     } else {
-      lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, wt, a));
-      embed_ = std::make_unique<Linear>(linear(embed, table, wt, a));
+      lm_head_ = std::make_unique<Linear>(linear(w.matrix("lm_head.weight", {V, H}), table, table_format, a));
+      embed_ = std::make_unique<Linear>(linear(embed, table, table_format, a));
     }
   }
   for (int l = 0; l < c.n_layers; ++l) {
@@ -315,7 +320,7 @@ void Model::forward(std::span<const Row> rows, float* logits, ForwardStats* stat
   project(*lm_head_, xb_.data(), logits, n_out, [&](int i) { return out_decode_[size_t(i)] != 0; });
   st.t_logits += seconds_since(t0);
   st.weight_bytes += weight_bytes();
-  st.b_embed += uint64_t(M) * H * dtype_size(weight_type_);
+  st.b_embed += uint64_t(M) * (embed_ ? *embed_ : *lm_head_).row_bytes();
   for (const Layer& L : layers_) {
     st.b_qkv += L.qkv.weight_bytes();
     st.b_out += L.o.weight_bytes();

@@ -126,7 +126,7 @@ TEST_CASE("engine: jobs that cannot run are refused clearly", "[engine][errors]"
 TEST_CASE("batch file: malformed lines are reported by number, the rest run", "[engine][eval]") {
   SPARQ_REQUIRE_SHARED(model_dir());
   // f32 throughout, so that dense and SparQ at r = d, k >= S differ only by summation order.
-  auto m = Model::load(model_dir(), LoadOptions{DType::F32});
+  auto m = Model::load(model_dir(), LoadOptions{WeightFormat::F32});
   const auto dir = std::filesystem::temp_directory_path() / "sparq-batch-test";
   std::filesystem::create_directories(dir);
   const std::string in = (dir / "in.jsonl").string(), out = (dir / "out.jsonl").string();

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -24,6 +25,8 @@ std::vector<float> uniform(size_t n, uint32_t seed) {
   for (float& x : v) x = d(rng);
   return v;
 }
+
+WeightFormat format_of(DType t) { return t == DType::BF16 ? WeightFormat::BF16 : WeightFormat::F32; }
 
 float round_to(DType t, float x) { return t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
 
@@ -68,7 +71,7 @@ TEST_CASE("Linear matches a double-precision product on odd shapes", "[matmul]")
     for (int N : dims)
       for (int K : dims) {
         const auto w = uniform(size_t(N) * K, uint32_t(N * 1000 + K));
-        const Linear lin(w.data(), N, K, t);
+        const Linear lin(w.data(), N, K, format_of(t));
         REQUIRE(lin.weight_bytes() >= size_t(N) * K * dtype_size(t));
         // One set of weights for every M; the second M = 1 comes from the cache.
         for (int M : {1, 33, extra_m[pair++ % 3], 1}) check_forward(lin, w, t, M, uint32_t(M * 7 + N));
@@ -88,7 +91,7 @@ TEST_CASE("Linear gives back its rows from the blocked layout, from bf16 or f32 
           if (given == DType::BF16) w[i] = bf16_to_f32(w16[i]);
         }
         const Linear lin(given == DType::BF16 ? static_cast<const void*>(w16.data()) : w.data(), given, N, K,
-                         compute);
+                         format_of(compute));
         std::vector<float> row(static_cast<size_t>(K));
         for (int n = 0; n < N; n += (n % 7 == 6 ? 1 + N / 9 : 1)) {
           lin.row(n, row.data());
@@ -109,8 +112,8 @@ TEST_CASE("Linear on a model-sized shape, after a thread-count change, and moved
   const int N = 768, K = 512;
   const auto w = uniform(size_t(N) * K, 99);
   std::vector<Linear> lins;
-  lins.emplace_back(w.data(), N, K, DType::BF16);
-  lins.emplace_back(w.data(), N, K, DType::F32);  // moves the first one
+  lins.emplace_back(w.data(), N, K, WeightFormat::BF16);
+  lins.emplace_back(w.data(), N, K, WeightFormat::F32);  // moves the first one
   const int threads = omp_get_max_threads();
   for (int th : {1, threads}) {
     omp_set_num_threads(th);
@@ -123,14 +126,14 @@ TEST_CASE("Linear on a model-sized shape, after a thread-count change, and moved
 TEST_CASE("Linear places its weights in an arena, one layer after another", "[matmul]") {
   const int shapes[][2] = {{768, 512}, {17, 33}, {512, 1408}};
   size_t bytes = 0;
-  for (auto [N, K] : shapes) bytes += Linear::arena_bytes(N, K, DType::BF16);
+  for (auto [N, K] : shapes) bytes += Linear::arena_bytes(N, K, WeightFormat::BF16);
   WeightArena arena(bytes);
   std::vector<Linear> lins;
   std::vector<std::vector<float>> ws;
   for (auto [N, K] : shapes) {
     ws.push_back(uniform(size_t(N) * K, uint32_t(N + K)));
-    lins.emplace_back(ws.back().data(), DType::F32, N, K, DType::BF16, &arena);
-    CHECK(Linear::arena_bytes(N, K, DType::BF16) >= lins.back().weight_bytes());
+    lins.emplace_back(ws.back().data(), DType::F32, N, K, WeightFormat::BF16, &arena);
+    CHECK(Linear::arena_bytes(N, K, WeightFormat::BF16) >= lins.back().weight_bytes());
     CHECK(reinterpret_cast<uintptr_t>(lins.back().weight_data()) % 64 == 0);
   }
   CHECK(arena.used() == bytes);
@@ -142,17 +145,60 @@ TEST_CASE("Linear places its weights in an arena, one layer after another", "[ma
   std::vector<float> row(512);
   lins[0].row(3, row.data());
   for (int k = 0; k < 512; ++k) REQUIRE(row[k] == round_to(DType::BF16, ws[0][3 * 512 + k]));
-  CHECK_THROWS_WITH(Linear(ws[1].data(), DType::F32, 17, 33, DType::BF16, &arena), Catch::Contains("weight arena"));
+  CHECK_THROWS_WITH(Linear(ws[1].data(), DType::F32, 17, 33, WeightFormat::BF16, &arena), Catch::Contains("weight arena"));
 }
 
-TEST_CASE("Linear rejects bad shapes, f16 compute and empty batches", "[matmul]") {
+TEST_CASE("Linear rejects bad shapes, f16 weights, quantized rows off the block and empty batches", "[matmul]") {
   const std::vector<float> w(12, 1.0f);
-  REQUIRE_THROWS_AS(Linear(w.data(), 0, 12, DType::BF16), Error);
-  REQUIRE_THROWS_AS(Linear(w.data(), 3, -4, DType::F32), Error);
-  REQUIRE_THROWS_AS(Linear(w.data(), 3, 4, DType::F16), Error);
-  REQUIRE_THROWS_AS(Linear(w.data(), DType::F16, 3, 2, DType::BF16), Error);
-  const Linear lin(w.data(), 3, 4, DType::F32);
+  REQUIRE_THROWS_AS(Linear(w.data(), 0, 12, WeightFormat::BF16), Error);
+  REQUIRE_THROWS_AS(Linear(w.data(), 3, -4, WeightFormat::F32), Error);
+  REQUIRE_THROWS_AS(Linear(w.data(), DType::F16, 3, 2, WeightFormat::BF16), Error);
+  REQUIRE_THROWS_WITH(Linear(w.data(), 3, 4, WeightFormat::Q4_0), Catch::Contains("q4_0 needs a multiple of 32 columns"));
+  REQUIRE_THROWS_WITH(Linear::arena_bytes(3, 40, WeightFormat::Q8_0), Catch::Contains("q8_0 needs a multiple of 32"));
+  const Linear lin(w.data(), 3, 4, WeightFormat::F32);
   float x[4] = {}, y[3] = {};
   REQUIRE_THROWS_AS(lin.forward(x, y, 0), Error);
   REQUIRE_THROWS_AS(lin.forward_decode(x, y, 0), Error);
+}
+
+TEST_CASE("Linear on q8_0 and q4_0 weights: rows, bytes, both paths and the arena", "[matmul][quant]") {
+  const int N = 130, K = 320;
+  const auto w = uniform(size_t(N) * K, 21);
+  std::vector<uint16_t> w16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w16[i] = f32_to_bf16(w[i]);
+  for (WeightFormat f : {WeightFormat::Q8_0, WeightFormat::Q4_0}) {
+    INFO(weight_format_name(f));
+    WeightArena arena(Linear::arena_bytes(N, K, f));
+    const Linear lin(w16.data(), DType::BF16, N, K, f, &arena);
+    CHECK(lin.format() == f);
+    // 64-row groups: 3 of them, K / 32 records each.
+    const size_t record = f == WeightFormat::Q8_0 ? 128 + 64 * 32 : 128 + 64 * 16;
+    CHECK(lin.weight_bytes() == 3 * (K / 32) * record);
+    CHECK(lin.row_bytes() * 64 == (K / 32) * record);
+    CHECK(double(lin.weight_bytes()) == weight_format_bytes(f) * 3 * 64 * K);
+    CHECK(arena.used() == Linear::arena_bytes(N, K, f));
+    // Rows come back within a quantization step of the bf16 weights.
+    std::vector<float> row(K);
+    for (int n : {0, 63, 64, 129}) {
+      lin.row(n, row.data());
+      for (int k = 0; k < K; ++k) REQUIRE(std::abs(row[k] - bf16_to_f32(w16[size_t(n) * K + k])) <= (f == WeightFormat::Q8_0 ? 0.005 : 0.15));
+    }
+    // Prompt and decode rows take the same kernel: equal results, close to the product.
+    const int M = 6;
+    const auto x = uniform(size_t(M) * K, 22);
+    std::vector<float> yp(size_t(M) * N), yd(size_t(M) * N);
+    lin.forward(x.data(), yp.data(), M);
+    lin.forward_decode(x.data(), yd.data(), M);
+    REQUIRE(std::memcmp(yp.data(), yd.data(), yp.size() * 4) == 0);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double want = 0, mag = 0;
+        for (int k = 0; k < K; ++k) {
+          const double p = double(x[size_t(m) * K + k]) * bf16_to_f32(w16[size_t(n) * K + k]);
+          want += p;
+          mag += std::abs(p);
+        }
+        REQUIRE(std::abs(yp[size_t(m) * N + n] - want) <= (f == WeightFormat::Q8_0 ? 0.01 : 0.1) * mag);
+      }
+  }
 }

@@ -63,7 +63,7 @@ std::vector<uint16_t> pad_rows(const std::vector<uint16_t>& x, int M, int K) {
 TEST_CASE("matvec: bf16 Linear stores its weights in the packed layout", "[matvec]") {
   for (auto [N, K] : {std::pair{1, 1}, {65, 33}, {100, 1000}, {192, 64}}) {
     const auto w = values(size_t(N) * K, Kind::random, uint32_t(N + K));
-    const Linear lin(w.data(), DType::BF16, N, K, DType::BF16);
+    const Linear lin(w.data(), DType::BF16, N, K, WeightFormat::BF16);
     const auto want = pack(w, N, K);
     REQUIRE(lin.weight_bytes() == want.size() * 2);
     CHECK(std::memcmp(lin.weight_data(), want.data(), want.size() * 2) == 0);

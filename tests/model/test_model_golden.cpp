@@ -65,7 +65,7 @@ TEST_CASE("f32 logits and greedy text match transformers", "[model][golden]") {
     REQUIRE(std::sscanf(tol.substr(tol.find("<=") + 2).c_str(), " %lf + %lf", &a, &b) == 2);
     INFO(gm.name << " tolerance " << a << " + " << b << "|g|");
 
-    auto model = Model::load(dir, LoadOptions{DType::F32});
+    auto model = Model::load(dir, LoadOptions{WeightFormat::F32});
     const int V = model->config().vocab_size;
     for (const json& p : golden["prompts"]) {
       const auto ids = p["input_ids"].get<std::vector<int>>();
@@ -102,7 +102,7 @@ TEST_CASE("bf16 compute keeps the top-1 token of transformers", "[model][golden]
     const json golden = json::parse(read_text(golden_path));
     const std::string tol = golden["tolerance"].get<std::string>();
     if (tol.find("margin >") == std::string::npos) continue;  // no bf16 tolerance given for this model
-    auto model = Model::load(shared_dir() + "/models/" + gm.name, LoadOptions{DType::BF16});
+    auto model = Model::load(shared_dir() + "/models/" + gm.name, LoadOptions{WeightFormat::BF16});
     const int V = model->config().vocab_size;
     // "top-1 id equal where the golden top-1 margin > M, max abs diff <= E"
     double margin = 0, max_abs = 0;
@@ -152,8 +152,8 @@ TEST_CASE("an untied copy with bf16 and f32 tensors mixed gives the same bf16 lo
   std::ofstream(dir.path / "tokenizer.json", std::ios::binary) << read_text(src + "/tokenizer.json");
   std::ofstream(dir.path / "model.safetensors", std::ios::binary) << image(tensors);
 
-  auto tied = Model::load(src, LoadOptions{DType::BF16});
-  auto untied = Model::load(dir.path.string(), LoadOptions{DType::BF16});
+  auto tied = Model::load(src, LoadOptions{WeightFormat::BF16});
+  auto untied = Model::load(dir.path.string(), LoadOptions{WeightFormat::BF16});
   REQUIRE(untied->memory_bytes() > untied->weight_bytes());  // it holds its own embedding table
   REQUIRE(tied->memory_bytes() == tied->weight_bytes());
   const std::vector<int> ids = tied->tokenizer().encode("Once upon a time, a little fox", true);

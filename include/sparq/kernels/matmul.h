@@ -1,6 +1,7 @@
 // Linear layers: y[M][N] = x[M][K] . W[N][K]^T, weights converted once to the
-// compute type and stored blocked. Prompt rows run on oneDNN's matmul; decode
-// rows of bf16 layers on matvec.h's kernels, on the same copy of the weights.
+// weight format and stored blocked. f32 and bf16: prompt rows run on oneDNN's
+// matmul; decode rows of bf16 layers on matvec.h's kernels, on the same copy
+// of the weights. q8_0 and q4_0 (matvec_quant.h): every row on our kernels.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -8,6 +9,12 @@
 #include "sparq/util/common.h"
 
 namespace sparq {
+
+// How a layer holds its weights: f32, bf16, or llama.cpp's 8- and 4-bit blocks.
+enum class WeightFormat { F32, BF16, Q8_0, Q4_0 };
+const char* weight_format_name(WeightFormat f);
+bool is_quantized(WeightFormat f);
+double weight_format_bytes(WeightFormat f);  // bytes per weight, scales included
 
 // One huge-page buffer that a model's layers place their weights in, one after
 // another: decode streams every weight each token, and on 4 KiB pages that
@@ -29,14 +36,15 @@ class WeightArena {
 
 class Linear {
  public:
-  // w: [N][K] row-major, elements of w_type (F32 or BF16). compute: BF16
+  // w: [N][K] row-major, elements of w_type (F32 or BF16). format: BF16
   // (activations converted to bf16 for the product, f32 accumulate and
-  // output) or F32. arena: where the converted weights go (it must outlive
-  // the layer); without one the layer allocates them itself.
-  Linear(const void* w, DType w_type, int N, int K, DType compute, WeightArena* arena = nullptr);
-  Linear(const float* w, int N, int K, DType compute) : Linear(w, DType::F32, N, K, compute) {}
+  // output), F32, or Q8_0 / Q4_0 (K a multiple of 32; activations quantized
+  // per block to int8). arena: where the converted weights go (it must
+  // outlive the layer); without one the layer allocates them itself.
+  Linear(const void* w, DType w_type, int N, int K, WeightFormat format, WeightArena* arena = nullptr);
+  Linear(const float* w, int N, int K, WeightFormat format) : Linear(w, DType::F32, N, K, format) {}
   // Bytes such a layer's weights take in an arena (its 64-byte rounding included).
-  static size_t arena_bytes(int N, int K, DType compute);
+  static size_t arena_bytes(int N, int K, WeightFormat format);
   ~Linear();
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;
@@ -50,9 +58,11 @@ class Linear {
 
   int rows() const { return N_; }  // N
   int cols() const { return K_; }  // K
-  size_t weight_bytes() const;     // bytes read per forward (weights in compute type)
+  WeightFormat format() const;
+  size_t weight_bytes() const;     // bytes read per forward (weights in their format)
+  size_t row_bytes() const;        // bytes of one row of W as stored (scales included)
   const void* weight_data() const;  // those bytes (64-byte aligned), for benchmarks' reads
-  // Row n of W ([K] elements, in the compute type's precision) read back from
+  // Row n of W ([K] elements, in the weight format's precision) read back from
   // the stored layout: tied embeddings look their rows up here instead of
   // keeping a second copy of the table.
   void row(int n, float* out) const;

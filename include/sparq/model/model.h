@@ -17,7 +17,9 @@
 namespace sparq {
 
 struct LoadOptions {
-  DType weight_type = DType::BF16;  // compute format of the matrices: BF16 or F32
+  // Format of the matrices. Quantized ones keep the embedding table (the
+  // logits' matrix when tied) in q8_0, as llama.cpp keeps it above 4 bits.
+  WeightFormat weight_format = WeightFormat::BF16;
 };
 
 // One token to run. Rows of the same sequence are consecutive and in position
@@ -82,7 +84,6 @@ class Model {
 
   ModelConfig cfg_;
   std::unique_ptr<Tokenizer> tok_;
-  DType weight_type_ = DType::BF16;
   std::unique_ptr<WeightArena> arena_;  // every Linear's weights; declared first, freed last
   std::unique_ptr<Linear> embed_;  // untied models' table; tied ones read lm_head_'s rows
   std::vector<float> final_norm_;
