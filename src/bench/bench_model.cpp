@@ -147,6 +147,7 @@ struct Bench {
   const std::vector<int>& ids;
   double bw;
   BenchTable& table;
+  const char* weights;  // the model's weight format, for its rows
   size_t peak_before_probes = 0;
 
   // Times one test over o.reps repetitions after a shorter warm-up, rewinding
@@ -187,6 +188,7 @@ struct Bench {
                           {"attention", attention},
                           {"threads", p.threads},
                           {"parallel", p.B},
+                          {"weights", weights},
                           {"kv_type", dtype_name(p.kv)},
                           {"tps_mean", t.mean},
                           {"tps_sd", t.sd},
@@ -209,8 +211,8 @@ struct Bench {
                           {"from", llc > 0 && (decode ? kv.get<double>() : 0.0) + w <= double(llc) ? "cache?" : "DRAM"},
                           {"pct_bandwidth", 100.0 * gbs / read}});
     if (o.progress)
-      fmt::print(stderr, "bench: {} {} t={} B={} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
-                 attention, p.threads, p.B, dtype_name(p.kv), t.mean, t.sd);
+      fmt::print(stderr, "bench: {} {} t={} B={} {} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
+                 attention, p.threads, p.B, weights, dtype_name(p.kv), t.mean, t.sd);
   }
 
   void tests(Sequences& s, const TestPoint& p, const std::vector<AttentionSettings>& settings) {
@@ -236,6 +238,7 @@ std::vector<BenchColumn> columns() {
           bench_column("attention", "attention"),
           bench_column("threads", "threads"),
           bench_column("B", "parallel"),
+          bench_column("weights", "weights"),
           bench_column("KV", "kv_type"),
           bench_column_pm("t/s", "tps_mean", "tps_sd", 2),
           bench_column("ms/token", "ms_per_token", 3),
@@ -263,7 +266,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   std::optional<ModelConfig> shape_cfg;
   if (!o.shape.empty()) {
     shape_cfg = ModelConfig::from_json_text(shape_config_json(o.shape));
-    check_shape_fits(o.shape, *shape_cfg, o.weight_format, max_depth + max_len, max_B, o.kv_types);
+    for (WeightFormat f : o.weight_formats) check_shape_fits(o.shape, *shape_cfg, f, max_depth + max_len, max_B, o.kv_types);
   }
 
   BenchTable table;
@@ -279,22 +282,31 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
     fmt::print(out, "read bandwidth {:.1f} GB/s ({})\n", bw, bw_how);
 
   std::unique_ptr<Model> model;
+  std::string source;
+  std::vector<int> ids;
+  size_t most_bytes = 0, peak_before_probes = 0;
+  std::vector<std::string> format_names, weight_mb;
+  for (WeightFormat wf : o.weight_formats) {
+  model.reset();  // one model at a time
+  malloc_trim(0);
   if (o.shape.empty()) {
-    model = Model::load(o.model, LoadOptions{o.weight_format});
+    model = Model::load(o.model, LoadOptions{wf});
   } else {
-    if (o.progress) fmt::print(stderr, "bench: building {} with random weights\n", o.shape);
-    model = Model::random(*shape_cfg, LoadOptions{o.weight_format}, o.seed);
+    if (o.progress) fmt::print(stderr, "bench: building {} with random {} weights\n", o.shape, weight_format_name(wf));
+    model = Model::random(*shape_cfg, LoadOptions{wf}, o.seed);
   }
+  format_names.push_back(weight_format_name(wf));
+  weight_mb.push_back(fmt::format("{} {:.1f} MB", weight_format_name(wf), model->weight_bytes() / 1e6));
   model->set_thread_governor(!o.fixed_threads);
   const ModelConfig& c = model->config();
-  std::string source;
-  const std::vector<int> ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
-  if (max_depth + max_len > c.max_position_embeddings)
-    fmt::print(stderr, "warning: depth {} + {} tokens exceeds the model's trained context {} (allowed, as in llama-bench)\n",
-               max_depth, max_len, c.max_position_embeddings);
+  if (ids.empty()) {
+    ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
+    if (max_depth + max_len > c.max_position_embeddings)
+      fmt::print(stderr, "warning: depth {} + {} tokens exceeds the model's trained context {} (allowed, as in llama-bench)\n",
+                 max_depth, max_len, c.max_position_embeddings);
+  }
 
-  Bench bench{o, *model, ids, bw, table};
-  size_t most_bytes = 0;
+  Bench bench{o, *model, ids, bw, table, weight_format_name(wf)};
   for (DType kv : o.kv_types)
     for (int d : o.depths) {
       malloc_trim(0);
@@ -319,12 +331,15 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
           bench.tests(s, TestPoint{kv, d, t, B}, settings);
         }
     }
+  peak_before_probes = std::max(peak_before_probes, bench.peak_before_probes);
+  }
   omp_set_num_threads(saved_threads);
 
-  const size_t peak = std::max(peak_memory_bytes(), bench.peak_before_probes);
+  const ModelConfig& c = model->config();
+  const size_t peak = std::max(peak_memory_bytes(), peak_before_probes);
   const std::string name = o.shape.empty() ? std::filesystem::path(o.model).filename().string() : o.shape;
   table.meta = {{"model", name.empty() ? o.model : name},
-                {"weight_type", weight_format_name(o.weight_format)},
+                {"weight_type", fmt::format("{}", fmt::join(format_names, ","))},
                 {"weight_bytes", model->weight_bytes()},
                 {"bandwidth_gbs", bw},
                 {"bandwidth_threads", most_threads},
@@ -334,10 +349,10 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
                 {"peak_memory_bytes", peak},
                 {"weights_kv_bytes", most_bytes}};
   table.notes = {
-      fmt::format("model bench: {}{} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {} {:.1f} MB",
+      fmt::format("model bench: {}{} ({}, {} layers, hidden {}, heads {}/{} of size {}), weights {}",
                   o.shape.empty() ? o.model : o.shape, o.shape.empty() ? "" : " with random weights",
                   c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
-                  weight_format_name(o.weight_format), model->weight_bytes() / 1e6),
+                  fmt::join(weight_mb, ", ")),
       fmt::format("tokens: {}; depth d: d positions {} first (untimed), the caches rewound to d before every repetition",
                   source, o.shape.empty() ? "prefilled (dense)" : "of random keys and values stored"),
       fmt::format("from: DRAM when a token's weight and KV bytes exceed the last-level cache ({:.0f} MiB as sysfs "

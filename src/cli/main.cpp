@@ -269,7 +269,8 @@ int run(RunFlags& o) {
 constexpr const char* kOmpSpinCount = "2000";
 
 struct BenchFlags {
-  std::string kernel = "model", settings = "dense,sparq:8,sparq:16", format = "md", dtype = "bf16", text_file;
+  std::string kernel = "model", settings = "dense,sparq:8,sparq:16", format = "md", text_file;
+  std::vector<std::string> dtypes = {"bf16"};
   std::vector<std::string> kv_types = {"bf16"};
   std::vector<int> threads = {0};
   AttentionBenchOptions attn;
@@ -294,7 +295,8 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
   bench.add_option("--parallel", b.model.parallel, "model: sequences run together")->delimiter(',')->capture_default_str();
   bench.add_option("-b,--batch-size", b.model.batch, "model: prompt rows per forward pass")->capture_default_str();
   bench.add_option("-f,--file", b.text_file, "model: take the tokens from this text (default: pseudo-random ids)");
-  bench.add_option("--dtype", b.dtype, "model: weight format, f32, bf16, q8_0 or q4_0")->capture_default_str();
+  bench.add_option("--dtype", b.dtypes, "model: weight formats, f32, bf16, q8_0 or q4_0 (one model each, in turn)")
+      ->delimiter(',')->capture_default_str();
   bench.add_option("-S,--seq-lens", b.attn.seq_lens, "attention: cache lengths")->delimiter(',')->capture_default_str();
   bench.add_option("--head-dims", b.attn.head_dims, "attention: head sizes")->delimiter(',')->capture_default_str();
   bench.add_option("--groups", b.attn.groups, "attention: query heads per KV head")->delimiter(',')->capture_default_str();
@@ -312,7 +314,8 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
 
 int run_model_bench_flags(BenchFlags& b) {
   ModelBenchOptions& m = b.model;
-  m.weight_format = parse_format(b.dtype);
+  m.weight_formats.clear();
+  for (const std::string& f : b.dtypes) m.weight_formats.push_back(parse_format(f));
   m.kv_types.clear();
   for (const std::string& t : b.kv_types) m.kv_types.push_back(parse_type(t, "--kv-type"));
   m.settings = split_settings(b.settings);

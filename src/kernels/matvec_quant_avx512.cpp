@@ -4,7 +4,8 @@
 // summed in two integer chains per row; the block's sum, less the offset's
 // share, is converted once and scaled into the row's float sum. Up to four
 // rows of activations share each load of the weights; more go four at a time
-// over chunks of a row group small enough to stay in L2, as in matvec_avx512.
+// over chunks of a row group small enough to stay in L2, as in matvec_avx512
+// (and, as there, loops over registers unrolled by pragma).
 #include <immintrin.h>
 
 // GCC 12's conversion intrinsics start from _mm512_undefined_ps(), which
@@ -27,17 +28,22 @@ constexpr int kChunkRecords = 32;
 constexpr int kAheadBytes = 4096;
 
 // Quants of one set of 16 rows in a record, as unsigned bytes: u[g] holds
-// quants 4g..4g+3 of each row.
+// quants 4g..4g+3 of each row; for q4_0, u[4..7] hold them times 16 (the
+// high nibbles left in place, one op fewer than shifting them down; the sum
+// of their products is shifted back, exactly, as all its terms are
+// multiples of 16).
 template <QuantFormat F>
 inline void load_set(const uint8_t* q, __m512i u[8]) {
   if constexpr (F == QuantFormat::Q8_0) {
+    #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) u[g] = _mm512_loadu_si512(q + 64 * g);
   } else {
     const __m512i low = _mm512_set1_epi8(0x0f);
+    #pragma GCC unroll 8
     for (int t = 0; t < 4; ++t) {
       const __m512i v = _mm512_loadu_si512(q + 64 * t);
       u[t] = _mm512_and_si512(v, low);
-      u[t + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      u[t + 4] = _mm512_andnot_si512(low, v);
     }
   }
 }
@@ -64,18 +70,28 @@ void tile(const uint8_t* w, int kb0, int n, const QuantRows& x, int m0, float* y
     const uint8_t* record = w + size_t(i) * rec;
     for (size_t b = 0; b < rec; b += 64) _mm_prefetch(reinterpret_cast<const char*>(record + kAheadBytes + b), _MM_HINT_T1);
     const int kb = kb0 + i;
+    // One row: its 8 broadcasts serve all four sets.
+    __m512i x1[8];
+    if constexpr (R == 1)
+      #pragma GCC unroll 8
+      for (int g = 0; g < 8; ++g) x1[g] = broadcast4(&x.q[(size_t(m0) * kblocks + kb) * kQuantBlock + 4 * g]);
+    #pragma GCC unroll 8
     for (int j = 0; j < 4; ++j) {
       __m512i u[8];
       load_set<F>(record + 2 * kMatvecBlock + j * set_bytes, u);
       const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 32 * j)));
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const size_t xb = size_t(m0 + r) * kblocks + kb;
         const int8_t* xq = &x.q[xb * kQuantBlock];
-        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-        for (int g = 0; g < 8; g += 2) {
-          s0 = _mm512_dpbusd_epi32(s0, u[g], broadcast4(xq + 4 * g));
-          s1 = _mm512_dpbusd_epi32(s1, u[g + 1], broadcast4(xq + 4 * g + 4));
+        auto xg = [&](int g) { return R == 1 ? x1[g] : broadcast4(xq + 4 * g); };
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // quants 0..15, 16..31
+        #pragma GCC unroll 8
+        for (int g = 0; g < 4; ++g) {
+          s0 = _mm512_dpbusd_epi32(s0, u[g], xg(g));
+          s1 = _mm512_dpbusd_epi32(s1, u[g + 4], xg(g + 4));
         }
+        if constexpr (F == QuantFormat::Q4_0) s1 = _mm512_srai_epi32(s1, 4);
         const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(x.off[xb]));
         const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d[xb]));
         acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r][j]);
@@ -120,6 +136,24 @@ void run(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0,
 }
 
 }  // namespace
+
+// The reference's arithmetic on 32 lanes: the same max, divisions and
+// rounding (vcvtps2dq rounds to nearest even, as nearbyint does).
+void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off) {
+  for (size_t b = 0; b < n; ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + b * kQuantBlock), x1 = _mm512_loadu_ps(x + b * kQuantBlock + 16);
+    // QNaN, SNaN, +inf, -inf.
+    const bool finite = (_mm512_fpclass_ps_mask(x0, 0x99) | _mm512_fpclass_ps_mask(x1, 0x99)) == 0;
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float db = finite ? amax / 127 : NAN, id = finite && db != 0 ? 1 / db : 0;
+    const __m512 scale = _mm512_set1_ps(id);
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, scale)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, scale));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQuantBlock), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQuantBlock + 16), _mm512_cvtepi32_epi8(q1));
+    d[b] = db;
+    off[b] = offset * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+}
 
 void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1) {
   W.format == QuantFormat::Q8_0 ? run<QuantFormat::Q8_0>(W, x, y, ldy, b0, b1)

@@ -6,6 +6,7 @@
 
 #include "sparq/kernels/matvec_quant.h"
 #include "sparq/util/common.h"
+#include "sparq/util/cpu.h"
 
 namespace sparq {
 namespace {
@@ -94,15 +95,21 @@ void dequantize_row(const PackedQuant& W, int n, float* out) {
 
 void quantize_rows(const float* x, int M, int K, QuantFormat weights, QuantRows& out) {
   if (K % kQuantBlock != 0) fail("quantize_rows: K = {} is not a multiple of {}", K, kQuantBlock);
-  const int kb = K / kQuantBlock, off = quant_offset(weights);
+  const size_t blocks = size_t(M) * (K / kQuantBlock);
   out.M = M;
   out.K = K;
   out.q.resize(size_t(M) * K);
-  out.d.resize(size_t(M) * kb);
-  out.off.resize(size_t(M) * kb);
-  for (size_t b = 0; b < size_t(M) * kb; ++b) {
+  out.d.resize(blocks);
+  out.off.resize(blocks);
+  (use_avx512() ? avx512::quantize_blocks : ref::quantize_blocks)(x, blocks, quant_offset(weights), out.q.data(),
+                                                                   out.d.data(), out.off.data());
+}
+
+// q8_0's rounding with an f32 scale; round to nearest even, as vcvtps2dq.
+void ref::quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off) {
+  for (size_t b = 0; b < n; ++b) {
     const float* xb = x + b * kQuantBlock;
-    int8_t* q = &out.q[b * kQuantBlock];
+    int8_t* qb = q + b * kQuantBlock;
     float amax = 0;
     bool finite = true;
     for (int k = 0; k < kQuantBlock; ++k) {
@@ -110,14 +117,14 @@ void quantize_rows(const float* x, int M, int K, QuantFormat weights, QuantRows&
       finite = finite && std::isfinite(xb[k]);
     }
     // A non-finite activation makes its block's products NaN, as in f32.
-    const float d = finite ? amax / 127 : NAN, id = finite && d != 0 ? 1 / d : 0;
+    const float db = finite ? amax / 127 : NAN, id = finite && db != 0 ? 1 / db : 0;
     int sum = 0;
     for (int k = 0; k < kQuantBlock; ++k) {
-      q[k] = int8_t(std::nearbyint(xb[k] * id));
-      sum += q[k];
+      qb[k] = int8_t(std::nearbyint(xb[k] * id));
+      sum += qb[k];
     }
-    out.d[b] = d;
-    out.off[b] = off * sum;
+    d[b] = db;
+    off[b] = offset * sum;
   }
 }
 

@@ -160,6 +160,28 @@ TEST_CASE("quant: the AVX-512 kernel equals the scalar reference", "[quant]") {
         }
 }
 
+TEST_CASE("quant: AVX-512 activation quantization equals the scalar reference", "[quant]") {
+  if (!use_avx512()) return;
+  for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot}) {
+    const size_t n = 37;
+    auto x = values(n * 32, kind, 9);
+    if (kind == Kind::outlier) {  // non-finite blocks and exact halves (ties go to even)
+      x[5] = NAN;
+      x[40] = -INFINITY;
+      for (int k = 0; k < 32; ++k) x[64 + k] = float(k % 2 ? 127 : -(k / 2)) + 0.5f * (k % 4 == 2);
+    }
+    std::vector<int8_t> q0(n * 32), q1(n * 32);
+    std::vector<float> d0(n), d1(n);
+    std::vector<int32_t> o0(n), o1(n);
+    ref::quantize_blocks(x.data(), n, 8, q0.data(), d0.data(), o0.data());
+    avx512::quantize_blocks(x.data(), n, 8, q1.data(), d1.data(), o1.data());
+    INFO("kind " << int(kind));
+    CHECK(q0 == q1);
+    CHECK(o0 == o1);
+    CHECK(std::memcmp(d0.data(), d1.data(), n * 4) == 0);
+  }
+}
+
 TEST_CASE("quant: a row's result does not depend on the rows beside it", "[quant]") {
   const int N = 130, K = 1088, M = 11;
   for (QuantFormat f : kFormats) {

@@ -16,7 +16,7 @@ namespace sparq {
 struct ModelBenchOptions {
   std::string model;  // directory or .safetensors file
   std::string shape;  // or a shape for random weights (shape_config_json); depths filled with random K/V
-  WeightFormat weight_format = WeightFormat::BF16;
+  std::vector<WeightFormat> weight_formats = {WeightFormat::BF16};  // one model each, in turn
   std::vector<int> prompt_lens = {512};  // pp tests: prompt tokens (0: none)
   std::vector<int> gen_lens = {128};     // tg tests: generated tokens (0: none)
   std::vector<int> depths = {0};         // cache positions filled first, untimed

@@ -70,6 +70,13 @@ struct QuantRows {
   std::vector<int32_t> off;  // [M][K / 32]: offset * sum of the block's q
 };
 void quantize_rows(const float* x, int M, int K, QuantFormat weights, QuantRows& out);
+// Its kernel: n blocks of 32 values of x into q, d and off (offset * sum of q).
+namespace ref {
+void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off);
+}
+namespace avx512 {
+void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off);
+}
 
 // y[M][ldy] gets columns [64 b0, min(64 b1, N)) of x . W^T, for row groups
 // [b0, b1): per row and block, acc = fma(float(sum(u * q) - off), d_w * d_x, acc).
