@@ -103,7 +103,7 @@ TEST_CASE("model bench CSV, JSONL and markdown", "[bench]") {
   o.format = "csv";
   const std::string csv = bench_output(o);
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + 3);
-  CHECK(csv.rfind("test,n_prompt,n_gen,depth,attention,threads,parallel,kv_type,tps_mean,tps_sd,", 0) == 0);
+  CHECK(csv.rfind("test,n_prompt,n_gen,depth,attention,threads,parallel,weights,kv_type,tps_mean,tps_sd,", 0) == 0);
   CHECK(csv.find("\n\"tg4 @ d8\",0,4,8,\"sparq:r=2,k=16\",1,1,\"bf16\",") != std::string::npos);
   CHECK(csv.find(",\"[") != std::string::npos);  // samples_tps: a quoted JSON array (its commas inside quotes)
 
@@ -126,7 +126,7 @@ TEST_CASE("model bench CSV, JSONL and markdown", "[bench]") {
   CHECK(md.find(fmt::format("sparq-run {} on {} (", kBuildCommit, cpu_model_name())) != std::string::npos);
   CHECK(md.find("tokens: the tokens of story.txt (") != std::string::npos);
   CHECK(md.find(", repeated)") != std::string::npos);  // 8 + 16 + 1 tokens needed
-  CHECK(md.find("| test | attention | threads | B | KV | t/s | ms/token |") != std::string::npos);
+  CHECK(md.find("| test | attention | threads | B | weights | KV | t/s | ms/token |") != std::string::npos);
   CHECK(md.find("| pp16 @ d8 | dense | 1 | 1 | bf16 | ") != std::string::npos);
   CHECK(md.find("peak memory ") != std::string::npos);
 }

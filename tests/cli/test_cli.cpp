@@ -39,6 +39,8 @@ TEST_CASE("bad input gets one error line and a non-zero exit", "[cli][errors]") 
   require_one_error_line(run(m + " -p hi --top-p 2"), "--top-p");
   require_one_error_line(run(m + " -p hi --kv-type f16"), "--kv-type");
   require_one_error_line(run(m + " -p hi --dtype int4"), "--dtype");
+  require_one_error_line(run("-m " + quote(shared_dir() + "/models/stories260K-hf") + " -p hi --dtype q4_0"),
+                         "intermediate_size = 172 is not a multiple of the 32-weight block");
   require_one_error_line(run(m + " -p hi --attention nonsense"), "nonsense");
   require_one_error_line(run(m + " -p hi -t -3"), "--threads");
   require_one_error_line(run(m + " -p hi -n abc"), "n-predict");
