@@ -53,6 +53,12 @@ uint64_t read_weights(const std::vector<Linear>& lins, size_t* bytes) {
   return sum;
 }
 
+// matvec: our kernels (Linear::forward_decode); oneDNN: its matmul on the
+// stored weights; oneDNN tiles: on bf16 tiles of dequantized weights.
+const char* path_name(bool decode, WeightFormat t) {
+  return decode ? "matvec" : is_quantized(t) ? "oneDNN tiles" : "oneDNN";
+}
+
 std::vector<BenchColumn> columns() {
   return {{"shape N x K", [](const BenchRow& r) {
              return fmt::format("{} {} x {}", r["shape"].get<std::string>(), r["N"].get<int>(), r["K"].get<int>());
@@ -95,7 +101,12 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
         for (const Shape& s : large) cases.push_back({s, M, decode});
     }
   for (int M : {128, 512})
-    for (const Shape& s : model) cases.push_back({s, M, false});
+    for (bool decode : {false, true}) {
+      for (const Shape& s : model) cases.push_back({s, M, decode});
+      if (o.large && M == 512)
+        for (const Shape& s : large)
+          if (s.what[0] == '1') cases.push_back({s, M, decode});  // the 1B shapes
+    }
 
   BenchTable table;
   table.columns = columns();
@@ -106,7 +117,8 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
   for (WeightFormat t : {WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0}) {
     for (const Case& c : cases) {
       if (c.decode && t == WeightFormat::F32) continue;  // f32 decode rows are oneDNN's: the prompt rows show them
-      // Quantized layers run every row on our kernels: decode rows show them, and the prompt sizes.
+      // Prompt-sized rows through our kernels: for the quantized formats, beside their prompt path.
+      if (c.decode && c.M > 16 && !is_quantized(t)) continue;
       if (!c.decode && is_quantized(t) && c.M <= 16) continue;
       const int N = c.s.N, K = c.s.K, M = c.M;
       std::vector<float> w(size_t(N) * K), x(size_t(M) * K), y(size_t(M) * N);
@@ -115,6 +127,7 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
       auto forward = [&](const Linear& l) {
         c.decode ? l.forward_decode(x.data(), y.data(), M) : l.forward(x.data(), y.data(), M);
       };
+      set_quant_prompt(QuantPrompt::tiles);  // forward's rows for quantized weights: the tiles, beside matvec
       const auto bytes = size_t(double(N) * K * weight_format_bytes(t));
       const size_t copies = M <= 16 ? std::max<size_t>(1, o.working_set_bytes / bytes) : 1;
       std::vector<Linear> lins;
@@ -147,7 +160,7 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"N", N},
                             {"K", K},
                             {"M", M},
-                            {"path", c.decode || is_quantized(t) ? "matvec" : "oneDNN"},
+                            {"path", path_name(c.decode, t)},
                             {"dtype", weight_format_name(t)},
                             {"copies", copies},
                             {"time_us", per * 1e6},
@@ -157,9 +170,10 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
                             {"gflops", 2.0 * M * N * K / per * 1e-9}});
       if (o.progress)
         fmt::print(stderr, "bench: {} {} x {} M={} {} {}: {:.1f} us\n", c.s.what, N, K, M, weight_format_name(t),
-                   c.decode || is_quantized(t) ? "matvec" : "oneDNN", per * 1e6);
+                   path_name(c.decode, t), per * 1e6);
     }
   }
+  set_quant_prompt(QuantPrompt::automatic);
   table.meta = {{"kernel", "matmul"}, {"threads", o.threads}, {"reps", o.reps},
                 {"working_set_bytes", o.working_set_bytes}};
   table.notes = {fmt::format("matmul bench: {} thread(s), {} rep(s); time per forward; GB/s of weight bytes read",

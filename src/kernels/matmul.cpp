@@ -4,11 +4,14 @@
 // memory; should oneDNN refuse that layout on some CPU, our kernels take
 // prompt rows too. f32 weights stay in the layout oneDNN picks for M = 1, and
 // oneDNN runs every product on them. Quantized weights (q8_0, q4_0) sit in
-// matvec_quant.h's layout and our kernels run every row on them.
+// matvec_quant.h's layout: decode rows run on our int8 kernels; prompt rows
+// too, or (set_quant_prompt) on oneDNN's bf16 matmul over tiles of the
+// weights dequantized to bf16 a few MiB at a time.
 #include "sparq/kernels/matmul.h"
 
 #include <omp.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -56,6 +59,10 @@ bool is_reference_impl(const dnnl::matmul::primitive_desc& pd) {
 
 size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
+// Bytes of bf16 weights a quantized layer dequantizes at a time for prompt
+// rows: a tile stays in the last-level cache while oneDNN reads it.
+constexpr size_t kTileBytes = size_t(16) << 20;
+
 // oneDNN's type for F32 or BF16 weights.
 dt dnnl_type(WeightFormat f) { return f == WeightFormat::BF16 ? dt::bf16 : dt::f32; }
 dt dnnl_type(DType t) { return t == DType::BF16 ? dt::bf16 : dt::f32; }
@@ -88,7 +95,24 @@ void over_groups(int groups, F&& f) {
   for (int b = 0; b < groups; ++b) f(b);
 }
 
+std::atomic<QuantPrompt> g_quant_prompt{QuantPrompt::automatic};
+
 }  // namespace
+
+void set_quant_prompt(QuantPrompt p) { g_quant_prompt.store(p); }
+
+bool quant_prompt_tiles() {
+  switch (g_quant_prompt.load()) {
+    case QuantPrompt::tiles: return true;
+    case QuantPrompt::int8: return false;
+    case QuantPrompt::automatic: break;
+  }
+  static const bool amx = [] {
+    const auto isa = unsigned(dnnl::get_effective_cpu_isa()), amx_isa = unsigned(dnnl_cpu_isa_avx512_core_amx);
+    return (isa & amx_isa) == amx_isa;
+  }();
+  return amx;
+}
 
 const char* weight_format_name(WeightFormat f) {
   switch (f) {
@@ -140,12 +164,44 @@ struct Linear::Impl {
   int prims_threads = 0;         // omp_get_max_threads() the prims were made for
   std::vector<int64_t> k_offset;  // blocked_offset of each index of dimension 0 (K)
 
-  Prim& prim(int N, int K, int M) {
+  // Quantized layers' prompt rows: a matmul of M rows against a tile of
+  // `cols` dequantized columns (oneDNN 2.6 has fast kernels only for dense
+  // outputs: the tile's columns are copied into y after).
+  struct TilePrim {
+    dnnl::matmul matmul;
+    dnnl::memory src, w, dst;
+    bool usable = false;  // false: oneDNN refused, or has only its reference code
+  };
+  std::map<std::pair<int, int>, TilePrim> tile_prims;  // by (M, cols)
+
+  void check_threads() {
     const int threads = omp_get_max_threads();
     if (threads != prims_threads) {
       prims.clear();  // oneDNN sizes its work split at creation
+      tile_prims.clear();
       prims_threads = threads;
     }
+  }
+
+  TilePrim& tile_prim(int K, int M, int cols) {
+    check_threads();
+    auto it = tile_prims.find({M, cols});
+    if (it != tile_prims.end()) return it->second;
+    TilePrim t;
+    try {
+      const dnnl::memory::desc src({M, K}, dt::bf16, tag::ab), w({K, cols}, dt::bf16, tag::BA16a64b2a),
+          dst({M, cols}, dt::f32, tag::ab);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, w, dst), cpu_engine());
+      t = TilePrim{dnnl::matmul(pd), dnnl::memory(src, cpu_engine(), nullptr), dnnl::memory(w, cpu_engine(), nullptr),
+                   dnnl::memory(dst, cpu_engine(), nullptr), !is_reference_impl(pd)};
+    } catch (const dnnl::error&) {
+      t = TilePrim{};
+    }
+    return tile_prims.emplace(std::pair{M, cols}, std::move(t)).first->second;
+  }
+
+  Prim& prim(int N, int K, int M) {
+    check_threads();
     auto it = prims.find(M);
     if (it != prims.end()) return it->second;
     Prim p;
@@ -176,12 +232,49 @@ struct Linear::Impl {
     over_groups(W.blocks(), [&](int b) { matvec::matvec_bf16(W, x, M, y, size_t(N), b, b + 1); });
   }
 
-  // y[M][N] through matvec_quant.h's kernels.
-  void matvec_quant(const float* x, int M, float* y) const {
+  // Columns of row groups [b0, b1) of y[M][N] through matvec_quant.h's kernels.
+  void matvec_quant(const float* x, int M, float* y, int b0, int b1) const {
     thread_local QuantRows buffer;
     QuantRows& xq = buffer;  // the caller's: worker threads have their own thread_locals
     quantize_rows(x, M, quant.K, quant.format, xq);
-    over_groups(quant.blocks(), [&](int b) { matvec::matvec_quant(quant, xq, y, size_t(quant.N), b, b + 1); });
+    over_groups(b1 - b0, [&](int i) { matvec::matvec_quant(quant, xq, y, size_t(quant.N), b0 + i, b0 + i + 1); });
+  }
+
+  // y[M][N] for prompt rows on quantized weights: tile by tile, the weights
+  // dequantized to bf16 and multiplied by oneDNN.
+  void quant_prompt(const float* x, int M, float* y) {
+    const int N = quant.N, K = quant.K, blocks = quant.blocks();
+    const int chunk = std::max(1, int(kTileBytes / (size_t(K) * kMatvecBlock * 2)));  // row groups per tile
+    const int first_cols = std::min(N, chunk * kMatvecBlock);
+    if (!tile_prim(K, M, first_cols).usable) return matvec_quant(x, M, y, 0, blocks);
+    thread_local std::vector<uint16_t> x_bf16, tile;
+    thread_local std::vector<float> out;
+    x_bf16.resize(size_t(M) * K);
+    ops::to_bf16(x_bf16.data(), x, x_bf16.size());
+    tile.resize(size_t(std::min(chunk, blocks)) * K * kMatvecBlock);
+    uint16_t* t = tile.data();  // the caller's buffers, as the workers see them
+    const bool whole = first_cols == N;  // one tile: oneDNN writes y itself
+    if (!whole) out.resize(size_t(M) * first_cols);
+    float* o = whole ? y : out.data();
+    for (int b0 = 0; b0 < blocks; b0 += chunk) {
+      const int b1 = std::min(blocks, b0 + chunk), n0 = b0 * kMatvecBlock, cols = std::min(N, b1 * kMatvecBlock) - n0;
+      TilePrim& p = tile_prim(K, M, cols);
+      if (!p.usable) {  // a last, narrower tile oneDNN has no fast kernel for
+        matvec_quant(x, M, y, b0, b1);
+        continue;
+      }
+      over_groups(b1 - b0, [&](int i) {
+        matvec::dequantize_bf16(quant, b0 + i, b0 + i + 1, t + size_t(i) * K * kMatvecBlock);
+      });
+      p.src.set_data_handle(x_bf16.data());
+      p.w.set_data_handle(t);
+      p.dst.set_data_handle(o);
+      p.matmul.execute(stream, {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.w}, {DNNL_ARG_DST, p.dst}});
+      stream.wait();
+      if (!whole)
+        for (int m = 0; m < M; ++m)
+          std::memcpy(y + size_t(m) * N + n0, o + size_t(m) * cols, size_t(cols) * sizeof(float));
+    }
   }
 
   void run(Prim& p, const void* x, float* y) {
@@ -296,7 +389,14 @@ void Linear::row(int n, float* out) const {
 void Linear::forward(const float* x, float* y, int M) const {
   if (M < 1) fail("linear layer: bad number of rows {}", M);
   Impl& im = *impl_;
-  if (is_quantized(im.format)) return im.matvec_quant(x, M, y);
+  if (is_quantized(im.format)) {
+    if (!quant_prompt_tiles()) return im.matvec_quant(x, M, y, 0, im.quant.blocks());
+    try {
+      return im.quant_prompt(x, M, y);
+    } catch (const dnnl::error& e) {
+      fail("linear layer {} x {}, {} rows: oneDNN failed: {}", N_, K_, M, e.what());
+    }
+  }
   const void* src = x;
   if (im.type == dt::bf16) {
     // Activations converted for the bf16 product: one buffer for all layers.
@@ -323,7 +423,7 @@ void Linear::forward(const float* x, float* y, int M) const {
 void Linear::forward_decode(const float* x, float* y, int M) const {
   if (M < 1) fail("linear layer: bad number of rows {}", M);
   const Impl& im = *impl_;
-  if (is_quantized(im.format)) return im.matvec_quant(x, M, y);
+  if (is_quantized(im.format)) return im.matvec_quant(x, M, y, 0, im.quant.blocks());
   if (im.type != dt::bf16) return forward(x, y, M);
   thread_local std::vector<uint16_t> x_bf16;
   const int kp = matvec_kp(K_);

@@ -6,11 +6,10 @@
 // rows of activations share each load of the weights; more go four at a time
 // over chunks of a row group small enough to stay in L2, as in matvec_avx512
 // (and, as there, loops over registers unrolled by pragma).
-#include <immintrin.h>
-
-// GCC 12's conversion intrinsics start from _mm512_undefined_ps(), which
-// -Wmaybe-uninitialized mistakes for a read of an uninitialized value.
+// The pragmas silence GCC 12.2 false positives from immintrin.h (PR 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
@@ -21,9 +20,10 @@
 namespace sparq::avx512 {
 namespace {
 
-// Records of a row group per chunk when more than four rows share it (q8_0:
-// 68 KiB, q4_0: 36 KiB).
-constexpr int kChunkRecords = 32;
+// Records of a row group per chunk when more than four rows share it: what
+// fits in 64 KiB, which stays in L2 while every four rows pass over it.
+template <QuantFormat F>
+constexpr int kChunkRecords = int(65536 / quant_record_bytes(F));
 // L2 prefetch distance, in bytes ahead of the record being read.
 constexpr int kAheadBytes = 4096;
 
@@ -46,6 +46,15 @@ inline void load_set(const uint8_t* q, __m512i u[8]) {
       u[t + 4] = _mm512_andnot_si512(low, v);
     }
   }
+}
+
+// A set's quants as plain unsigned values (q4_0's high nibbles shifted down).
+template <QuantFormat F>
+inline void load_set_values(const uint8_t* q, __m512i u[8]) {
+  load_set<F>(q, u);
+  if constexpr (F == QuantFormat::Q4_0)
+#pragma GCC unroll 4
+    for (int t = 4; t < 8; ++t) u[t] = _mm512_srli_epi16(u[t], 4);
 }
 
 inline __m512i broadcast4(const int8_t* p) {
@@ -126,8 +135,8 @@ void run(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0,
       rows<F>(x.M, group, 0, kblocks, x, 0, y + n0, ldy, mask, false);
       continue;
     }
-    for (int kb0 = 0; kb0 < kblocks; kb0 += kChunkRecords) {
-      const int n = std::min(kChunkRecords, kblocks - kb0);
+    for (int kb0 = 0; kb0 < kblocks; kb0 += kChunkRecords<F>) {
+      const int n = std::min(kChunkRecords<F>, kblocks - kb0);
       for (int m0 = 0; m0 < x.M; m0 += 4)
         rows<F>(std::min(4, x.M - m0), group + size_t(kb0) * rec, kb0, n, x, m0, y + size_t(m0) * ldy + n0, ldy, mask,
                 kb0 > 0);
@@ -155,9 +164,59 @@ void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, 
   }
 }
 
+// One record's 64 x 32 quants into bf16 steps: each 64-byte step of a set (16
+// rows x quants 4g..4g+3) becomes two output steps' 16-row slices, quants
+// (4g, 4g+1) and (4g+2, 4g+3) of each row.
+template <QuantFormat F>
+void dequantize_record(const uint8_t* record, uint16_t* out, size_t step_elems) {
+  constexpr size_t set_bytes = (quant_record_bytes(F) - 2 * kMatvecBlock) / 4;
+  const __m512i off = _mm512_set1_epi32(quant_offset(F));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    __m512i u[8];
+    load_set_values<F>(record + 2 * kMatvecBlock + j * set_bytes, u);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 32 * j)));
+    __m512 scale[4];  // rows 4p..4p+3, each scale four times
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+      scale[p] = _mm512_permutexvar_ps(_mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(16 * p),
+                                                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                                            10, 11, 12, 13, 14, 15)),
+                                                         2),
+                                       dw);
+#pragma GCC unroll 8
+    for (int g = 0; g < 8; ++g) {
+      __m256i h[4];  // rows 4p..4p+3 as bf16: (q0, q1), (q2, q3) per row
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u[g], p)), off);
+        h[p] = __m256i(_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale[p])));
+      }
+      const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+      const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(h[2]), h[3], 1);
+      uint16_t* o = out + size_t(2 * g) * step_elems + 32 * j;
+      _mm512_storeu_si512(o, _mm512_permutex2var_epi32(a, even, b));
+      _mm512_storeu_si512(o + step_elems, _mm512_permutex2var_epi32(a, odd, b));
+    }
+  }
+}
+
 void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1) {
   W.format == QuantFormat::Q8_0 ? run<QuantFormat::Q8_0>(W, x, y, ldy, b0, b1)
                                 : run<QuantFormat::Q4_0>(W, x, y, ldy, b0, b1);
+}
+
+void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out) {
+  const size_t rec = quant_record_bytes(W.format), step = 2 * kMatvecBlock;
+  for (int b = b0; b < b1; ++b)
+    for (int kb = 0; kb < W.kblocks(); ++kb) {
+      const uint8_t* record = W.w + size_t(b) * W.group_bytes() + size_t(kb) * rec;
+      uint16_t* o = out + size_t(b - b0) * size_t(W.K) * kMatvecBlock + size_t(kb) * (kQuantBlock / 2) * step;
+      W.format == QuantFormat::Q8_0 ? dequantize_record<QuantFormat::Q8_0>(record, o, step)
+                                    : dequantize_record<QuantFormat::Q4_0>(record, o, step);
+    }
 }
 
 }  // namespace sparq::avx512

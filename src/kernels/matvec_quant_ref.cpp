@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "sparq/kernels/matvec_quant.h"
+#include "sparq/util/common.h"
 
 namespace sparq::ref {
 
@@ -23,6 +24,17 @@ void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy
       y[size_t(m) * ldy + n] = acc;
     }
   }
+}
+
+void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out) {
+  const int off = quant_offset(W.format);
+  for (int b = b0; b < b1; ++b)
+    for (int r = 0; r < kMatvecBlock; ++r)
+      for (int k = 0; k < W.K; ++k) {
+        const int n = b * kMatvecBlock + r;
+        const float v = stored_scale(W, n, k / kQuantBlock) * float(stored_quant(W, n, k) - off);
+        out[packed_index(W.K, n - b0 * kMatvecBlock, k)] = f32_to_bf16(v);
+      }
 }
 
 }  // namespace sparq::ref

@@ -33,8 +33,8 @@ TEST_CASE("matmul bench: JSON rows per shape, M and type, with the same-run read
   CHECK(j["build_commit"] == kBuildCommit);
   // The 5 model shapes at M = 1, 4, 8, 16 through oneDNN for bf16 and f32
   // and through matvec for bf16, q8_0 and q4_0; at 128 and 512 through
-  // oneDNN (bf16, f32) and matvec (q8_0, q4_0).
-  REQUIRE(j["rows"].size() == (4 * 5 + 2 * 4) * 5);
+  // oneDNN (bf16, f32), and matvec and oneDNN tiles (q8_0, q4_0).
+  REQUIRE(j["rows"].size() == (4 * 5 + 2 * 6) * 5);
   int matvec_rows = 0;
   for (const auto& r : j["rows"]) {
     INFO(r.dump());
@@ -46,8 +46,8 @@ TEST_CASE("matmul bench: JSON rows per shape, M and type, with the same-run read
       CHECK((dtype == "bf16" || quantized));
       CHECK((M <= 16 || quantized));
     } else {
-      CHECK(r["path"] == "oneDNN");
-      CHECK_FALSE(quantized);
+      CHECK(r["path"] == (quantized ? "oneDNN tiles" : "oneDNN"));
+      CHECK((M > 16 || !quantized));
     }
     // Per weight: 2 or 4 bytes; 34 or 18 bytes a block of 32 (an f16 scale and the quants).
     const double per = dtype == "bf16" ? 2 : dtype == "f32" ? 4 : dtype == "q8_0" ? 34.0 / 32 : 18.0 / 32;
@@ -63,7 +63,7 @@ TEST_CASE("matmul bench: JSON rows per shape, M and type, with the same-run read
     CHECK(r["read_gbs"].is_null() == (copies == 1));
     if (copies > 1) CHECK(r["pct_read"].get<double>() == Approx(100 * r["gbs"].get<double>() / r["read_gbs"].get<double>()));
   }
-  CHECK(matvec_rows == (4 + 6 + 6) * 5);
+  CHECK(matvec_rows == (4 + 6 + 6) * 5);  // bf16 at 1-16 rows, q8_0 and q4_0 at 1-512
 }
 
 TEST_CASE("matmul bench: markdown and CSV, and bad options", "[bench]") {
@@ -79,7 +79,7 @@ TEST_CASE("matmul bench: markdown and CSV, and bad options", "[bench]") {
   o.format = "csv";
   const std::string csv = bench_output(o);
   CHECK(csv.rfind("shape,N,K,M,path,dtype,copies,time_us,gbs,read_gbs,pct_read,gflops\n", 0) == 0);
-  CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + (4 * 5 + 2 * 4) * 5);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + (4 * 5 + 2 * 6) * 5);
 
   o.format = "xml";
   CHECK_THROWS_WITH(run_matmul_bench(o), Catch::Contains("format must be md, csv, json or jsonl"));

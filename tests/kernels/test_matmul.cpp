@@ -183,22 +183,35 @@ TEST_CASE("Linear on q8_0 and q4_0 weights: rows, bytes, both paths and the aren
       lin.row(n, row.data());
       for (int k = 0; k < K; ++k) REQUIRE(std::abs(row[k] - bf16_to_f32(w16[size_t(n) * K + k])) <= (f == WeightFormat::Q8_0 ? 0.005 : 0.15));
     }
-    // Prompt and decode rows take the same kernel: equal results, close to the product.
+    // Decode rows: int8 activations against the quants, close to the product
+    // of the bf16 weights. Prompt rows: oneDNN on the dequantized weights
+    // rounded to bf16 (where it has a fast path), as exact as f32 sums allow.
     const int M = 6;
     const auto x = uniform(size_t(M) * K, 22);
-    std::vector<float> yp(size_t(M) * N), yd(size_t(M) * N);
+    std::vector<float> yp(size_t(M) * N), yd(size_t(M) * N), yi(size_t(M) * N);
+    set_quant_prompt(QuantPrompt::tiles);
     lin.forward(x.data(), yp.data(), M);
+    set_quant_prompt(QuantPrompt::int8);  // prompt rows on the decode kernels: the same results
+    lin.forward(x.data(), yi.data(), M);
+    set_quant_prompt(QuantPrompt::automatic);
     lin.forward_decode(x.data(), yd.data(), M);
-    REQUIRE(std::memcmp(yp.data(), yd.data(), yp.size() * 4) == 0);
-    for (int m = 0; m < M; ++m)
-      for (int n = 0; n < N; ++n) {
-        double want = 0, mag = 0;
+    REQUIRE(yi == yd);
+    for (int n = 0; n < N; ++n) {
+      lin.row(n, row.data());
+      for (int m = 0; m < M; ++m) {
+        double want = 0, mag = 0, tile = 0, tile_mag = 0;
         for (int k = 0; k < K; ++k) {
           const double p = double(x[size_t(m) * K + k]) * bf16_to_f32(w16[size_t(n) * K + k]);
           want += p;
           mag += std::abs(p);
+          const double t = double(round_to(DType::BF16, x[size_t(m) * K + k])) * round_to(DType::BF16, row[k]);
+          tile += t;
+          tile_mag += std::abs(t);
         }
-        REQUIRE(std::abs(yp[size_t(m) * N + n] - want) <= (f == WeightFormat::Q8_0 ? 0.01 : 0.1) * mag);
+        INFO("row " << m << " col " << n);
+        REQUIRE(std::abs(yd[size_t(m) * N + n] - want) <= (f == WeightFormat::Q8_0 ? 0.01 : 0.1) * mag);
+        REQUIRE(std::abs(yp[size_t(m) * N + n] - tile) <= (K + 2) * std::ldexp(1.0, -24) * tile_mag + 1e-30);
       }
+    }
   }
 }

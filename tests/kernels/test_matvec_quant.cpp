@@ -160,6 +160,31 @@ TEST_CASE("quant: the AVX-512 kernel equals the scalar reference", "[quant]") {
         }
 }
 
+TEST_CASE("quant: bf16 tiles of the dequantized weights, both kernels", "[quant]") {
+  for (QuantFormat f : kFormats)
+    for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier}) {
+      const int N = 150, K = 96;
+      const Packed p = pack(values(size_t(N) * K, kind, 31), f, N, K);
+      // Groups 1..2 (rows 64..149, the last group partial): zeros past N.
+      std::vector<uint16_t> want(size_t(2) * K * 64, 7), got(want.size(), 7);
+      ref::dequantize_bf16(p.W, 1, 3, want.data());
+      std::vector<float> row(K);
+      for (int n = 64; n < 192; ++n) {
+        if (n < N) dequantize_row(p.W, n, row.data());
+        for (int k = 0; k < K; ++k) {
+          INFO(quant_name(f) << " kind " << int(kind) << " n=" << n << " k=" << k);
+          const uint16_t w = want[packed_index(K, n - 64, k)];
+          if (n < N) REQUIRE(w == f32_to_bf16(row[k]));
+          else REQUIRE(bf16_to_f32(w) == 0);  // padding: a zero scale (-0 where the offset is subtracted)
+        }
+      }
+      if (!use_avx512()) continue;
+      avx512::dequantize_bf16(p.W, 1, 3, got.data());
+      INFO(quant_name(f) << " kind " << int(kind));
+      CHECK(got == want);
+    }
+}
+
 TEST_CASE("quant: AVX-512 activation quantization equals the scalar reference", "[quant]") {
   if (!use_avx512()) return;
   for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot}) {

@@ -16,6 +16,15 @@ const char* weight_format_name(WeightFormat f);
 bool is_quantized(WeightFormat f);
 double weight_format_bytes(WeightFormat f);  // bytes per weight, scales included
 
+// Prompt rows of quantized layers: oneDNN's bf16 matmul over tiles of the
+// weights dequantized to bf16 where oneDNN runs AMX (several times faster
+// there), our int8 kernels elsewhere (on AVX-512 without AMX the two are
+// within 10-15% of each other, either way round by format). Tests and
+// benches force one or the other.
+enum class QuantPrompt { automatic, tiles, int8 };
+void set_quant_prompt(QuantPrompt p);
+bool quant_prompt_tiles();  // the path prompt rows take now
+
 // One huge-page buffer that a model's layers place their weights in, one after
 // another: decode streams every weight each token, and on 4 KiB pages that
 // costs a TLB miss every 4 KiB (the 27M model's matmuls streamed ~1.2x faster

@@ -90,4 +90,17 @@ namespace matvec {
 void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1);
 }
 
+// Row groups [b0, b1) of W dequantized (d * q, rounded to nearest even) into
+// bf16 in matvec.h's packed layout (kp = K), group b at out + (b - b0) * K * 64:
+// the tiles prompt rows hand to oneDNN's bf16 matmul.
+namespace ref {
+void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
+}
+namespace avx512 {
+void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
+}
+namespace matvec {
+void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
+}
+
 }  // namespace sparq
