@@ -164,6 +164,14 @@ void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, 
   }
 }
 
+// Rows 4P..4P+3 of a step of quants (16 bytes), less the offset, times their
+// scales, as 16 bf16 (P an immediate: unoptimized builds cannot fold a loop's).
+template <int P>
+inline __m256i dequantize_rows(__m512i u, __m512i off, __m512 scale) {
+  const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u, P)), off);
+  return __m256i(_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale)));
+}
+
 // One record's 64 x 32 quants into bf16 steps: each 64-byte step of a set (16
 // rows x quants 4g..4g+3) becomes two output steps' 16-row slices, quants
 // (4g, 4g+1) and (4g+2, 4g+3) of each row.
@@ -188,12 +196,9 @@ void dequantize_record(const uint8_t* record, uint16_t* out, size_t step_elems) 
                                        dw);
 #pragma GCC unroll 8
     for (int g = 0; g < 8; ++g) {
-      __m256i h[4];  // rows 4p..4p+3 as bf16: (q0, q1), (q2, q3) per row
-#pragma GCC unroll 4
-      for (int p = 0; p < 4; ++p) {
-        const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u[g], p)), off);
-        h[p] = __m256i(_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale[p])));
-      }
+      // Rows 4p..4p+3 as bf16: (q0, q1), (q2, q3) per row.
+      const __m256i h[4] = {dequantize_rows<0>(u[g], off, scale[0]), dequantize_rows<1>(u[g], off, scale[1]),
+                            dequantize_rows<2>(u[g], off, scale[2]), dequantize_rows<3>(u[g], off, scale[3])};
       const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
       const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(h[2]), h[3], 1);
       uint16_t* o = out + size_t(2 * g) * step_elems + 32 * j;
