@@ -116,8 +116,19 @@ void ref::quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float
       amax = std::max(amax, std::fabs(xb[k]));
       finite = finite && std::isfinite(xb[k]);
     }
-    // A non-finite activation makes its block's products NaN, as in f32.
-    const float db = finite ? amax / 127 : NAN, id = finite && db != 0 ? 1 / db : 0;
+    if (!finite) {  // its block's products NaN, as in f32: quants 0, the scale NaN
+      std::fill(qb, qb + kQuantBlock, int8_t(0));
+      d[b] = NAN;
+      off[b] = 0;
+      continue;
+    }
+    const float db = amax / 127, id = db != 0 ? 1 / db : 0;
+    if (!std::isfinite(id)) {  // subnormals only, below what 1 / d can hold: a zero block
+      std::fill(qb, qb + kQuantBlock, int8_t(0));
+      d[b] = 0;
+      off[b] = 0;
+      continue;
+    }
     int sum = 0;
     for (int k = 0; k < kQuantBlock; ++k) {
       qb[k] = int8_t(std::nearbyint(xb[k] * id));

@@ -194,6 +194,7 @@ TEST_CASE("quant: AVX-512 activation quantization equals the scalar reference", 
       x[5] = NAN;
       x[40] = -INFINITY;
       for (int k = 0; k < 32; ++k) x[64 + k] = float(k % 2 ? 127 : -(k / 2)) + 0.5f * (k % 4 == 2);
+      for (int k = 0; k < 32; ++k) x[96 + k] = k % 3 ? 1e-40f : 0.0f;  // subnormals: 1 / d overflows
     }
     std::vector<int8_t> q0(n * 32), q1(n * 32);
     std::vector<float> d0(n), d1(n);
