@@ -114,6 +114,7 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   double convert_s = 0;
   size_t converted = 0;
+  set_quant_prompt(QuantPrompt::tiles);  // forward's rows for quantized weights: the tiles, beside matvec
   for (WeightFormat t : {WeightFormat::BF16, WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_0}) {
     for (const Case& c : cases) {
       if (c.decode && t == WeightFormat::F32) continue;  // f32 decode rows are oneDNN's: the prompt rows show them
@@ -127,7 +128,6 @@ int run_matmul_bench(const MatmulBenchOptions& o, std::FILE* out) {
       auto forward = [&](const Linear& l) {
         c.decode ? l.forward_decode(x.data(), y.data(), M) : l.forward(x.data(), y.data(), M);
       };
-      set_quant_prompt(QuantPrompt::tiles);  // forward's rows for quantized weights: the tiles, beside matvec
       const auto bytes = size_t(double(N) * K * weight_format_bytes(t));
       const size_t copies = M <= 16 ? std::max<size_t>(1, o.working_set_bytes / bytes) : 1;
       std::vector<Linear> lins;

@@ -287,51 +287,51 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
   size_t most_bytes = 0, peak_before_probes = 0;
   std::vector<std::string> format_names, weight_mb;
   for (WeightFormat wf : o.weight_formats) {
-  model.reset();  // one model at a time
-  malloc_trim(0);
-  if (o.shape.empty()) {
-    model = Model::load(o.model, LoadOptions{wf});
-  } else {
-    if (o.progress) fmt::print(stderr, "bench: building {} with random {} weights\n", o.shape, weight_format_name(wf));
-    model = Model::random(*shape_cfg, LoadOptions{wf}, o.seed);
-  }
-  format_names.push_back(weight_format_name(wf));
-  weight_mb.push_back(fmt::format("{} {:.1f} MB", weight_format_name(wf), model->weight_bytes() / 1e6));
-  model->set_thread_governor(!o.fixed_threads);
-  const ModelConfig& c = model->config();
-  if (ids.empty()) {
-    ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
-    if (max_depth + max_len > c.max_position_embeddings)
-      fmt::print(stderr, "warning: depth {} + {} tokens exceeds the model's trained context {} (allowed, as in llama-bench)\n",
-                 max_depth, max_len, c.max_position_embeddings);
-  }
-
-  Bench bench{o, *model, ids, bw, table, weight_format_name(wf)};
-  for (DType kv : o.kv_types)
-    for (int d : o.depths) {
-      malloc_trim(0);
-      Sequences s;
-      const KVShape shape = model->kv_shape(d + max_len, kv);
-      for (int b = 0; b < max_B; ++b) s.caches.push_back(std::make_unique<KVCache>(shape));
-      s.logits.resize(size_t(max_B) * c.vocab_size);
-      most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
-      if (d > 0) {
-        if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
-        omp_set_num_threads(most_threads);
-        if (o.shape.empty()) {
-          run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
-        } else {  // a prompt of d tokens through a 7B model would take longer than the run
-          Rng rng{o.seed};
-          for (auto& cache : s.caches) fill_cache(*cache, d, rng);
-        }
-      }
-      for (int t : threads)
-        for (int B : o.parallel) {
-          omp_set_num_threads(t);
-          bench.tests(s, TestPoint{kv, d, t, B}, settings);
-        }
+    model.reset();  // one model at a time
+    malloc_trim(0);
+    if (o.shape.empty()) {
+      model = Model::load(o.model, LoadOptions{wf});
+    } else {
+      if (o.progress) fmt::print(stderr, "bench: building {} with random {} weights\n", o.shape, weight_format_name(wf));
+      model = Model::random(*shape_cfg, LoadOptions{wf}, o.seed);
     }
-  peak_before_probes = std::max(peak_before_probes, bench.peak_before_probes);
+    format_names.push_back(weight_format_name(wf));
+    weight_mb.push_back(fmt::format("{} {:.1f} MB", weight_format_name(wf), model->weight_bytes() / 1e6));
+    model->set_thread_governor(!o.fixed_threads);
+    const ModelConfig& c = model->config();
+    if (ids.empty()) {
+      ids = bench_tokens(*model, o, size_t(max_depth + max_len) + 1, source);
+      if (max_depth + max_len > c.max_position_embeddings)
+        fmt::print(stderr, "warning: depth {} + {} tokens exceeds the model's trained context {} (allowed, as in llama-bench)\n",
+                   max_depth, max_len, c.max_position_embeddings);
+    }
+
+    Bench bench{o, *model, ids, bw, table, weight_format_name(wf)};
+    for (DType kv : o.kv_types)
+      for (int d : o.depths) {
+        malloc_trim(0);
+        Sequences s;
+        const KVShape shape = model->kv_shape(d + max_len, kv);
+        for (int b = 0; b < max_B; ++b) s.caches.push_back(std::make_unique<KVCache>(shape));
+        s.logits.resize(size_t(max_B) * c.vocab_size);
+        most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
+        if (d > 0) {
+          if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
+          omp_set_num_threads(most_threads);
+          if (o.shape.empty()) {
+            run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);
+          } else {  // a prompt of d tokens through a 7B model would take longer than the run
+            Rng rng{o.seed};
+            for (auto& cache : s.caches) fill_cache(*cache, d, rng);
+          }
+        }
+        for (int t : threads)
+          for (int B : o.parallel) {
+            omp_set_num_threads(t);
+            bench.tests(s, TestPoint{kv, d, t, B}, settings);
+          }
+      }
+    peak_before_probes = std::max(peak_before_probes, bench.peak_before_probes);
   }
   omp_set_num_threads(saved_threads);
 

@@ -7,6 +7,7 @@
 
 #include "sparq/engine/generate.h"
 #include "sparq/io/safetensors.h"
+#include "model/prompt_logits.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -24,20 +25,6 @@ const GoldenModel kModels[] = {
     {"llama-27m-bpe8k", "logits_llama-27m-bpe8k.json"},  // BOS is id 0; prompts past 4096 positions
     {"stories260K-hf", "logits_stories260K.json"},
 };
-
-// Logits at every position of the prompt, prefilled in batches of `batch`.
-std::vector<float> prompt_logits(Model& m, const std::vector<int>& ids, DType kv, int batch) {
-  KVCache cache(m.kv_shape(int(ids.size()) + 1, kv));
-  const size_t V = size_t(m.config().vocab_size);
-  std::vector<float> out(ids.size() * V);
-  for (size_t p0 = 0; p0 < ids.size(); p0 += size_t(batch)) {
-    std::vector<Row> rows;
-    for (size_t i = p0; i < std::min(ids.size(), p0 + size_t(batch)); ++i)
-      rows.push_back(Row{ids[i], int(i), &cache, nullptr, true});
-    m.forward(rows, &out[p0 * V]);
-  }
-  return out;
-}
 
 std::vector<int> greedy(Model& m, const std::vector<int>& ids, int n, DType kv,
                         const AttentionSettings& attn) {

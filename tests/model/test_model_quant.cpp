@@ -8,6 +8,7 @@
 
 #include "sparq/engine/sampler.h"
 #include "sparq/model/model.h"
+#include "model/prompt_logits.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -15,19 +16,6 @@ using namespace sparq::test;
 using nlohmann::json;
 
 namespace {
-
-std::vector<float> prompt_logits(Model& m, const std::vector<int>& ids, int batch) {
-  KVCache cache(m.kv_shape(int(ids.size()) + 1, DType::BF16));
-  const size_t V = size_t(m.config().vocab_size);
-  std::vector<float> out(ids.size() * V);
-  for (size_t p0 = 0; p0 < ids.size(); p0 += size_t(batch)) {
-    std::vector<Row> rows;
-    for (size_t i = p0; i < std::min(ids.size(), p0 + size_t(batch)); ++i)
-      rows.push_back(Row{ids[i], int(i), &cache, nullptr, true});
-    m.forward(rows, &out[p0 * V]);
-  }
-  return out;
-}
 
 // KL(softmax(p) || softmax(q)) of one row of logits.
 double kl(const float* p, const float* q, int V) {
@@ -68,7 +56,8 @@ TEST_CASE("q8_0 and q4_0 logits stay near bf16's and keep transformers' clear to
       for (const json& p : golden["prompts"]) {
         const auto ids = p["input_ids"].get<std::vector<int>>();
         if (ids.size() > 600) continue;  // the long prompts add time, not cases
-        const std::vector<float> want = prompt_logits(*bf16, ids, 512), got = prompt_logits(*q, ids, 512);
+        const std::vector<float> want = prompt_logits(*bf16, ids, DType::BF16, 512),
+                               got = prompt_logits(*q, ids, DType::BF16, 512);
         const auto top_ids = p["top5_ids"].get<std::vector<std::vector<int>>>();
         const auto top_logits = p["top5_logits"].get<std::vector<std::vector<double>>>();
         for (size_t pos = 0; pos < ids.size(); ++pos) {
@@ -92,7 +81,8 @@ TEST_CASE("a quantized model's logits do not depend on the prompt batch", "[mode
   SPARQ_REQUIRE_SHARED(dir);
   auto m = Model::load(dir, LoadOptions{WeightFormat::Q4_0});
   const std::vector<int> ids = m->tokenizer().encode("Once upon a time, a little fox met a quiet owl by the river.", true);
-  const std::vector<float> all = prompt_logits(*m, ids, 512), few = prompt_logits(*m, ids, 3);
+  const std::vector<float> all = prompt_logits(*m, ids, DType::BF16, 512),
+                           few = prompt_logits(*m, ids, DType::BF16, 3);
   REQUIRE(all == few);
 }
 
