@@ -4,8 +4,6 @@
 // positions. The settings' rules are in attention_settings.cpp.
 #include "sparq/kernels/attention.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,7 +14,7 @@
 #include "sparq/kernels/attention_dense.h"
 #include "sparq/kernels/baseline_decode.h"
 #include "sparq/util/cpu.h"
-#include "sparq/util/region_error.h"
+#include "sparq/util/work_team.h"
 #include "sparq/kernels/sparq_decode.h"
 
 namespace sparq {
@@ -79,7 +77,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   for (const DecodeQuery& q : queries)
     if (q.cache->shape().n_kv_heads != nkv || q.cache->shape().head_dim != d)
       fail("attention: queries of one batch must share the KV head count and head size");
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = team_threads();
   const int items = int(queries.size()) * nkv;
   // Split positions when the items cannot keep every thread busy equally;
   // nsplit makes items * nsplit a multiple of the thread count.
@@ -113,42 +111,35 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   for (const DecodeQuery& q : queries) elems += int64_t(q.S) * nkv * d * 2;
   const int ntasks = int(w.tasks.size());
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntasks);
-  RegionError err;  // a kernel's scratch may fail to grow
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntasks; ++t) {
-      const Task& k = w.tasks[t];
-      const DecodeQuery& q = queries[k.query];
-      const DenseSpan span{q.cache->k_rows(layer, k.kv_head), q.cache->k_t(layer, k.kv_head),
-                           q.cache->v_rows(layer, k.kv_head),
-                           q.cache->shape().type, d, group, q.q + size_t(k.kv_head) * group * d,
-                           k.p0, k.p1};
-      const size_t s = size_t(k.slot) * group;
-      err.guard([&] { dense_kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]}); });
-    }
-#pragma omp for schedule(static)
-    for (int i = 0; i < items; ++i) {
-      const DecodeQuery& q = queries[i / nkv];
-      for (int h = 0; h < group; ++h) {
-        // Merge the pieces: rescale each to the common max, then normalise.
-        const size_t s0 = size_t(w.first[i]) * group + h;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int c = 0; c < w.pieces[i]; ++c) m = std::max(m, w.m[s0 + size_t(c) * group]);
-        float* out = q.out + (size_t(i % nkv) * group + h) * d;
-        std::fill(out, out + d, 0.0f);
-        float l = 0;
-        for (int c = 0; c < w.pieces[i]; ++c) {
-          const size_t s = s0 + size_t(c) * group;
-          const float f = std::exp(w.m[s] - m);
-          l += f * w.l[s];
-          for (int j = 0; j < d; ++j) out[j] += f * w.acc[s * d + j];
-        }
-        for (int j = 0; j < d; ++j) out[j] /= l;
+  parallel_items(ntasks, team, [&](int t) {
+    const Task& k = w.tasks[t];
+    const DecodeQuery& q = queries[k.query];
+    const DenseSpan span{q.cache->k_rows(layer, k.kv_head), q.cache->k_t(layer, k.kv_head),
+                         q.cache->v_rows(layer, k.kv_head),
+                         q.cache->shape().type, d, group, q.q + size_t(k.kv_head) * group * d,
+                         k.p0, k.p1};
+    const size_t s = size_t(k.slot) * group;
+    dense_kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
+  });
+  // Merge the pieces: rescale each to the common max, then normalise.
+  for (int i = 0; i < items; ++i) {
+    const DecodeQuery& q = queries[i / nkv];
+    for (int h = 0; h < group; ++h) {
+      const size_t s0 = size_t(w.first[i]) * group + h;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int c = 0; c < w.pieces[i]; ++c) m = std::max(m, w.m[s0 + size_t(c) * group]);
+      float* out = q.out + (size_t(i % nkv) * group + h) * d;
+      std::fill(out, out + d, 0.0f);
+      float l = 0;
+      for (int c = 0; c < w.pieces[i]; ++c) {
+        const size_t s = s0 + size_t(c) * group;
+        const float f = std::exp(w.m[s] - m);
+        l += f * w.l[s];
+        for (int j = 0; j < d; ++j) out[j] += f * w.acc[s * d + j];
       }
+      for (int j = 0; j < d; ++j) out[j] /= l;
     }
   }
-  err.rethrow();
 }
 
 }  // namespace
@@ -238,7 +229,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   // Tiles of up to 64 vectors (the kernel's most), as even as multiples of
   // 16 allow (a 16-vector tile costs ~1.4x more per vector than wider ones),
   // and more of them while threads would sit idle.
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = team_threads();
   const auto width_for = [&](int tiles) { return ((per_head + tiles - 1) / tiles + 15) / 16 * 16; };
   int tiles = (per_head + 63) / 64;
   while (nkv * tiles < threads && width_for(tiles) > 16) ++tiles;
@@ -246,22 +237,17 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   const int per_kv = (per_head + width - 1) / width, ntiles = nkv * per_kv;
   const int64_t elems = int64_t(n_heads) * (int64_t(T) * p0 + int64_t(T) * (T + 1) / 2) * d * 2;
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntiles);
-  RegionError err;  // a kernel's scratch may fail to grow
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
-  for (int j = 0; j < ntiles; ++j) {
+  parallel_items(ntiles, team, [&](int j) {
     // Later tokens see more positions: their tiles first, so the schedule ends balanced.
     const int kv = j % nkv, i0 = (per_kv - 1 - j / nkv) * width;
     const size_t b = size_t(kv) * per_head + i0;
     const PrefillSpan span{cache.k_rows(layer, kv), cache.v_rows(layer, kv), sh.type, d,
                            std::min(width, per_head - i0), &w.q[b], &w.last[b], &w.out[b]};
-    err.guard([&] {
-      if (use_avx512())
-        avx512::prefill_attention(span);
-      else
-        ref::prefill_attention(span);
-    });
-  }
-  err.rethrow();
+    if (use_avx512())
+      avx512::prefill_attention(span);
+    else
+      ref::prefill_attention(span);
+  });
 }
 
 }  // namespace sparq

@@ -2,17 +2,16 @@
 // H2O's eviction, and the runs over (query, KV head) items.
 #include "sparq/kernels/baseline_decode.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <limits>
 #include <numbers>
 #include <numeric>
 
 #include "sparq/kernels/sparq_kernels.h"
 #include "sparq/util/cpu.h"
-#include "sparq/util/region_error.h"
+#include "sparq/util/work_team.h"
 
 namespace sparq {
 namespace {
@@ -28,11 +27,7 @@ template <class F>
 void for_items(std::span<const DecodeQuery> queries, F&& f) {
   const int nkv = queries[0].cache->shape().n_kv_heads;
   const int items = int(queries.size()) * nkv;
-  const int team = std::min(items, omp_in_parallel() ? 1 : omp_get_max_threads());
-  RegionError err;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
-  for (int i = 0; i < items; ++i) err.guard([&] { f(queries[size_t(i / nkv)], i % nkv); });
-  err.rethrow();
+  parallel_items(items, [&](int i) { f(queries[size_t(i / nkv)], i % nkv); });
 }
 
 // Adds the bytes of one (query, KV head) (H2O's heads keep their own
@@ -40,7 +35,8 @@ void for_items(std::span<const DecodeQuery> queries, F&& f) {
 void count(AttnCounters* c, const DecodeQuery& q, int kv, uint64_t bytes, bool dense) {
   if (!c) return;
   const KVShape& s = q.cache->shape();
-#pragma omp critical(sparq_baseline_counters)
+  static std::mutex mutex;
+  std::lock_guard lock(mutex);
   {
     c->kv_bytes += bytes;
     c->dense_bytes += dense_step_bytes(q.S, s.head_dim, s.type);

@@ -22,6 +22,7 @@
 #include "sparq/kernels/matvec.h"
 #include "sparq/kernels/matvec_quant.h"
 #include "sparq/kernels/ops.h"
+#include "sparq/util/work_team.h"
 
 namespace sparq {
 
@@ -92,10 +93,10 @@ void check_args(int N, int K, WeightFormat f) {
 // holds back delays at most one run.
 template <class F>
 void over_groups(int groups, F&& f) {
-  const int threads = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), groups);
-  const int run = std::max(1, groups / (4 * threads));
-#pragma omp parallel for schedule(dynamic, run) num_threads(threads) if (threads > 1)
-  for (int b = 0; b < groups; ++b) f(b);
+  const int run = std::max(1, groups / (4 * std::min(team_threads(), groups)));
+  parallel_items((groups + run - 1) / run, [&](int i) {
+    for (int b = i * run; b < std::min(groups, (i + 1) * run); ++b) f(b);
+  });
 }
 
 std::atomic<QuantPrompt> g_quant_prompt{QuantPrompt::automatic};

@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "sparq/util/cpu.h"
-#include "sparq/util/region_error.h"
+#include "sparq/util/work_team.h"
 #include "sparq/kernels/sparq_kernels.h"
 
 namespace sparq {
@@ -44,7 +44,7 @@ namespace {
 constexpr int B = kSparqBlock;
 
 // Caches shorter than this run one (query, KV head) per thread even when that
-// leaves threads idle: splitting costs a few barriers.
+// leaves threads idle: splitting costs a few more loops.
 constexpr int kMinSplit = 4096;
 
 struct Kernels {
@@ -85,7 +85,7 @@ struct ItemScratch {
   std::vector<int> i1, i2, rows;
   std::vector<float> qs, qs1, q3, e, mx, sum, w, w_sel, alpha;
   std::vector<uint32_t> topk;
-  std::vector<float> part_m, part_z, part_acc;  // per thread: [G], [G], [G][dpad]
+  std::vector<float> part_m, part_z, part_acc;  // per part: [G], [G], [G][dpad]
 };
 
 ItemScratch& item_scratch() {
@@ -100,27 +100,24 @@ std::vector<float>& step3_scratch() {
 
 struct PhaseTimes {
   double step1 = 0, topk = 0, step3 = 0, mix = 0;
+  void add(const PhaseTimes& o, double scale) {
+    step1 += o.step1 * scale;
+    topk += o.topk * scale;
+    step3 += o.step3 * scale;
+    mix += o.mix * scale;
+  }
 };
 
-void sync(int nt) {
-  if (nt > 1) {
-#pragma omp barrier
-  }
-}
-
-// [begin, end) of thread tid's share of n, in multiples of unit.
-std::pair<int, int> share(int n, int unit, int tid, int nt) {
+// [begin, end) of part p's share of n, in multiples of unit.
+std::pair<int, int> share(int n, int unit, int p, int parts) {
   const int units = (n + unit - 1) / unit;
-  const int b = int(int64_t(units) * tid / nt) * unit, e = int(int64_t(units) * (tid + 1) / nt) * unit;
+  const int b = int(int64_t(units) * p / parts) * unit, e = int(int64_t(units) * (p + 1) / parts) * unit;
   return {std::min(b, n), std::min(e, n)};
 }
 
-// Runs one item on threads tid of nt (nt > 1: every thread of the team calls
-// this with the same item and scratch). A section that throws is kept in err
-// (see region_error.h): the threads then stop together at the next barrier.
-// phase counts the barriers this thread has passed.
-void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, int nt, PhaseTimes& t,
-              RegionError& err, int& phase) {
+// Runs one item: its steps 1 and 3 in `parts` parts over the work team (one
+// part: all on this thread), the rest on this thread between them.
+void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int parts, PhaseTimes& t) {
   const Kernels& K = kernels();
   const KVCache& cache = *it.q->cache;
   const KVShape& sh = cache.shape();
@@ -136,135 +133,115 @@ void run_item(const Item& it, int layer, int n_heads, ItemScratch& x, int tid, i
   const bool logit = it.group == GroupRule::logit;
   const int H1 = !logit ? G : want_alpha ? G + 1 : 1;
   const float* q = it.q->q + size_t(it.kv) * G * d;
-  const auto section = [&](bool mine, auto&& f) {
-    if (mine) err.guard(f, phase);
-  };
-  const auto barrier = [&] {
-    sync(nt);
-    return !err.before(++phase);
-  };
 
   double t0 = omp_get_wtime();
-  section(tid == 0, [&] {
-    grow(x.i1, size_t(it.r));
-    grow(x.qs, size_t(G) * it.r);
-    grow(x.q3, size_t(G) * d);
-    grow(x.i2, size_t(it.k));
-    grow(x.alpha, size_t(G) + 1);
-    grow(x.qs1, size_t(H1) * it.r);
-    grow(x.part_m, size_t(nt) * G);
-    grow(x.part_z, size_t(nt) * G);
-    grow(x.part_acc, size_t(nt) * G * dp);
-    grow(x.rows, size_t(nt));
-    if (scores) {
-      grow(x.e, size_t(nb) * H1 * B);
-      grow(x.mx, size_t(nb) * H1);
-      grow(x.sum, size_t(nb) * H1);
-      grow(x.w, size_t(nb) * H1);
-      if (logit) grow(x.w_sel, size_t(nb) * H1);
-      grow(x.topk, sparq_select_scratch(n));
+  grow(x.i1, size_t(it.r));
+  grow(x.qs, size_t(G) * it.r);
+  grow(x.q3, size_t(G) * d);
+  grow(x.i2, size_t(it.k));
+  grow(x.alpha, size_t(G) + 1);
+  grow(x.qs1, size_t(H1) * it.r);
+  grow(x.part_m, size_t(parts) * G);
+  grow(x.part_z, size_t(parts) * G);
+  grow(x.part_acc, size_t(parts) * G * dp);
+  grow(x.rows, size_t(parts));
+  if (scores) {
+    grow(x.e, size_t(nb) * H1 * B);
+    grow(x.mx, size_t(nb) * H1);
+    grow(x.sum, size_t(nb) * H1);
+    grow(x.w, size_t(nb) * H1);
+    if (logit) grow(x.w_sel, size_t(nb) * H1);
+    grow(x.topk, sparq_select_scratch(n));
+  }
+  sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
+  float* qs1 = x.qs1.data();
+  if (H1 != 1 || !logit) std::copy_n(x.qs.data(), size_t(G) * it.r, qs1);  // the group's heads are scored
+  if (logit)
+    for (int j = 0; j < it.r; ++j) {
+      float v = 0;
+      for (int h = 0; h < G; ++h) v += x.qs[size_t(h) * it.r + j];
+      qs1[size_t(H1 - 1) * it.r + j] = query_for(sh.type, v);
     }
-    sparq_select_components(q, G, d, it.r, sh.type, x.i1.data(), x.qs.data());
-    float* qs1 = x.qs1.data();
-    if (H1 != 1 || !logit) std::copy_n(x.qs.data(), size_t(G) * it.r, qs1);  // the group's heads are scored
-    if (logit)
-      for (int j = 0; j < it.r; ++j) {
-        float v = 0;
-        for (int h = 0; h < G; ++h) v += x.qs[size_t(h) * it.r + j];
-        qs1[size_t(H1 - 1) * it.r + j] = query_for(sh.type, v);
-      }
-    for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
-  });
-  if (!barrier()) return;
+  for (size_t i = 0; i < size_t(G) * d; ++i) x.q3[i] = query_for(sh.type, q[i]);  // as dense does
 
   // Step 1: approximate scores from r components of every key.
   if (scores) {
-    section(true, [&] {
-      const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs1.data(), H1};
-      const auto [b0, b1] = share(nb, 1, tid, nt);
+    const SparqStep1Args a{cache.k_t(layer, it.kv), sh.type, d, S, x.i1.data(), it.r, x.qs1.data(), H1};
+    parallel_items(parts, [&](int p) {
+      const auto [b0, b1] = share(nb, 1, p, parts);
       K.step1(a, b0, b1, x.e.data(), x.mx.data(), x.sum.data());
     });
-    if (!barrier()) return;
-    section(tid == 0, [&] {
-      K.weights(x.mx.data(), x.sum.data(), H1, nb, x.w.data());
-      if (logit) {  // select by the summed head alone: the others weigh 0
-        std::fill_n(x.w_sel.data(), size_t(H1 - 1) * nb, 0.0f);
-        std::copy_n(x.w.data() + size_t(H1 - 1) * nb, nb, x.w_sel.data() + size_t(H1 - 1) * nb);
-      }
-    });
-    if (!barrier()) return;
+    K.weights(x.mx.data(), x.sum.data(), H1, nb, x.w.data());
+    if (logit) {  // select by the summed head alone: the others weigh 0
+      std::fill_n(x.w_sel.data(), size_t(H1 - 1) * nb, 0.0f);
+      std::copy_n(x.w.data() + size_t(H1 - 1) * nb, nb, x.w_sel.data() + size_t(H1 - 1) * nb);
+    }
   }
   double t1 = omp_get_wtime();
   t.step1 += t1 - t0;
 
   // Step 2: the top m of the first n positions, plus the local window; alpha
   // is the step-1 softmax mass of the selection.
-  section(tid == 0, [&] {
-    int* i2 = x.i2.data();
-    float* alpha = want_alpha ? x.alpha.data() : nullptr;
-    if (alpha) std::fill_n(alpha, H1, 0.0f);
-    if (m >= n) {
-      std::iota(i2, i2 + S, 0);
-      if (alpha) std::fill_n(alpha, H1, 1.0f);
-    } else {
-      if (m > 0 && !logit) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
-      if (m > 0 && logit) {
-        K.select(x.e.data(), x.w_sel.data(), H1, nb, n, m, i2, nullptr, x.topk.data());
-        if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2, m, alpha);
-      }
-      std::iota(i2 + m, i2 + it.k, n);
-      if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2 + m, it.k - m, alpha);
+  int* i2 = x.i2.data();
+  float* alpha = want_alpha ? x.alpha.data() : nullptr;
+  if (alpha) std::fill_n(alpha, H1, 0.0f);
+  if (m >= n) {
+    std::iota(i2, i2 + S, 0);
+    if (alpha) std::fill_n(alpha, H1, 1.0f);
+  } else {
+    if (m > 0 && !logit) K.select(x.e.data(), x.w.data(), G, nb, n, m, i2, alpha, x.topk.data());
+    if (m > 0 && logit) {
+      K.select(x.e.data(), x.w_sel.data(), H1, nb, n, m, i2, nullptr, x.topk.data());
+      if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2, m, alpha);
     }
-  });
-  if (!barrier()) return;
+    std::iota(i2 + m, i2 + it.k, n);
+    if (alpha) K.mass(x.e.data(), x.w.data(), H1, nb, i2 + m, it.k - m, alpha);
+  }
   double t2 = omp_get_wtime();
   t.topk += t2 - t1;
 
-  // Step 3: exact attention over the k selected rows, rows split over threads.
-  section(true, [&] {
-    const auto [r0, r1] = share(it.k, 16, tid, nt);
-    x.rows[tid] = r1 - r0;
+  // Step 3: exact attention over the k selected rows, rows split over the parts.
+  const SparqStep3Args a{cache.k_rows(layer, it.kv), cache.v_rows(layer, it.kv), sh.type, d, x.q3.data(), G,
+                         float(std::numbers::log2e / std::sqrt(double(d)))};
+  parallel_items(parts, [&](int p) {
+    const auto [r0, r1] = share(it.k, 16, p, parts);
+    x.rows[p] = r1 - r0;
     if (r1 > r0) {
-      const SparqStep3Args a{cache.k_rows(layer, it.kv), cache.v_rows(layer, it.kv), sh.type, d, x.q3.data(), G,
-                             float(std::numbers::log2e / std::sqrt(double(d)))};
       float* scratch = grow(step3_scratch(), sparq_step3_scratch(G, r1 - r0, d));
-      K.step3(a, x.i2.data() + r0, r1 - r0, &x.part_m[size_t(tid) * G], &x.part_z[size_t(tid) * G],
-              &x.part_acc[size_t(tid) * G * dp], scratch);
+      K.step3(a, x.i2.data() + r0, r1 - r0, &x.part_m[size_t(p) * G], &x.part_z[size_t(p) * G],
+              &x.part_acc[size_t(p) * G * dp], scratch);
     }
   });
-  if (!barrier()) return;
   double t3 = omp_get_wtime();
   t.step3 += t3 - t2;
 
-  // Merge the threads' partial softmaxes, then mix with the mean of V.
-  section(tid == 0, [&] {
-    const float* vsum = cache.v_sum(layer, it.kv);
-    for (int h = 0; h < G; ++h) {
-      float top = -std::numeric_limits<float>::infinity();
-      for (int p = 0; p < nt; ++p)
-        if (x.rows[p] > 0) top = std::max(top, x.part_m[size_t(p) * G + h]);
-      float* out = it.q->out + (size_t(it.kv) * G + h) * d;
-      std::fill(out, out + d, 0.0f);
-      float z = 0;
-      for (int p = 0; p < nt; ++p) {
-        if (x.rows[p] == 0) continue;
-        const float f = std::exp2(x.part_m[size_t(p) * G + h] - top);
-        z += f * x.part_z[size_t(p) * G + h];
-        const float* acc = &x.part_acc[(size_t(p) * G + h) * dp];
-        for (int c = 0; c < d; ++c) out[c] += f * acc[c];
-      }
-      const float a = it.mean ? x.alpha[h] : 1.0f;
-      for (int c = 0; c < d; ++c) {
-        out[c] *= a / z;
-        if (it.mean) out[c] += (1.0f - a) * vsum[c] / float(S);
-      }
+  // Merge the parts' partial softmaxes, then mix with the mean of V.
+  const float* vsum = cache.v_sum(layer, it.kv);
+  for (int h = 0; h < G; ++h) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int p = 0; p < parts; ++p)
+      if (x.rows[p] > 0) top = std::max(top, x.part_m[size_t(p) * G + h]);
+    float* out = it.q->out + (size_t(it.kv) * G + h) * d;
+    std::fill(out, out + d, 0.0f);
+    float z = 0;
+    for (int p = 0; p < parts; ++p) {
+      if (x.rows[p] == 0) continue;
+      const float f = std::exp2(x.part_m[size_t(p) * G + h] - top);
+      z += f * x.part_z[size_t(p) * G + h];
+      const float* acc = &x.part_acc[(size_t(p) * G + h) * dp];
+      for (int c = 0; c < d; ++c) out[c] += f * acc[c];
     }
-    if (it.trace) {
-      it.trace->i1.assign(x.i1.begin(), x.i1.begin() + it.r);
-      it.trace->i2.assign(x.i2.begin(), x.i2.begin() + it.k);
-      it.trace->alpha.assign(x.alpha.begin(), x.alpha.begin() + G);
+    const float mass = it.mean ? x.alpha[h] : 1.0f;
+    for (int c = 0; c < d; ++c) {
+      out[c] *= mass / z;
+      if (it.mean) out[c] += (1.0f - mass) * vsum[c] / float(S);
     }
-  });
+  }
+  if (it.trace) {
+    it.trace->i1.assign(x.i1.begin(), x.i1.begin() + it.r);
+    it.trace->i2.assign(x.i2.begin(), x.i2.begin() + it.k);
+    it.trace->alpha.assign(x.alpha.begin(), x.alpha.begin() + G);
+  }
   t.mix += omp_get_wtime() - t3;
 }
 
@@ -297,49 +274,22 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
     for (size_t i = 0; i < items.size(); ++i) items[i].trace = &(*trace)[i];
   }
   const int n_items = int(items.size());
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = team_threads();
   // Whole items go one per thread; the last n_items % threads are split over
-  // all threads, unless one of them is too short to repay the barriers.
+  // all threads, unless one of them is too short to repay the extra loops.
   int whole = n_items - n_items % threads;
   for (int i = whole; i < n_items; ++i)
     if (items[i].q->S < kMinSplit) whole = n_items;
 
+  thread_local std::vector<PhaseTimes> times_of_thread;
+  std::vector<PhaseTimes>& times = times_of_thread;
+  times.assign(size_t(whole), PhaseTimes{});
+  parallel_items(whole, [&](int i) { run_item(items[i], layer, n_heads, item_scratch(), 1, times[i]); });
+  // Per-thread times averaged over the threads, as the whole items ran side by side.
   PhaseTimes total;
-  int team = 1;
-  RegionError err;
-#pragma omp parallel num_threads(threads)
-  {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    PhaseTimes t;
-    // No barrier after the whole items: with none split (the model's usual
-    // case) the team's single and its barriers cost ~5 us per call.
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int i = 0; i < whole; ++i) {
-      int phase = 0;
-      run_item(items[i], layer, n_heads, item_scratch(), 0, 1, t, err, phase);
-    }
-    if (whole < n_items) {  // the same on every thread
-      // One thread's scratch serves the split items; the single's barrier
-      // waits until every thread is done with its whole items, so all see
-      // whether one of those threw.
-      ItemScratch* shared = nullptr;
-#pragma omp single copyprivate(shared)
-      shared = &item_scratch();
-      const bool skip = err.any();
-      int phase = 0;
-      for (int i = whole; i < n_items && !skip && !err.before(phase); ++i)
-        run_item(items[i], layer, n_heads, *shared, tid, nt, t, err, phase);
-    }
-#pragma omp critical
-    {
-      total.step1 += t.step1;
-      total.topk += t.topk;
-      total.step3 += t.step3;
-      total.mix += t.mix;
-      team = nt;
-    }
-  }
-  err.rethrow();
+  for (const PhaseTimes& t : times) total.add(t, 1.0 / std::min(threads, std::max(whole, 1)));
+  // More parts than threads, so a thread the OS holds back leaves little undone.
+  for (int i = whole; i < n_items; ++i) run_item(items[i], layer, n_heads, item_scratch(), 4 * threads, total);
   if (!counters) return;
   for (size_t i = 0; i < queries.size(); ++i) {
     const KVShape& s = queries[i].cache->shape();
@@ -350,10 +300,10 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
     counters->kv_bytes += uint64_t(s.n_kv_heads) * sparq_step_bytes(st, queries[i].S, s.head_dim, s.type);
     counters->dense_bytes += uint64_t(s.n_kv_heads) * dense_step_bytes(queries[i].S, s.head_dim, s.type);
   }
-  counters->t_step1 += total.step1 / team;
-  counters->t_topk += total.topk / team;
-  counters->t_step3 += total.step3 / team;
-  counters->t_mix += total.mix / team;
+  counters->t_step1 += total.step1;
+  counters->t_topk += total.topk;
+  counters->t_step3 += total.step3;
+  counters->t_mix += total.mix;
 }
 
 }  // namespace
