@@ -1,8 +1,8 @@
 // Picks how many threads a decode step runs on, from the measured time of
-// recent steps. A step meets at dozens of barriers; when another process
-// holds one of the cores, a thread of ours waits in its run queue and every
-// barrier waits for it, so on a 2-core machine with one busy neighbour 2
-// threads decoded at 35-70% of 1 thread's speed. The governor runs the
+// recent steps. A step runs dozens of loops on the work team; when another
+// process holds one of the cores, the caller still waits for whatever item
+// the thread queued behind it holds, so on a 2-core machine with one busy
+// neighbour 2 threads can decode slower than 1. The governor runs the
 // user's count and now and then tries one thread fewer (or, once it has
 // switched, the user's count again) for kTrial steps, or one when that one is
 // far slower (kGiveUp), switching when that was clearly faster (kSwitch). The first trial comes after kFirstPeriod steps,
