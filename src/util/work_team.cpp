@@ -6,9 +6,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <exception>
@@ -39,8 +39,8 @@ constexpr auto kYield = std::chrono::microseconds(300);
 
 constexpr uint32_t kClosed = 0xffffffffu;  // a loop being set up: nothing to claim
 
-thread_local bool t_inside = false;
-thread_local Clock::time_point t_awake;  // a worker's last wake-up or yield  // in an item, or a worker
+thread_local bool t_inside = false;     // in an item, or a worker
+thread_local Clock::time_point t_awake;  // a worker's last wake-up or yield
 
 void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
