@@ -357,10 +357,11 @@ int run_bench(BenchFlags& b) {
 }  // namespace
 
 // libgomp reads its wait policy once, when it is loaded, and by default a
-// thread waiting for its team spins ~300000 times before it sleeps. When
-// another process holds a core, that spin keeps our core busy while the
-// thread it waits for sits in the run queue, and a decode step opens a
-// parallel region per matrix product: see README's "Busy machines". Unless
+// thread waiting for its team spins ~300000 times before it sleeps. Prompt
+// rows run on OpenMP's threads (oneDNN's products, the prompt's attention);
+// after a prompt, that spin would hold a core the decode's work team needs,
+// and when another process holds a core it keeps ours busy while the thread
+// it waits for sits in the run queue: see README's "Busy machines". Unless
 // the user chose a policy, start again with a short spin.
 void short_omp_spin(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
