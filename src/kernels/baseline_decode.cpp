@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <limits>
+#include <mutex>
 #include <numbers>
 #include <numeric>
 
@@ -35,15 +35,13 @@ void for_items(std::span<const DecodeQuery> queries, F&& f) {
 void count(AttnCounters* c, const DecodeQuery& q, int kv, uint64_t bytes, bool dense) {
   if (!c) return;
   const KVShape& s = q.cache->shape();
-  static std::mutex mutex;
+  static std::mutex mutex;  // items run on several threads
   std::lock_guard lock(mutex);
-  {
-    c->kv_bytes += bytes;
-    c->dense_bytes += dense_step_bytes(q.S, s.head_dim, s.type);
-    if (kv == 0) {
-      c->calls += 1;
-      if (dense) c->dense_fallbacks += 1;
-    }
+  c->kv_bytes += bytes;
+  c->dense_bytes += dense_step_bytes(q.S, s.head_dim, s.type);
+  if (kv == 0) {
+    c->calls += 1;
+    if (dense) c->dense_fallbacks += 1;
   }
 }
 
