@@ -98,15 +98,15 @@ enum class Pool { team, openmp };
 
 template <class F>
 void over_groups(int groups, Pool pool, F&& f) {
+  const int available = pool == Pool::team ? team_threads() : omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = std::min(available, groups);
+  const int run = std::max(1, groups / (4 * threads));
   if (pool == Pool::team) {
-    const int run = std::max(1, groups / (4 * std::min(team_threads(), groups)));
     parallel_items((groups + run - 1) / run, [&](int i) {
       for (int b = i * run; b < std::min(groups, (i + 1) * run); ++b) f(b);
     });
     return;
   }
-  const int threads = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), groups);
-  const int run = std::max(1, groups / (4 * threads));
 #pragma omp parallel for schedule(dynamic, run) num_threads(threads) if (threads > 1)
   for (int b = 0; b < groups; ++b) f(b);
 }

@@ -154,17 +154,11 @@ void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, 
     const __m512 x0 = _mm512_loadu_ps(x + b * kQuantBlock), x1 = _mm512_loadu_ps(x + b * kQuantBlock + 16);
     // QNaN, SNaN, +inf, -inf.
     const bool finite = (_mm512_fpclass_ps_mask(x0, 0x99) | _mm512_fpclass_ps_mask(x1, 0x99)) == 0;
-    if (!finite) {  // as the reference: quants 0, the scale NaN
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQuantBlock), _mm256_setzero_si256());
-      d[b] = NAN;
-      off[b] = 0;
-      continue;
-    }
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     const float db = amax / 127, id = db != 0 ? 1 / db : 0;
-    if (!std::isfinite(id)) {  // as the reference: a block of subnormals is zero
+    if (!finite || !std::isfinite(id)) {  // as the reference: quants 0, the scale NaN or (subnormals) 0
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQuantBlock), _mm256_setzero_si256());
-      d[b] = 0;
+      d[b] = finite ? 0.0f : NAN;
       off[b] = 0;
       continue;
     }

@@ -116,16 +116,12 @@ void ref::quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float
       amax = std::max(amax, std::fabs(xb[k]));
       finite = finite && std::isfinite(xb[k]);
     }
-    if (!finite) {  // its block's products NaN, as in f32: quants 0, the scale NaN
-      std::fill(qb, qb + kQuantBlock, int8_t(0));
-      d[b] = NAN;
-      off[b] = 0;
-      continue;
-    }
     const float db = amax / 127, id = db != 0 ? 1 / db : 0;
-    if (!std::isfinite(id)) {  // subnormals only, below what 1 / d can hold: a zero block
+    // Quants 0, and a scale of NaN for a non-finite block (its products NaN,
+    // as in f32) or 0 for one of subnormals only (1 / d overflows).
+    if (!finite || !std::isfinite(id)) {
       std::fill(qb, qb + kQuantBlock, int8_t(0));
-      d[b] = 0;
+      d[b] = finite ? 0.0f : NAN;
       off[b] = 0;
       continue;
     }

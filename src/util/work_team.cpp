@@ -196,14 +196,17 @@ void Team::run(int n, int threads, ItemFn f) {
   if (error_) std::rethrow_exception(error_);
 }
 
+// Inside an item or an OpenMP region, loops run in place.
+bool in_place() { return t_inside || omp_in_parallel(); }
+
 }  // namespace
 
-int team_threads() { return t_inside || omp_in_parallel() ? 1 : omp_get_max_threads(); }
+int team_threads() { return in_place() ? 1 : omp_get_max_threads(); }
 
 void parallel_items(int n, int threads, ItemFn f) {
   if (n <= 0) return;
   threads = std::min(threads, n);
-  if (threads <= 1 || t_inside || omp_in_parallel()) {
+  if (threads <= 1 || in_place()) {
     for (int i = 0; i < n; ++i) f(i);
     return;
   }
