@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
+#include <utility>
 
 #include "sparq/kernels/attention.h"
 #include "sparq/kernels/bandwidth.h"
@@ -141,6 +144,20 @@ struct TestPoint {
   int depth, threads, B;
 };
 
+// One row of the table: a test at a point, with its samples.
+struct Case {
+  using Run = std::function<void(ForwardStats*, bool)>;  // run(st, warmup)
+  Case(const TestPoint& at, std::string name, std::string setting, int n_tokens, bool is_decode, Run f)
+      : p(at), test(std::move(name)), attention(std::move(setting)), tokens(n_tokens), decode(is_decode), run(std::move(f)) {}
+  TestPoint p;
+  std::string test, attention;
+  int tokens;
+  bool decode;
+  Run run;
+  std::vector<double> tps, ms;
+  ForwardStats st;  // the last repetition's
+};
+
 struct Bench {
   const ModelBenchOptions& o;
   Model& m;
@@ -150,50 +167,91 @@ struct Bench {
   const char* weights;  // the model's weight format, for its rows
   size_t peak_before_probes = 0;
 
-  // Times one test over o.reps repetitions after a shorter warm-up, rewinding
-  // the caches to the depth before each (untimed); run(st, warmup) runs it.
-  template <class F>
-  void time(Sequences& s, const TestPoint& p, const std::string& test, const std::string& attention, int tokens,
-            bool decode, F run) {
-    std::vector<double> tps, ms;
-    ForwardStats st;
+  // The cases of one point, in table order.
+  void add_cases(std::vector<Case>& cases, Sequences& s, const TestPoint& p,
+                 const std::vector<AttentionSettings>& settings) {
+    const int d = p.depth;
+    for (int n : o.prompt_lens) {
+      if (n == 0) continue;
+      cases.emplace_back(p, fmt::format("pp{}", n), "dense", n * p.B, false, [this, &s, p, n](ForwardStats* st, bool warmup) {
+        run_prompt(m, s, p.B, ids, p.depth, warmup ? std::min(n, o.batch) : n, o.batch, st);
+      });
+    }
+    for (size_t a = 0; a < settings.size(); ++a)
+      for (int n : o.gen_lens) {
+        if (n == 0) continue;
+        const AttentionSettings* set = &settings[a];
+        cases.emplace_back(p, fmt::format("tg{}", n), o.settings[a], n * p.B, true,
+                           [this, &s, p, n, d, set](ForwardStats* st, bool warmup) {
+                             run_decode(m, s, p.B, ids[d], d, warmup ? 1 : n, *set, st);
+                           });
+      }
+  }
+
+  // Times the cases of one depth (they share its caches): a warm-up round,
+  // then o.reps rounds in which every case runs once, in alternating order,
+  // so a busy spell or a drift in the host's speed falls on all of them
+  // alike. The caches are rewound to the depth before each run (untimed).
+  // Decode rows are bound by the host's read bandwidth, which drifts too:
+  // after each timed round it is measured on each decode thread count.
+  void run(std::vector<Case>& cases, std::vector<std::unique_ptr<KVCache>>& caches) {
+    std::map<int, std::vector<double>> reads;  // per thread count
+    for (const Case& c : cases)
+      if (c.decode && o.bandwidth_gbs == 0) reads[c.p.threads];
     for (int rep = 0; rep <= o.reps; ++rep) {
-      for (int b = 0; b < p.B; ++b) s.caches[b]->truncate(p.depth);
-      st = ForwardStats{};
-      const auto t0 = Clock::now();
-      run(&st, rep == 0);
-      const double sec = seconds_since(t0);
+      for (size_t j = 0; j < cases.size(); ++j) {
+        Case& c = cases[rep % 2 == 1 ? j : cases.size() - 1 - j];
+        omp_set_num_threads(c.p.threads);
+        for (int b = 0; b < c.p.B; ++b) caches[b]->truncate(c.p.depth);
+        ForwardStats st;
+        const auto t0 = Clock::now();
+        c.run(&st, rep == 0);
+        const double sec = seconds_since(t0);
+        if (rep == 0) continue;
+        c.tps.push_back(c.tokens / sec);
+        c.ms.push_back(1e3 * sec / c.tokens);
+        c.st = st;
+        if (o.progress)
+          fmt::print(stderr, "bench: rep {}/{} {} {} t={} B={} {} {}: {:.1f} t/s\n", rep, o.reps, name(c), c.attention,
+                     c.p.threads, c.p.B, weights, dtype_name(c.p.kv), c.tps.back());
+      }
       if (rep == 0) continue;
-      tps.push_back(tokens / sec);
-      ms.push_back(1e3 * sec / tokens);
+      for (auto& [t, r] : reads) {  // the probe's 1 GiB is not the run's: the peak before it is kept
+        peak_before_probes = std::max(peak_before_probes, peak_memory_bytes());
+        r.push_back(measure_read_bandwidth_gbs(t));
+        reset_peak_memory();
+      }
     }
-    const MeanSd t = mean_sd(tps);
+    for (const Case& c : cases) add_row(c, c.decode && !reads.empty() ? mean_sd(reads[c.p.threads]).mean : bw);
+  }
+
+  static std::string name(const Case& c) {
+    return c.p.depth > 0 ? fmt::format("{} @ d{}", c.test, c.p.depth) : c.test;
+  }
+
+  void add_row(const Case& c, double read) {
+    const TestPoint& p = c.p;
+    const ForwardStats& st = c.st;
+    const int tokens = c.tokens;
+    const MeanSd t = mean_sd(c.tps);
     const double w = double(st.weight_bytes) / tokens;
-    const BenchRow kv = decode ? BenchRow(double(st.attn.kv_bytes) / tokens) : BenchRow();
-    const BenchRow dense_kv = decode ? BenchRow(double(st.attn.dense_bytes) / tokens) : BenchRow();
-    const double gbs = ((decode ? kv.get<double>() : 0.0) + w) * t.mean / 1e9;
-    // The host's bandwidth drifts over a run: decode rows, which are bound by
-    // it, are held to a read measured right after them on their threads.
+    const BenchRow kv = c.decode ? BenchRow(double(st.attn.kv_bytes) / tokens) : BenchRow();
+    const BenchRow dense_kv = c.decode ? BenchRow(double(st.attn.dense_bytes) / tokens) : BenchRow();
+    const double gbs = ((c.decode ? kv.get<double>() : 0.0) + w) * t.mean / 1e9;
     const size_t llc = last_level_cache_bytes();
-    double read = bw;
-    if (decode && o.bandwidth_gbs == 0) {  // the probe's 1 GiB is not the run's: the peak before it is kept
-      peak_before_probes = std::max(peak_before_probes, peak_memory_bytes());
-      read = measure_read_bandwidth_gbs(p.threads);
-      reset_peak_memory();
-    }
-    table.rows.push_back({{"test", p.depth > 0 ? fmt::format("{} @ d{}", test, p.depth) : test},
-                          {"n_prompt", decode ? 0 : tokens / p.B},
-                          {"n_gen", decode ? tokens / p.B : 0},
+    table.rows.push_back({{"test", name(c)},
+                          {"n_prompt", c.decode ? 0 : tokens / p.B},
+                          {"n_gen", c.decode ? tokens / p.B : 0},
                           {"depth", p.depth},
-                          {"attention", attention},
+                          {"attention", c.attention},
                           {"threads", p.threads},
                           {"parallel", p.B},
                           {"weights", weights},
                           {"kv_type", dtype_name(p.kv)},
                           {"tps_mean", t.mean},
                           {"tps_sd", t.sd},
-                          {"samples_tps", tps},
-                          {"ms_per_token", mean_sd(ms).mean},
+                          {"samples_tps", c.tps},
+                          {"ms_per_token", mean_sd(c.ms).mean},
                           {"kv_bytes_per_token", kv},
                           {"dense_kv_bytes_per_token", dense_kv},
                           {"weight_bytes_per_token", w},
@@ -208,28 +266,8 @@ struct Bench {
                             {"out", 1e3 * st.t_out / tokens},
                             {"mlp", 1e3 * st.t_mlp / tokens},
                             {"logits", 1e3 * st.t_logits / tokens}}},
-                          {"from", llc > 0 && (decode ? kv.get<double>() : 0.0) + w <= double(llc) ? "cache?" : "DRAM"},
+                          {"from", llc > 0 && (c.decode ? kv.get<double>() : 0.0) + w <= double(llc) ? "cache?" : "DRAM"},
                           {"pct_bandwidth", 100.0 * gbs / read}});
-    if (o.progress)
-      fmt::print(stderr, "bench: {} {} t={} B={} {} {}: {:.1f} ± {:.1f} t/s\n", table.rows.back()["test"].get<std::string>(),
-                 attention, p.threads, p.B, weights, dtype_name(p.kv), t.mean, t.sd);
-  }
-
-  void tests(Sequences& s, const TestPoint& p, const std::vector<AttentionSettings>& settings) {
-    const int d = p.depth;
-    for (int n : o.prompt_lens) {
-      if (n == 0) continue;
-      time(s, p, fmt::format("pp{}", n), "dense", n * p.B, false, [&](ForwardStats* st, bool warmup) {
-        run_prompt(m, s, p.B, ids, d, warmup ? std::min(n, o.batch) : n, o.batch, st);
-      });
-    }
-    for (size_t a = 0; a < settings.size(); ++a)
-      for (int n : o.gen_lens) {
-        if (n == 0) continue;
-        time(s, p, fmt::format("tg{}", n), o.settings[a], n * p.B, true, [&](ForwardStats* st, bool warmup) {
-          run_decode(m, s, p.B, ids[d], d, warmup ? 1 : n, settings[a], st);
-        });
-      }
   }
 };
 
@@ -325,11 +363,10 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
             for (auto& cache : s.caches) fill_cache(*cache, d, rng);
           }
         }
+        std::vector<Case> cases;
         for (int t : threads)
-          for (int B : o.parallel) {
-            omp_set_num_threads(t);
-            bench.tests(s, TestPoint{kv, d, t, B}, settings);
-          }
+          for (int B : o.parallel) bench.add_cases(cases, s, TestPoint{kv, d, t, B}, settings);
+        bench.run(cases, s.caches);
       }
     peak_before_probes = std::max(peak_before_probes, bench.peak_before_probes);
   }
@@ -360,12 +397,13 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
                   last_level_cache_bytes() / 1048576.0),
       "pp: prompt processing, always dense causal attention; tg: greedy decode, one token per sequence per step",
       fmt::format("B sequences run together and t/s counts all of them; t/s is the mean ± sd of {} rep(s) after a "
-                  "warm-up; KV bytes are counted for decode only",
+                  "warm-up, the tests of a depth taking turns in each rep (in alternating order); KV bytes are counted "
+                  "for decode only",
                   o.reps),
       o.bandwidth_gbs > 0
           ? fmt::format("GB/s = (KV + weight bytes per token) x t/s; % of the given read bandwidth {:.1f} GB/s", bw)
-          : "GB/s = (KV + weight bytes per token) x t/s; % of read: against a streaming read of 1 GiB measured right "
-            "after each decode row on its threads (prompt rows: the read at start)",
+          : "GB/s = (KV + weight bytes per token) x t/s; % of read: against a streaming read of 1 GiB measured after "
+            "each rep on the row's threads, averaged over the reps (prompt rows: the read at start)",
       o.fixed_threads ? "threads: exactly t" : "threads: up to t; decode tries t - 1 now and then (after 4 steps, then 8, 16 .. 256 steps apart) and keeps it while faster (% of steps in the JSON's pct_steps_fewer_threads)"};
   table.footer = {fmt::format(
       "peak memory {:.1f} MiB (VmHWM); weights + largest KV caches {:.1f} MiB (K, V and transposed K, {} sequence(s))",

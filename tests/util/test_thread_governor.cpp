@@ -54,10 +54,26 @@ TEST_CASE("thread governor: a step far slower than the recent ones brings a tria
   CHECK(fewer >= 20 - 1 - ThreadGovernor::kTrial);
 }
 
-TEST_CASE("thread governor: one thread, or a new count, starts over", "[governor]") {
+TEST_CASE("thread governor: on fewer threads, a slow step does not bring a trial forward", "[governor]") {
+  ThreadGovernor g;
+  // A busy neighbour: 2 threads take 3x as long as 1; by now trials are far apart.
+  run(g, 2, 300, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  // The host's noise: every other step on 1 thread takes 2x as long. More
+  // threads would not help, so no step runs on 2.
+  int i = 0;
+  CHECK(run(g, 2, 20, [&](int t) { return t == 2 ? 3.0 : ++i % 2 ? 2.0 : 1.0; }) == 20);
+}
+
+TEST_CASE("thread governor: one thread, or a new count, starts over; a count seen before resumes", "[governor]") {
   ThreadGovernor g;
   CHECK(run(g, 1, 100, [](int) { return 1.0; }) == 0);
-  run(g, 2, 50, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  const auto busy = [](int t) { return t == 2 ? 3.0 : 1.0; };
+  run(g, 2, 50, busy);
+  const int reduced = g.steps_reduced();
   CHECK(g.pick(3) == 3);  // a new user setting: its own count first
-  CHECK(g.steps_reduced() == 0);
+  g.record(1.0);
+  CHECK(g.steps_reduced() == reduced);
+  // Back to 2 threads: still on 1, trials as far apart as before (at most
+  // one trial step in 20, which the 3x slower step ends).
+  CHECK(run(g, 2, 20, busy) >= 19);
 }

@@ -5,10 +5,13 @@
 // neighbour 2 threads can decode slower than 1. The governor runs the
 // user's count and now and then tries one thread fewer (or, once it has
 // switched, the user's count again) for kTrial steps, or one when that one is
-// far slower (kGiveUp), switching when that was clearly faster (kSwitch). The first trial comes after kFirstPeriod steps,
-// then each one twice as far from the last, up to kMaxPeriod: a trial of the
-// wrong count costs little, and a change of load is seen within kMaxPeriod.
+// far slower (kGiveUp), switching when that was clearly faster (kSwitch). The
+// first trial comes after kFirstPeriod steps, then each one twice as far from
+// the last, up to kMaxPeriod: a trial of the wrong count costs little, and a
+// change of load is seen within kMaxPeriod.
 #pragma once
+
+#include <vector>
 
 namespace sparq {
 
@@ -28,13 +31,21 @@ class ThreadGovernor {
   static constexpr int kMaxPeriod = 256;
 
  private:
-  int other() const { return current_ == max_ ? max_ - 1 : max_; }
+  // What the governor has learnt for one user count.
+  struct State {
+    int max = 0, current = 0;
+    int period = kFirstPeriod, since_trial = 0, trial_left = 0;
+    double mean = 0;  // recent step time at current
+    double trial_sum = 0;
+    int trial_steps = 0;
+    int other() const { return current == max ? max - 1 : max; }
+  };
 
-  int max_ = 0, current_ = 0, picked_ = 0, reduced_ = 0;
-  int period_ = kFirstPeriod, since_trial_ = 0, trial_left_ = 0;
-  double mean_ = 0;  // recent step time at current_
-  double trial_sum_ = 0;
-  int trial_steps_ = 0;
+  State s_;
+  // The other user counts' states: runs that take turns between counts (the
+  // bench's reps) resume each where it left off instead of starting over.
+  std::vector<State> saved_;
+  int picked_ = 0, reduced_ = 0;
 };
 
 }  // namespace sparq
