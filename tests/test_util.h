@@ -26,16 +26,22 @@ inline std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+// Everything written to f so far.
+inline std::string read_back(std::FILE* f) {
+  std::rewind(f);
+  std::string text;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  return text;
+}
+
 // What f(FILE*) writes to a temporary file.
 template <class F>
 std::string output_of(F&& f) {
   std::FILE* tmp = std::tmpfile();
   REQUIRE(tmp);
   f(tmp);
-  std::rewind(tmp);
-  std::string text;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, tmp)) > 0;) text.append(buf, n);
+  const std::string text = read_back(tmp);
   std::fclose(tmp);
   return text;
 }

@@ -170,7 +170,6 @@ struct Bench {
   // The cases of one point, in table order.
   void add_cases(std::vector<Case>& cases, Sequences& s, const TestPoint& p,
                  const std::vector<AttentionSettings>& settings) {
-    const int d = p.depth;
     for (int n : o.prompt_lens) {
       if (n == 0) continue;
       cases.emplace_back(p, fmt::format("pp{}", n), "dense", n * p.B, false, [this, &s, p, n](ForwardStats* st, bool warmup) {
@@ -182,8 +181,8 @@ struct Bench {
         if (n == 0) continue;
         const AttentionSettings* set = &settings[a];
         cases.emplace_back(p, fmt::format("tg{}", n), o.settings[a], n * p.B, true,
-                           [this, &s, p, n, d, set](ForwardStats* st, bool warmup) {
-                             run_decode(m, s, p.B, ids[d], d, warmup ? 1 : n, *set, st);
+                           [this, &s, p, n, set](ForwardStats* st, bool warmup) {
+                             run_decode(m, s, p.B, ids[p.depth], p.depth, warmup ? 1 : n, *set, st);
                            });
       }
   }
@@ -212,7 +211,7 @@ struct Bench {
         c.ms.push_back(1e3 * sec / c.tokens);
         c.st = st;
         if (o.progress)
-          fmt::print(stderr, "bench: rep {}/{} {} {} t={} B={} {} {}: {:.1f} t/s\n", rep, o.reps, name(c), c.attention,
+          fmt::print(o.progress, "bench: rep {}/{} {} {} t={} B={} {} {}: {:.1f} t/s\n", rep, o.reps, name(c), c.attention,
                      c.p.threads, c.p.B, weights, dtype_name(c.p.kv), c.tps.back());
       }
       if (rep == 0) continue;
@@ -330,7 +329,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
     if (o.shape.empty()) {
       model = Model::load(o.model, LoadOptions{wf});
     } else {
-      if (o.progress) fmt::print(stderr, "bench: building {} with random {} weights\n", o.shape, weight_format_name(wf));
+      if (o.progress) fmt::print(o.progress, "bench: building {} with random {} weights\n", o.shape, weight_format_name(wf));
       model = Model::random(*shape_cfg, LoadOptions{wf}, o.seed);
     }
     format_names.push_back(weight_format_name(wf));
@@ -354,7 +353,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
         s.logits.resize(size_t(max_B) * c.vocab_size);
         most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
         if (d > 0) {
-          if (o.progress) fmt::print(stderr, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
+          if (o.progress) fmt::print(o.progress, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
           omp_set_num_threads(most_threads);
           if (o.shape.empty()) {
             run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);

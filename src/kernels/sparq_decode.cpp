@@ -175,7 +175,6 @@ class ItemStep {
   }
 
   int blocks() const { return nb_; }
-  int rows() const { return it_.k; }
   int slices() const { return (it_.k + kSliceRows - 1) / kSliceRows; }  // it.k >= 1
 
   // Step 1: approximate scores from r components of every key, blocks [b0, b1).

@@ -31,7 +31,7 @@ ModelBenchOptions small_bench() {
   o.parallel = {1, 2};
   o.reps = 1;
   o.bandwidth_gbs = 50;  // not measured: the test stays fast
-  o.progress = false;
+  o.progress = nullptr;
   return o;
 }
 
@@ -93,6 +93,32 @@ TEST_CASE("model bench JSON rows: tests, depths and bytes per token", "[bench]")
       "tg4 sparq:r=2,k=16 B2", "pp16 @ d40 dense B1", "tg4 @ d40 dense B1", "tg4 @ d40 sparq:r=2,k=16 B1",
       "pp16 @ d40 dense B2", "tg4 @ d40 dense B2", "tg4 @ d40 sparq:r=2,k=16 B2"};
   CHECK(tests == want);
+}
+
+TEST_CASE("model bench: a depth's tests take turns in each repetition, in alternating order", "[bench]") {
+  SPARQ_REQUIRE_SHARED(small_model());
+  ModelBenchOptions o = small_bench();
+  o.depths = {8};
+  o.reps = 3;
+  std::FILE* log = std::tmpfile();
+  REQUIRE(log);
+  o.progress = log;
+  (void)bench_output(o);
+  const std::string progress = test::read_back(log);
+  std::fclose(log);
+  // One line per test and repetition: "bench: rep R/3 TEST SETTING t=1 B=b ...: x t/s".
+  std::vector<std::string> order;
+  std::istringstream lines(progress);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("bench: rep ", 0) == 0) order.push_back(line.substr(0, line.find(" bf16 bf16:")));
+  const std::vector<std::string> tests = {"pp16 @ d8 dense t=1 B=1", "tg4 @ d8 dense t=1 B=1",
+                                          "tg4 @ d8 sparq:r=2,k=16 t=1 B=1", "pp16 @ d8 dense t=1 B=2",
+                                          "tg4 @ d8 dense t=1 B=2", "tg4 @ d8 sparq:r=2,k=16 t=1 B=2"};
+  std::vector<std::string> want;
+  for (int rep = 1; rep <= 3; ++rep)
+    for (size_t j = 0; j < tests.size(); ++j)
+      want.push_back(fmt::format("bench: rep {}/3 {}", rep, tests[rep % 2 == 1 ? j : tests.size() - 1 - j]));
+  CHECK(order == want);
 }
 
 TEST_CASE("model bench CSV, JSONL and markdown", "[bench]") {

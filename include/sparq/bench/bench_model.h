@@ -30,7 +30,7 @@ struct ModelBenchOptions {
   std::string text_name;
   std::string format = "markdown";       // md/markdown, csv, json or jsonl
   double bandwidth_gbs = 0;              // 0: measure it at start
-  bool progress = true;                  // a line on stderr per test
+  std::FILE* progress = stderr;          // a line per repetition of each test (null: none)
   bool fixed_threads = false;            // no ThreadGovernor (Model::set_thread_governor)
   uint64_t seed = 1;                     // of the pseudo-random ids
 };
