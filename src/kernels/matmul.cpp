@@ -98,8 +98,7 @@ enum class Pool { team, openmp };
 
 template <class F>
 void over_groups(int groups, Pool pool, F&& f) {
-  const int available = pool == Pool::team ? team_threads() : omp_in_parallel() ? 1 : omp_get_max_threads();
-  const int threads = std::min(available, groups);
+  const int threads = std::min(team_threads(), groups);  // 1 inside an item or an OpenMP region
   const int run = std::max(1, groups / (4 * threads));
   if (pool == Pool::team) {
     parallel_items((groups + run - 1) / run, [&](int i) {

@@ -273,33 +273,22 @@ class ItemStep {
   bool want_alpha_ = false, scores_ = false, logit_ = false;
 };
 
-// An item too large for one thread: step 1 in `parts` parts and step 3's
-// slices over the work team, the rest on this thread between them.
-void run_split(const Item& it, int layer, int n_heads, int parts, PhaseTimes& t) {
+// Runs one item on `threads` threads: on more than one (an item too large
+// for one thread), step 1 in parts and step 3's slices over the work team,
+// the rest on this thread between them.
+void run_item(const Item& it, int layer, int n_heads, int threads, PhaseTimes& t) {
+  // More parts than threads, so a thread the OS holds back leaves little undone.
+  const int parts = threads > 1 ? 4 * threads : 1;
   double t0 = omp_get_wtime();
   ItemStep s(it, layer, n_heads, item_scratch());
-  parallel_items(parts, [&](int p) {
+  parallel_items(parts, threads, [&](int p) {
     const auto [b0, b1] = share(s.blocks(), 1, p, parts);
     s.step1(b0, b1);
   });
   double t1 = omp_get_wtime();
   s.select();
   double t2 = omp_get_wtime();
-  parallel_items(s.slices(), [&](int p) { s.step3(p); });
-  double t3 = omp_get_wtime();
-  s.merge();
-  t.add({t1 - t0, t2 - t1, t3 - t2, omp_get_wtime() - t3}, 1.0);
-}
-
-// An item on this thread alone.
-void run_whole(const Item& it, int layer, int n_heads, PhaseTimes& t) {
-  double t0 = omp_get_wtime();
-  ItemStep s(it, layer, n_heads, item_scratch());
-  s.step1(0, s.blocks());
-  double t1 = omp_get_wtime();
-  s.select();
-  double t2 = omp_get_wtime();
-  for (int p = 0; p < s.slices(); ++p) s.step3(p);
+  parallel_items(s.slices(), threads, [&](int p) { s.step3(p); });
   double t3 = omp_get_wtime();
   s.merge();
   t.add({t1 - t0, t2 - t1, t3 - t2, omp_get_wtime() - t3}, 1.0);
@@ -344,12 +333,11 @@ void run(std::span<const DecodeQuery> queries, const SparqStep* steps, int layer
   thread_local std::vector<PhaseTimes> times_of_thread;
   std::vector<PhaseTimes>& times = times_of_thread;
   times.assign(size_t(whole), PhaseTimes{});
-  parallel_items(whole, [&](int i) { run_whole(items[i], layer, n_heads, times[i]); });
+  parallel_items(whole, [&](int i) { run_item(items[i], layer, n_heads, 1, times[i]); });
   // Per-thread times averaged over the threads, as the whole items ran side by side.
   PhaseTimes total;
   for (const PhaseTimes& t : times) total.add(t, 1.0 / std::min(threads, std::max(whole, 1)));
-  // More parts than threads, so a thread the OS holds back leaves little undone.
-  for (int i = whole; i < n_items; ++i) run_split(items[i], layer, n_heads, 4 * threads, total);
+  for (int i = whole; i < n_items; ++i) run_item(items[i], layer, n_heads, threads, total);
   if (!counters) return;
   for (size_t i = 0; i < queries.size(); ++i) {
     const KVShape& s = queries[i].cache->shape();
