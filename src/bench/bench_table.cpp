@@ -56,7 +56,7 @@ void add_run_facts(BenchTable& t) {
   gmtime_r(&now, &utc);
   char when[32];
   std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &utc);
-  const std::string cpu = cpu_model_name(), kernels = use_avx512() ? "avx512" : "portable";
+  const std::string cpu = cpu_model_name(), kernels = cpu_tier_name(cpu_tier());
   const int cpus = omp_get_num_procs();
   t.meta["build_commit"] = kBuildCommit;
   t.meta["cpu"] = cpu;

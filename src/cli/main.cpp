@@ -65,59 +65,111 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+// --help in groups, as llama.cpp prints it: each option on one line, its
+// value's kind in the left column and its default at the end of the right.
+class GroupedHelp : public CLI::Formatter {
+ public:
+  GroupedHelp() { column_width(32); }
+  // One blank line between groups (CLI11 puts two): after the usage line
+  // rather than before each group.
+  std::string make_usage(const CLI::App* app, std::string name) const override {
+    return CLI::Formatter::make_usage(app, name) + "\n";
+  }
+  std::string make_group(std::string group, bool positional, std::vector<const CLI::Option*> opts) const override {
+    return CLI::Formatter::make_group(group, positional, opts).substr(1);
+  }
+  // "--sparq-mean,--sparq-no-mean" without CLI11's "{false}" after the negation
+  std::string make_option_name(const CLI::Option* opt, bool positional) const override {
+    std::string name = CLI::Formatter::make_option_name(opt, positional);
+    for (size_t a; (a = name.find('{')) != std::string::npos;) name.erase(a, name.find('}', a) - a + 1);
+    return name;
+  }
+  std::string make_option_opts(const CLI::Option* opt) const override {
+    if (opt->get_type_size() == 0) return {};
+    const bool list = opt->get_expected_max() >= CLI::detail::expected_max_vector_size;
+    return " " + opt->get_type_name() + (list ? ",..." : "");
+  }
+  std::string make_option_desc(const CLI::Option* opt) const override {
+    std::string def = opt->get_default_str();
+    if (def.size() >= 2 && def.front() == '[' && def.back() == ']') def = def.substr(1, def.size() - 2);
+    return opt->get_description() + (def.empty() ? "" : " (default: " + def + ")");
+  }
+};
+
 void add_run_flags(CLI::App& app, RunFlags& o) {
-  app.add_option("-m,--model", o.model, "model directory or .safetensors file");
-  app.add_option("-p,--prompt", o.prompt, "prompt text");
-  app.add_option("-f,--file", o.prompt_file, "read the prompt from a file");
-  app.add_option("-n,--n-predict", o.n_predict, "tokens to generate (-1: until EOS or context full)")
-      ->capture_default_str();
-  app.add_option("-c,--ctx-size", o.ctx, "context size (0: the model's trained context, halved until its KV cache fits)")
-      ->capture_default_str();
-  app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str();
-  app.add_option("-t,--threads", o.threads, "threads (0: all cores)")->capture_default_str();
-  app.add_flag("--fixed-threads", o.fixed_threads,
-               "decode on exactly -t threads (default: one fewer while that is faster, as when another process "
-               "holds a core)");
-  app.add_option("-s,--seed", o.seed, "random seed (-1: random)")->capture_default_str();
-  app.add_option("--temp", o.sampling.temp, "temperature (0: greedy)")->capture_default_str();
-  app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0: off)")->capture_default_str();
-  app.add_option("--top-p", o.sampling.top_p, "top-p sampling (1: off)")->capture_default_str();
-  app.add_option("--min-p", o.sampling.min_p, "min-p sampling (0: off)")->capture_default_str();
-  app.add_option("--repeat-penalty", o.sampling.repeat_penalty, "repetition penalty (1: off)")
-      ->capture_default_str();
+  app.formatter(std::make_shared<GroupedHelp>());  // bench's help too: a subcommand takes its parent's
+  app.get_help_ptr()->group("help and version");
+  if (CLI::Option* v = app.get_version_ptr()) v->group("help and version");
+
+  const std::string model = "model and context";
+  app.add_option("-m,--model", o.model, "model directory, or a .safetensors file with config.json and tokenizer.json beside it")
+      ->type_name("PATH")->group(model);
+  app.add_option("-p,--prompt", o.prompt, "prompt text")->group(model);
+  app.add_option("-f,--file", o.prompt_file, "read the prompt from a file")->type_name("FILE")->group(model);
+  app.add_option("-c,--ctx-size", o.ctx, "context size, prompt and generated tokens; 0: the model's trained context, halved until its KV cache fits")
+      ->capture_default_str()->group(model);
+  app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str()->group(model);
+  app.add_option("--dtype", o.dtype, "weight format: f32, bf16, q8_0 or q4_0, quantized at load")->capture_default_str()->group(model);
+  app.add_option("--kv-type", o.kv_type, "KV cache type: f32 or bf16")->capture_default_str()->group(model);
+  app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token")->group(model);
+
+  const std::string gen = "generation and sampling";
+  app.add_option("-n,--n-predict", o.n_predict, "tokens to generate; -1: until EOS or the context is full")
+      ->capture_default_str()->group(gen);
+  app.add_option("-s,--seed", o.seed, "sampling seed; -1: random, printed")->capture_default_str()->group(gen);
+  app.add_option("--temp", o.sampling.temp, "temperature; 0: greedy")->capture_default_str()->group(gen);
+  app.add_option("--top-k", o.sampling.top_k, "top-k sampling; 0: off")->capture_default_str()->group(gen);
+  app.add_option("--top-p", o.sampling.top_p, "top-p sampling; 1: off")->capture_default_str()->group(gen);
+  app.add_option("--min-p", o.sampling.min_p, "min-p sampling; 0: off")->capture_default_str()->group(gen);
+  app.add_option("--repeat-penalty", o.sampling.repeat_penalty, "repetition penalty; 1: off")
+      ->capture_default_str()->group(gen);
   app.add_option("--repeat-last-n", o.sampling.repeat_last_n, "tokens the penalty looks back over")
-      ->capture_default_str();
-  app.add_option("--dtype", o.dtype, "weight format: f32, bf16, q8_0 or q4_0 (quantized at load)")->capture_default_str();
-  app.add_option("--kv-type", o.kv_type, "KV cache type: f32 or bf16")->capture_default_str();
+      ->capture_default_str()->group(gen);
+  app.add_flag("--ignore-eos", o.ignore_eos, "keep generating after end-of-sequence")->group(gen);
+
+  const std::string attn = "attention and SparQ";
   app.add_option("--attention", o.attention,
-                 "decode attention: dense, sparq (see --sparq-*), sparq:N (1/N of dense bytes)")
-      ->capture_default_str();
-  app.add_option("--sparq-ratio", o.sp.ratio, "SparQ target: 1/N of dense KV bytes")->capture_default_str();
-  app.add_option("--sparq-r", o.sp.r, "SparQ components of q (0: d/ratio)")->capture_default_str();
-  app.add_option("--sparq-k", o.sp.k, "SparQ positions fetched (0: S/(2*ratio), at least the floor)")
-      ->capture_default_str();
-  app.add_option("--sparq-local", o.sp.local, "SparQ local window (-1: k/4)")->capture_default_str();
-  app.add_option("--sparq-k-floor", o.sp.k_floor, "smallest k the ratio rule picks")->capture_default_str();
+                 "decode attention: dense, sparq (the --sparq-* flags), sparq:N, sparq:r=R,k=K[,l=L], window:N, h2o:N, topk:N")
+      ->type_name("SETTING")->capture_default_str()->group(attn);
+  app.add_option("--sparq-ratio", o.sp.ratio, "SparQ target: 1/N of dense KV bytes")->capture_default_str()->group(attn);
+  app.add_option("--sparq-r", o.sp.r, "SparQ components of q in step 1; 0: from the ratio")->capture_default_str()->group(attn);
+  app.add_option("--sparq-k", o.sp.k, "SparQ positions fetched in step 3; 0: from the ratio, at least the floor")
+      ->capture_default_str()->group(attn);
+  app.add_option("--sparq-local", o.sp.local, "SparQ local window; -1: k/4")->capture_default_str()->group(attn);
+  app.add_option("--sparq-k-floor", o.sp.k_floor, "smallest k the ratio rule picks")->capture_default_str()->group(attn);
   app.add_option("--sparq-split", o.sp.split, "percent of the ratio rule's bytes that step 1 (r) gets")
-      ->capture_default_str();
+      ->capture_default_str()->group(attn);
   app.add_option("--sparq-group", o.sparq_group, "how a GQA group picks positions: prob or logit")
-      ->capture_default_str();
+      ->capture_default_str()->group(attn);
   app.add_flag("--sparq-mean,!--sparq-no-mean", o.sp.mean_mixing,
-               "mix the output with the mean of V (off by default, as the authors for GQA)");
-  app.add_option("--stats-json", o.stats_json, "write per-step KV/time statistics to this file");
-  app.add_flag("--verbose", o.verbose, "print a line per decode step (S, bytes, ratio, ms)");
-  app.add_flag("--profile", o.profile, "print time, bytes and GB/s per phase at the end");
-  app.add_option("--trace", o.trace_file, "write a Chrome trace-event JSON file (Perfetto, chrome://tracing)");
-  app.add_flag("--ignore-eos", o.ignore_eos, "keep generating after end-of-sequence");
-  app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token");
-  app.add_option("--batch", o.batch_file, "evaluate a JSONL batch file (tasks generate, score, repeat, match)");
-  app.add_option("--perplexity", o.perplexity_file, "perplexity, KL and top-1 agreement vs dense over a text file");
-  app.add_option("--out", o.out_file, "--batch results as JSONL (default: stdout)");
-  app.add_option("--compare", o.compare, "attention settings to compare, e.g. dense,sparq:8,sparq:16");
-  app.add_option("--summary-json", o.summary_json, "write the evaluation summary to this file");
-  app.add_option("--parallel", o.parallel, "sequences decoded together (0: as many as fit)")->capture_default_str();
-  app.add_flag("--quiet", o.quiet, "no progress line");
-  app.add_flag("--resume", o.resume, "skip (id, setting) results already in --out");
+               "mix the output with the mean of V by 1 - alpha, or not (default: off, as the authors for GQA)")
+      ->group(attn);
+
+  const std::string eval = "evaluation";
+  app.add_option("--batch", o.batch_file, "evaluate a JSONL batch file (tasks generate, score, repeat, match)")
+      ->type_name("FILE")->group(eval);
+  app.add_option("--perplexity", o.perplexity_file, "perplexity, KL and top-1 agreement vs dense over a text file")
+      ->type_name("FILE")->group(eval);
+  app.add_option("--compare", o.compare, "attention settings to run side by side, e.g. dense,sparq:8,sparq:16")
+      ->type_name("LIST")->group(eval);
+  app.add_option("--out", o.out_file, "--batch results as JSONL; empty: stdout")->type_name("FILE")->group(eval);
+  app.add_option("--summary-json", o.summary_json, "write the evaluation summary to this file")->type_name("FILE")->group(eval);
+  app.add_option("--parallel", o.parallel, "sequences decoded together; 0: as many as fit")->capture_default_str()->group(eval);
+  app.add_flag("--resume", o.resume, "skip (id, setting) results already in --out")->group(eval);
+
+  const std::string out = "output and statistics";
+  app.add_flag("--verbose", o.verbose, "print a line per decode step (S, bytes, ratio, ms)")->group(out);
+  app.add_option("--stats-json", o.stats_json, "write per-step and per-layer KV bytes and times to this file")
+      ->type_name("FILE")->group(out);
+  app.add_flag("--profile", o.profile, "print time, bytes and GB/s per phase at the end")->group(out);
+  app.add_option("--trace", o.trace_file, "write a Chrome trace-event JSON file (Perfetto, chrome://tracing)")
+      ->type_name("FILE")->group(out);
+  app.add_flag("--quiet", o.quiet, "no progress line (--batch, --perplexity)")->group(out);
+
+  const std::string cpu = "threads and CPU";
+  app.add_option("-t,--threads", o.threads, "threads; 0: all cores")->capture_default_str()->group(cpu);
+  app.add_flag("--fixed-threads", o.fixed_threads,
+               "decode on exactly -t threads (default: one fewer while that is faster)")->group(cpu);
 }
 
 // Comma-separated settings; the items of "sparq:r=8,k=64,mean" (or of any
@@ -188,7 +240,6 @@ int run(RunFlags& o) {
   o.sp.validate();  // the --sparq-* flags, even when --attention does not use them
   const int threads = o.threads > 0 ? o.threads : omp_get_num_procs();
   omp_set_num_threads(threads);
-  if (!use_avx512()) fmt::print(stderr, "warning: AVX-512 (F/BW/VL/DQ/BF16) not available, using portable kernels\n");
 
   GenerateOptions g;
   g.kv_type = parse_type(o.kv_type, "--kv-type");
@@ -233,10 +284,10 @@ int run(RunFlags& o) {
   fmt::print(stderr, "sparq-run: {} | {} layers, hidden {}, heads {}/{} (head size {}), vocab {}, trained context {}\n",
              c.architecture, c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim,
              c.vocab_size, c.max_position_embeddings);
-  fmt::print(stderr, "sparq-run: weights {:.1f} MiB ({}), KV cache {:.1f} MiB ({}, ctx {}; K and V {:.1f} MiB + transposed K {:.1f} MiB), threads {}, {}\n",
+  fmt::print(stderr, "sparq-run: weights {:.1f} MiB ({}), KV cache {:.1f} MiB ({}, ctx {}; K and V {:.1f} MiB + transposed K {:.1f} MiB), threads {}, {} kernels\n",
              model->memory_bytes() / 1048576.0, o.dtype, kv_bytes / 1048576.0, o.kv_type, g.ctx,
              kv_plain / 1048576.0, (kv_bytes - kv_plain) / 1048576.0, threads,
-             use_avx512() ? "AVX-512" : "portable kernels");
+             cpu_tier_name(cpu_tier()));
   if (g.ctx > c.max_position_embeddings)
     fmt::print(stderr, "warning: context {} exceeds the model's trained context {}\n", g.ctx,
                c.max_position_embeddings);
@@ -280,36 +331,53 @@ struct BenchFlags {
 };
 
 void add_bench_flags(CLI::App& bench, BenchFlags& b) {
-  bench.add_option("--kernel", b.kernel, "model (pp/tg of a model, like llama-bench), attention or matmul")
-      ->capture_default_str();
-  bench.add_option("-m,--model", b.model.model, "model: model directory or .safetensors file");
+  bench.get_help_ptr()->group("help");
+  bench.footer("--cpu TIER (or SPARQ_CPU) goes before the subcommand: sparq-run --cpu avx2 bench ...");
+
+  const std::string what = "what to bench and output";
+  bench.add_option("--kernel", b.kernel, "model (pp/tg tests of a model, like llama-bench), attention or matmul")
+      ->capture_default_str()->group(what);
+  bench.add_option("-r,--repetitions", b.reps, "timed repetitions; 0: the bench's own (model 5, attention 10, matmul 20)")
+      ->capture_default_str()->group(what);
+  bench.add_option("-o,--output", b.format, "md, csv, json or jsonl")->capture_default_str()->group(what);
+  bench.add_option("--bandwidth", b.bandwidth_gbs, "read bandwidth in GB/s; 0: measure it")->capture_default_str()->group(what);
+
+  const std::string model = "model bench (--kernel model)";
+  bench.add_option("-m,--model", b.model.model, "model directory or .safetensors file")->type_name("PATH")->group(model);
   bench.add_option("--shape", b.model.shape,
-                   "model: instead of -m, random bf16 weights of a real shape: llama-3.2-1b, llama-3.2-3b, "
-                   "llama-3.1-8b, llama-2-7b, mistral-7b, NAME:key=value,... or a config.json");
-  bench.add_option("-p,--n-prompt", b.model.prompt_lens, "model: prompt lengths (pp tests; 0: none)")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("-n,--n-gen", b.model.gen_lens, "model: generated tokens (tg tests; 0: none)")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("-d,--n-depth", b.model.depths, "model: cache depths filled first, untimed")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("--parallel", b.model.parallel, "model: sequences run together")->delimiter(',')->capture_default_str();
-  bench.add_option("-b,--batch-size", b.model.batch, "model: prompt rows per forward pass")->capture_default_str();
-  bench.add_option("-f,--file", b.text_file, "model: take the tokens from this text (default: pseudo-random ids)");
-  bench.add_option("--dtype", b.dtypes, "model: weight formats, f32, bf16, q8_0 or q4_0 (one model each, in turn)")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("-S,--seq-lens", b.attn.seq_lens, "attention: cache lengths")->delimiter(',')->capture_default_str();
-  bench.add_option("--head-dims", b.attn.head_dims, "attention: head sizes")->delimiter(',')->capture_default_str();
-  bench.add_option("--groups", b.attn.groups, "attention: query heads per KV head")->delimiter(',')->capture_default_str();
-  bench.add_option("--kv-heads", b.attn.n_kv_heads, "attention: KV heads per layer")->capture_default_str();
-  bench.add_option("--kv-type", b.kv_types, "KV cache types, f32 or bf16 (attention: one)")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("--attention", b.settings, "settings, e.g. dense,sparq:8,sparq:r=8,k=512")->capture_default_str();
-  bench.add_option("-t,--threads", b.threads, "threads (0: all cores; attention, matmul: one)")
-      ->delimiter(',')->capture_default_str();
-  bench.add_option("-r,--repetitions", b.reps, "timed repetitions (0: the kernel's default; model: 5)");
-  bench.add_option("-o,--output", b.format, "md, csv, json or jsonl")->capture_default_str();
-  bench.add_flag("--fixed-threads", b.model.fixed_threads, "model: decode on exactly -t threads (see the run's flag)");
-  bench.add_option("--bandwidth", b.bandwidth_gbs, "read bandwidth in GB/s (0: measure it)");
+                   "instead of -m, random bf16 weights of a real shape: llama-3.2-1b, llama-3.2-3b, "
+                   "llama-3.1-8b, llama-2-7b, mistral-7b, NAME:key=value,... or a config.json")
+      ->type_name("NAME")->group(model);
+  bench.add_option("-p,--n-prompt", b.model.prompt_lens, "prompt lengths of the pp tests; 0: none")
+      ->delimiter(',')->capture_default_str()->group(model);
+  bench.add_option("-n,--n-gen", b.model.gen_lens, "tokens generated in the tg tests; 0: none")
+      ->delimiter(',')->capture_default_str()->group(model);
+  bench.add_option("-d,--n-depth", b.model.depths, "cache depths filled first, untimed")
+      ->delimiter(',')->capture_default_str()->group(model);
+  bench.add_option("--parallel", b.model.parallel, "sequences run together")->delimiter(',')->capture_default_str()->group(model);
+  bench.add_option("-b,--batch-size", b.model.batch, "prompt rows per forward pass")->capture_default_str()->group(model);
+  bench.add_option("-f,--file", b.text_file, "take the tokens from this text; empty: pseudo-random ids")
+      ->type_name("FILE")->group(model);
+  bench.add_option("--dtype", b.dtypes, "weight formats, f32, bf16, q8_0 or q4_0, one model each in turn")
+      ->delimiter(',')->capture_default_str()->group(model);
+
+  const std::string attn = "attention bench (--kernel attention)";
+  bench.add_option("-S,--seq-lens", b.attn.seq_lens, "cache lengths")->delimiter(',')->capture_default_str()->group(attn);
+  bench.add_option("--head-dims", b.attn.head_dims, "head sizes")->delimiter(',')->capture_default_str()->group(attn);
+  bench.add_option("--groups", b.attn.groups, "query heads per KV head")->delimiter(',')->capture_default_str()->group(attn);
+  bench.add_option("--kv-heads", b.attn.n_kv_heads, "KV heads per layer")->capture_default_str()->group(attn);
+
+  const std::string kv = "attention and KV cache (model and attention benches)";
+  bench.add_option("--attention", b.settings, "settings, e.g. dense,sparq:8,sparq:r=8,k=512")
+      ->type_name("LIST")->capture_default_str()->group(kv);
+  bench.add_option("--kv-type", b.kv_types, "KV cache types, f32 or bf16; the attention bench takes one")
+      ->delimiter(',')->capture_default_str()->group(kv);
+
+  const std::string cpu = "threads and CPU";
+  bench.add_option("-t,--threads", b.threads, "threads, a list for the model bench; 0: all cores")
+      ->delimiter(',')->capture_default_str()->group(cpu);
+  bench.add_flag("--fixed-threads", b.model.fixed_threads, "model bench: decode on exactly -t threads (see the run's flag)")
+      ->group(cpu);
 }
 
 int run_model_bench_flags(BenchFlags& b) {
@@ -372,14 +440,23 @@ void short_omp_spin(char** argv) {
 int main(int argc, char** argv) {
   short_omp_spin(argv);
   CLI::App app{"sparq-run: Llama inference on the CPU with SparQ attention for decoding"};
-  app.set_version_flag("--version", fmt::format("sparq-run 0.1 ({})", kBuildCommit));
+  app.set_version_flag("--version", [] {
+    return fmt::format("sparq-run 0.1 ({}), {} kernels (best on this CPU: {}), {}", kBuildCommit,
+                       cpu_tier_name(cpu_tier()), cpu_tier_name(best_cpu_tier()), cpu_model_name());
+  });
   RunFlags flags;
   add_run_flags(app, flags);
+  std::string cpu;
+  app.add_option("--cpu", cpu, "kernel tier, at most the CPU's best: " + cpu_tier_names() + " (default: SPARQ_CPU, else the best)")
+      ->type_name("TIER")->group("threads and CPU");
   BenchFlags bench_flags;
   CLI::App* bench = app.add_subcommand("bench", "benchmarks: a model's prefill and decode speed (like llama-bench), or --kernel attention|matmul");
   add_bench_flags(*bench, bench_flags);
+  bench->fallthrough();  // --cpu after "bench" too
   try {
     app.parse(argc, argv);
+    check_cpu_env();
+    if (!cpu.empty()) set_cpu_tier(parse_cpu_tier(cpu));
     if (bench->parsed()) return run_bench(bench_flags);
     return run(flags);
   } catch (const CLI::CallForHelp& e) {

@@ -2,6 +2,7 @@
 
 #include "sparq/bench/bench_table.h"
 #include "sparq/engine/trace.h"
+#include "sparq/util/cpu.h"
 
 namespace sparq {
 
@@ -30,7 +31,9 @@ void print_profile(std::FILE* f, const GenerateResult& r, double tokenizer_s, do
   const bool sparq_ran = r.prompt_stats.attn.t_step1 + r.decode_stats.attn.t_step1 > 0;
 
   BenchTable t;
-  t.notes = {"profile: time of prompt and decode; decode MB and GB/s: what the decode steps read (weights, KV cache)",
+  t.notes = {fmt::format("profile ({} kernels): time of prompt and decode; decode MB and GB/s: what the decode steps "
+                         "read (weights, KV cache)",
+                         cpu_tier_name(cpu_tier())),
              "SparQ parts (·) are per-thread times averaged over the threads, inside the attention time"};
   t.columns = {bench_column("phase", "phase"),         bench_column("time ms", "ms", 3),
                bench_column("share", "share", 1, 1.0, "%"), bench_column("decode ms", "decode_ms", 3),

@@ -66,7 +66,7 @@ struct DenseWork {
 
 void dense_kernel(const DenseSpan& s, const DensePartial& p) {
   if (use_avx512())
-    avx512::dense_partial(s, p);
+    avx512bf16::dense_partial(s, p);
   else
     ref::dense_partial(s, p);
 }
@@ -253,7 +253,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
                            std::min(width, per_head - i0), &w.q[b], &w.last[b], &w.out[b]};
     err.guard([&] {
       if (use_avx512())
-        avx512::prefill_attention(span);
+        avx512bf16::prefill_attention(span);
       else
         ref::prefill_attention(span);
     });

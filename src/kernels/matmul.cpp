@@ -22,6 +22,8 @@
 #include "sparq/kernels/matvec.h"
 #include "sparq/kernels/matvec_quant.h"
 #include "sparq/kernels/ops.h"
+#include "sparq/kernels/widen.h"
+#include "sparq/util/cpu.h"
 #include "sparq/util/work_team.h"
 
 namespace sparq {
@@ -31,8 +33,24 @@ using tag = dnnl::memory::format_tag;
 
 namespace {
 
+// oneDNN picks its own kernels from the CPU; below the avx512bf16 tier it is
+// held to that tier's instructions, so a forced tier runs as on such a CPU.
+// It can be held only before its first primitive: SPARQ_CPU or --cpu must
+// come before the first layer is built.
+void limit_onednn_isa() {
+  switch (cpu_tier()) {
+    case CpuTier::portable: dnnl::set_max_cpu_isa(dnnl::cpu_isa::sse41); break;
+    case CpuTier::avx2: dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2); break;
+    case CpuTier::avx512: dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core); break;
+    case CpuTier::avx512bf16: break;
+  }
+}
+
 dnnl::engine& cpu_engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine eng = [] {
+    limit_onednn_isa();
+    return dnnl::engine(dnnl::engine::kind::cpu, 0);
+  }();
   return eng;
 }
 
@@ -63,6 +81,11 @@ size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 // Bytes of bf16 weights a quantized layer dequantizes at a time for prompt
 // rows: a tile stays in the last-level cache while oneDNN reads it.
 constexpr size_t kTileBytes = size_t(16) << 20;
+
+// From this many prompt rows on, a bf16 layer that oneDNN cannot multiply in
+// bf16 widens its weights to f32 tiles for oneDNN's f32 matmul; fewer rows
+// stream the weights through the matrix-vector kernels.
+constexpr int kWideRows = 8;
 
 // oneDNN's type for F32 or BF16 weights.
 dt dnnl_type(WeightFormat f) { return f == WeightFormat::BF16 ? dt::bf16 : dt::f32; }
@@ -189,22 +212,34 @@ struct Linear::Impl {
   };
   std::map<std::pair<int, int>, TilePrim> tile_prims;  // by (M, cols)
 
+  // bf16 layers' prompt rows where oneDNN has no fast bf16 matmul (CPUs
+  // without AVX512_BF16): tiles of the stored weights widened to f32
+  // (widen.h; oneDNN's own reorder of that layout is its slow reference
+  // code), then its f32 matmul, which such CPUs run near their FMA peak (our
+  // matrix-vector kernels are built to stream, not to reuse).
+  std::map<std::pair<int, int>, TilePrim> wide_prims;  // by (M, cols)
+
   void check_threads() {
     const int threads = omp_get_max_threads();
     if (threads != prims_threads) {
       prims.clear();  // oneDNN sizes its work split at creation
       tile_prims.clear();
+      wide_prims.clear();
       prims_threads = threads;
     }
   }
 
-  TilePrim& tile_prim(int K, int M, int cols) {
+  // A tile's product: bf16 rows against a bf16 tile in the packed layout
+  // (quantized layers), or f32 rows against an f32 tile of rows [cols][K]
+  // (bf16 layers widened).
+  TilePrim& tile_prim(int K, int M, int cols, dt tile_type) {
     check_threads();
-    auto it = tile_prims.find({M, cols});
-    if (it != tile_prims.end()) return it->second;
+    auto& cache = tile_type == dt::bf16 ? tile_prims : wide_prims;
+    auto it = cache.find({M, cols});
+    if (it != cache.end()) return it->second;
     TilePrim t;
     try {
-      const dnnl::memory::desc src({M, K}, dt::bf16, tag::ab), w({K, cols}, dt::bf16, tag::BA16a64b2a),
+      const dnnl::memory::desc src({M, K}, tile_type, tag::ab), w({K, cols}, tile_type, tile_type == dt::bf16 ? tag::BA16a64b2a : tag::ba),
           dst({M, cols}, dt::f32, tag::ab);
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, w, dst), cpu_engine());
       t = TilePrim{dnnl::matmul(pd), dnnl::memory(src, cpu_engine(), nullptr), dnnl::memory(w, cpu_engine(), nullptr),
@@ -212,7 +247,7 @@ struct Linear::Impl {
     } catch (const dnnl::error&) {
       t = TilePrim{};
     }
-    return tile_prims.emplace(std::pair{M, cols}, std::move(t)).first->second;
+    return cache.emplace(std::pair{M, cols}, std::move(t)).first->second;
   }
 
   Prim& prim(int N, int K, int M) {
@@ -242,9 +277,19 @@ struct Linear::Impl {
   }
 
   // y[M][N] through matvec.h's kernels, x: [M][kp] bf16.
-  void matvec(int N, int K, const uint16_t* x, int M, float* y) const {
-    const PackedBf16 W{static_cast<const uint16_t*>(weights.get_data_handle()), N, K, matvec_kp(K)};
-    over_groups(W.blocks(), Pool::team, [&](int b) { matvec::matvec_bf16(W, x, M, y, size_t(N), b, b + 1); });
+  PackedBf16 packed(int N, int K) const {
+    return {static_cast<const uint16_t*>(weights.get_data_handle()), N, K, matvec_kp(K)};
+  }
+
+  // Columns of row groups [b0, b1) of y[M][N] through matvec.h's kernels.
+  void matvec(int N, int K, const float* x, int M, float* y, int b0, int b1, Pool pool) const {
+    thread_local std::vector<uint16_t> x_bf16;
+    const int kp = matvec_kp(K);
+    x_bf16.assign(size_t(M) * kp, 0);  // zeros past K meet the weights' zero padding
+    for (int i = 0; i < M; ++i) ops::to_bf16(&x_bf16[size_t(i) * kp], x + size_t(i) * K, size_t(K));
+    const uint16_t* xb = x_bf16.data();  // the caller's buffer, as the workers see it
+    const PackedBf16 W = packed(N, K);
+    over_groups(b1 - b0, pool, [&](int i) { matvec::matvec_bf16(W, xb, M, y, size_t(N), b0 + i, b0 + i + 1); });
   }
 
   // Columns of row groups [b0, b1) of y[M][N] through matvec_quant.h's kernels.
@@ -255,33 +300,41 @@ struct Linear::Impl {
     over_groups(b1 - b0, pool, [&](int i) { matvec::matvec_quant(quant, xq, y, size_t(quant.N), b0 + i, b0 + i + 1); });
   }
 
-  // y[M][N] for prompt rows on quantized weights: tile by tile, the weights
-  // dequantized to bf16 and multiplied by oneDNN.
-  void quant_prompt(const float* x, int M, float* y) {
-    const int N = quant.N, K = quant.K, blocks = quant.blocks();
-    const int chunk = std::max(1, int(kTileBytes / (size_t(K) * kMatvecBlock * 2)));  // row groups per tile
+  // y[M][N] for prompt rows, tile by tile: fill(b, out) writes row group b
+  // of the weights as the tile's type wants them (bf16: the packed layout;
+  // f32: rows [64][K]), and oneDNN multiplies each tile; rest(b0, b1) takes
+  // the row groups of a tile oneDNN has no fast kernel for.
+  template <class Fill, class Rest>
+  void tiled(int N, int K, const float* x, int M, float* y, dt tile_type, Fill&& fill, Rest&& rest) {
+    const int blocks = (N + kMatvecBlock - 1) / kMatvecBlock;
+    const size_t block_elems = size_t(tile_type == dt::bf16 ? matvec_kp(K) : K) * kMatvecBlock;
+    const size_t elem_bytes = tile_type == dt::bf16 ? 2 : 4;
+    const int chunk = std::max(1, int(kTileBytes / (block_elems * elem_bytes)));  // row groups per tile
     const int first_cols = std::min(N, chunk * kMatvecBlock);
-    if (!tile_prim(K, M, first_cols).usable) return matvec_quant(x, M, y, 0, blocks, Pool::openmp);
-    thread_local std::vector<uint16_t> x_bf16, tile;
+    if (!tile_prim(K, M, first_cols, tile_type).usable) return rest(0, blocks);
+    thread_local std::vector<uint16_t> x_bf16;
+    thread_local std::vector<char> tile;
     thread_local std::vector<float> out;
-    x_bf16.resize(size_t(M) * K);
-    ops::to_bf16(x_bf16.data(), x, x_bf16.size());
-    tile.resize(size_t(std::min(chunk, blocks)) * K * kMatvecBlock);
-    uint16_t* t = tile.data();  // the caller's buffers, as the workers see them
+    const void* src = x;
+    if (tile_type == dt::bf16) {
+      x_bf16.resize(size_t(M) * K);
+      ops::to_bf16(x_bf16.data(), x, x_bf16.size());
+      src = x_bf16.data();
+    }
+    tile.resize(size_t(std::min(chunk, blocks)) * block_elems * elem_bytes);
+    char* t = tile.data();  // the caller's buffers, as the workers see them
     const bool whole = first_cols == N;  // one tile: oneDNN writes y itself
     if (!whole) out.resize(size_t(M) * first_cols);
     float* o = whole ? y : out.data();
     for (int b0 = 0; b0 < blocks; b0 += chunk) {
       const int b1 = std::min(blocks, b0 + chunk), n0 = b0 * kMatvecBlock, cols = std::min(N, b1 * kMatvecBlock) - n0;
-      TilePrim& p = tile_prim(K, M, cols);
-      if (!p.usable) {  // a last, narrower tile oneDNN has no fast kernel for
-        matvec_quant(x, M, y, b0, b1, Pool::openmp);
+      TilePrim& p = tile_prim(K, M, cols, tile_type);
+      if (!p.usable) {  // a last, narrower tile
+        rest(b0, b1);
         continue;
       }
-      over_groups(b1 - b0, Pool::openmp, [&](int i) {
-        matvec::dequantize_bf16(quant, b0 + i, b0 + i + 1, t + size_t(i) * K * kMatvecBlock);
-      });
-      p.src.set_data_handle(x_bf16.data());
+      over_groups(b1 - b0, Pool::openmp, [&](int i) { fill(b0 + i, t + size_t(i) * block_elems * elem_bytes); });
+      p.src.set_data_handle(const_cast<void*>(src));
       p.w.set_data_handle(t);
       p.dst.set_data_handle(o);
       p.matmul.execute(stream, {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.w}, {DNNL_ARG_DST, p.dst}});
@@ -290,6 +343,34 @@ struct Linear::Impl {
         for (int m = 0; m < M; ++m)
           std::memcpy(y + size_t(m) * N + n0, o + size_t(m) * cols, size_t(cols) * sizeof(float));
     }
+  }
+
+  // Prompt rows on quantized weights, dequantized a tile at a time: to bf16
+  // for oneDNN's bf16 matmul at the avx512bf16 tier, else to f32 (exact).
+  void quant_prompt(const float* x, int M, float* y) {
+    const int K = quant.K;
+    auto rest = [&](int b0, int b1) { matvec_quant(x, M, y, b0, b1, Pool::openmp); };
+    if (cpu_tier() == CpuTier::avx512bf16)
+      return tiled(quant.N, K, x, M, y, dt::bf16, [&](int b, char* out) {
+        matvec::dequantize_bf16(quant, b, b + 1, reinterpret_cast<uint16_t*>(out));
+      }, rest);
+    tiled(quant.N, K, x, M, y, dt::f32, [&](int b, char* out) {
+      const int n0 = b * kMatvecBlock, rows = std::min(kMatvecBlock, quant.N - n0);
+      for (int r = 0; r < rows; ++r) dequantize_row(quant, n0 + r, reinterpret_cast<float*>(out) + size_t(r) * K);
+    }, rest);
+  }
+
+  // Prompt rows of a bf16 layer where oneDNN does not multiply bf16 (below
+  // the avx512bf16 tier): tiles widened to f32 for its f32 matmul.
+  // The activations are rounded to bf16 as on the other paths, so a bf16
+  // layer's result does not depend on the tier beyond the order of its sums.
+  void wide_prompt(int N, int K, const float* x, int M, float* y) {
+    const PackedBf16 W = packed(N, K);
+    thread_local std::vector<float> x_round;
+    x_round.resize(size_t(M) * K);
+    for (size_t i = 0; i < x_round.size(); ++i) x_round[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    tiled(N, K, x_round.data(), M, y, dt::f32, [&](int b, char* out) { widen_block(W, b, reinterpret_cast<float*>(out)); },
+          [&](int b0, int b1) { matvec(N, K, x, M, y, b0, b1, Pool::openmp); });
   }
 
   void run(Prim& p, const void* x, float* y) {
@@ -418,7 +499,14 @@ void Linear::forward(const float* x, float* y, int M) const {
   if (im.type == dt::bf16) {
     // Activations converted for the bf16 product: one buffer for all layers.
     thread_local std::vector<uint16_t> x_bf16;
-    if (im.prim(N_, K_, M).own) return forward_decode(x, y, M);
+    if (cpu_tier() != CpuTier::avx512bf16 || im.prim(N_, K_, M).own) {
+      if (M < kWideRows) return forward_decode(x, y, M);
+      try {
+        return im.wide_prompt(N_, K_, x, M, y);
+      } catch (const dnnl::error& e) {
+        fail("linear layer {} x {}, {} rows: oneDNN failed: {}", N_, K_, M, e.what());
+      }
+    }
     x_bf16.resize(size_t(M) * K_);
     ops::to_bf16(x_bf16.data(), x, size_t(M) * K_);
     src = x_bf16.data();
@@ -442,11 +530,7 @@ void Linear::forward_decode(const float* x, float* y, int M) const {
   const Impl& im = *impl_;
   if (is_quantized(im.format)) return im.matvec_quant(x, M, y, 0, im.quant.blocks(), Pool::team);
   if (im.type != dt::bf16) return forward(x, y, M);
-  thread_local std::vector<uint16_t> x_bf16;
-  const int kp = matvec_kp(K_);
-  x_bf16.assign(size_t(M) * kp, 0);  // zeros past K meet the weights' zero padding
-  for (int i = 0; i < M; ++i) ops::to_bf16(&x_bf16[size_t(i) * kp], x + size_t(i) * K_, size_t(K_));
-  im.matvec(N_, K_, x_bf16.data(), M, y);
+  im.matvec(N_, K_, x, M, y, 0, im.packed(N_, K_).blocks(), Pool::team);
 }
 
 }  // namespace sparq

@@ -101,8 +101,8 @@ void quantize_rows(const float* x, int M, int K, QuantFormat weights, QuantRows&
   out.q.resize(size_t(M) * K);
   out.d.resize(blocks);
   out.off.resize(blocks);
-  (use_avx512() ? avx512::quantize_blocks : ref::quantize_blocks)(x, blocks, quant_offset(weights), out.q.data(),
-                                                                   out.d.data(), out.off.data());
+  matvec_kernels(cpu_tier()).quantize_blocks(x, blocks, quant_offset(weights), out.q.data(), out.d.data(),
+                                              out.off.data());
 }
 
 // q8_0's rounding with an f32 scale; round to nearest even, as vcvtps2dq.

@@ -64,8 +64,8 @@ struct Kernels {
 const Kernels& kernels() {
   static const Kernels r{ref::sparq_step1, ref::sparq_weights, ref::sparq_select, ref::sparq_mass,
                          ref::sparq_step3};
-  static const Kernels a{avx512::sparq_step1, avx512::sparq_weights, avx512::sparq_select,
-                         avx512::sparq_mass, avx512::sparq_step3};
+  static const Kernels a{avx512bf16::sparq_step1, avx512bf16::sparq_weights, avx512bf16::sparq_select,
+                         avx512bf16::sparq_mass, avx512bf16::sparq_step3};
   return use_avx512() ? a : r;
 }
 

@@ -5,31 +5,98 @@
 #include <cstring>
 #include <cctype>
 #include <fstream>
+#include <iterator>
+
+#include "sparq/util/common.h"
 
 namespace sparq {
 namespace {
 
-bool detect() {
-  const char* env = std::getenv("SPARQ_NO_AVX512");
-  if (env && std::strcmp(env, "0") != 0) return false;
+CpuTier detect() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+    return CpuTier::portable;
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+    return CpuTier::avx2;
+  // Every CPU with AVX512_BF16 has VNNI too.
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") ? CpuTier::avx512bf16
+                                                                                      : CpuTier::avx512;
 }
 
-std::atomic<int>& state() {
-  static std::atomic<int> s{detect() ? 1 : 0};
+// SPARQ_CPU's tier when it names one the CPU has.
+CpuTier initial() {
+  const char* env = std::getenv("SPARQ_CPU");
+  if (!env || !*env) return best_cpu_tier();
+  try {
+    const CpuTier t = parse_cpu_tier(env);
+    return cpu_has(t) ? t : best_cpu_tier();
+  } catch (const Error&) {
+    return best_cpu_tier();
+  }
+}
+
+std::atomic<CpuTier>& state() {
+  static std::atomic<CpuTier> s{initial()};
+  return s;
+}
+
+std::string tier_list(const std::vector<CpuTier>& tiers) {
+  std::string s;
+  for (CpuTier t : tiers) s += (s.empty() ? "" : ", ") + std::string(cpu_tier_name(t));
   return s;
 }
 
 }  // namespace
 
-bool use_avx512() { return state().load(std::memory_order_relaxed) != 0; }
+const char* cpu_tier_name(CpuTier t) {
+  switch (t) {
+    case CpuTier::portable: return "portable";
+    case CpuTier::avx2: return "avx2";
+    case CpuTier::avx512: return "avx512";
+    case CpuTier::avx512bf16: return "avx512bf16";
+  }
+  return "?";
+}
 
-void set_avx512_enabled(bool enabled) {
-  static const bool available = detect();
-  state().store(enabled && available ? 1 : 0);
+std::string cpu_tier_names() { return tier_list({std::begin(kCpuTiers), std::end(kCpuTiers)}); }
+
+CpuTier parse_cpu_tier(std::string_view name) {
+  for (CpuTier t : kCpuTiers)
+    if (name == cpu_tier_name(t)) return t;
+  fail("unknown CPU tier '{}' (tiers: {})", name, cpu_tier_names());
+}
+
+CpuTier best_cpu_tier() {
+  static const CpuTier best = detect();
+  return best;
+}
+
+bool cpu_has(CpuTier t) { return int(t) <= int(best_cpu_tier()); }
+
+std::vector<CpuTier> cpu_tiers_here() {
+  std::vector<CpuTier> v;
+  for (CpuTier t : kCpuTiers)
+    if (cpu_has(t)) v.push_back(t);
+  return v;
+}
+
+CpuTier cpu_tier() { return state().load(std::memory_order_relaxed); }
+
+void set_cpu_tier(CpuTier t) {
+  if (!cpu_has(t))
+    fail("this CPU has no {} tier (it has {})", cpu_tier_name(t), tier_list(cpu_tiers_here()));
+  state().store(t);
+}
+
+void check_cpu_env() {
+  const char* env = std::getenv("SPARQ_CPU");
+  if (!env || !*env) return;
+  try {
+    set_cpu_tier(parse_cpu_tier(env));
+  } catch (const Error& e) {
+    fail("SPARQ_CPU: {}", e.what());
+  }
 }
 
 std::string cpu_model_name() {

@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_run.h"
+#include "sparq/util/cpu.h"
 
 namespace fs = std::filesystem;
+using namespace sparq;
 using namespace sparq::test;
 
 TEST_CASE("greedy generation streams the golden continuation", "[cli][golden]") {
@@ -213,4 +215,30 @@ TEST_CASE("the default context is the model's trained one", "[cli]") {
   INFO("stderr: " << r.err);
   REQUIRE(r.code == 0);
   CHECK(r.err.find("ctx 8192") != std::string::npos);
+}
+
+TEST_CASE("the kernel tier: --cpu and SPARQ_CPU pick it, a tier the CPU lacks is one error line", "[cli][errors]") {
+  SPARQ_REQUIRE_SHARED(model_dir());
+  const std::string m = "-m " + quote(model_dir()) + " -p hi -n 2 --temp 0";
+  for (CpuTier t : cpu_tiers_here()) {
+    const std::string name = cpu_tier_name(t);
+    INFO(name);
+    const Result r = run(m + " --cpu " + name);
+    REQUIRE(r.code == 0);
+    CHECK(r.err.find(", " + name + " kernels\n") != std::string::npos);
+    const Result v = run("--version --cpu " + name);
+    CHECK(v.out.find("best on this CPU: " + std::string(cpu_tier_name(best_cpu_tier()))) != std::string::npos);
+    const Result b = run("bench --kernel attention -S 512 --head-dims 64 --groups 1 --attention dense -r 1 -o json --cpu " + name);
+    REQUIRE(b.code == 0);
+    CHECK(b.out.find("\"kernels\": \"" + name + "\"") != std::string::npos);
+  }
+  require_one_error_line(run(m + " --cpu avx9"), "unknown CPU tier 'avx9'");
+  const char* before = std::getenv("SPARQ_CPU");
+  const std::string kept = before ? before : "";
+  setenv("SPARQ_CPU", "avx9", 1);  // the child's environment
+  const Result bad_env = run(m);
+  before ? setenv("SPARQ_CPU", kept.c_str(), 1) : unsetenv("SPARQ_CPU");
+  require_one_error_line(bad_env, "SPARQ_CPU: unknown CPU tier 'avx9'");
+  for (CpuTier t : kCpuTiers)
+    if (!cpu_has(t)) require_one_error_line(run(m + " --cpu " + cpu_tier_name(t)), "this CPU has no");
 }

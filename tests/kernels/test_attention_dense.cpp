@@ -375,7 +375,7 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
       }
       const PrefillSpan span{c.k_rows(0, 0), c.v_rows(0, 0), t, d, n, qp.data(), last.data(), op.data()};
       if (avx)
-        avx512::prefill_attention(span);
+        avx512bf16::prefill_attention(span);
       else
         ref::prefill_attention(span);
       std::vector<double> abs_v;

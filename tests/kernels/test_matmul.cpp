@@ -12,6 +12,7 @@
 
 #include "sparq/util/common.h"
 #include "sparq/kernels/matmul.h"
+#include "sparq/util/cpu.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -184,8 +185,10 @@ TEST_CASE("Linear on q8_0 and q4_0 weights: rows, bytes, both paths and the aren
       for (int k = 0; k < K; ++k) REQUIRE(std::abs(row[k] - bf16_to_f32(w16[size_t(n) * K + k])) <= (f == WeightFormat::Q8_0 ? 0.005 : 0.15));
     }
     // Decode rows: int8 activations against the quants, close to the product
-    // of the bf16 weights. Prompt rows: oneDNN on the dequantized weights
-    // rounded to bf16 (where it has a fast path), as exact as f32 sums allow.
+    // of the bf16 weights. Prompt rows: oneDNN on the dequantized weights,
+    // rounded to bf16 with the activations at the avx512bf16 tier, exact
+    // (f32) below it, as exact as f32 sums allow.
+    const DType tile_type = cpu_tier() == CpuTier::avx512bf16 ? DType::BF16 : DType::F32;
     const int M = 6;
     const auto x = uniform(size_t(M) * K, 22);
     std::vector<float> yp(size_t(M) * N), yd(size_t(M) * N), yi(size_t(M) * N);
@@ -204,7 +207,7 @@ TEST_CASE("Linear on q8_0 and q4_0 weights: rows, bytes, both paths and the aren
           const double p = double(x[size_t(m) * K + k]) * bf16_to_f32(w16[size_t(n) * K + k]);
           want += p;
           mag += std::abs(p);
-          const double t = double(round_to(DType::BF16, x[size_t(m) * K + k])) * round_to(DType::BF16, row[k]);
+          const double t = double(round_to(tile_type, x[size_t(m) * K + k])) * round_to(tile_type, row[k]);
           tile += t;
           tile_mag += std::abs(t);
         }

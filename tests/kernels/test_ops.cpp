@@ -1,5 +1,5 @@
 // Forward-pass ops: the scalar references against double-precision formulas,
-// and the AVX-512 kernels against the references, on odd sizes and hard values.
+// and every SIMD tier's kernels against the references, on odd sizes and hard values.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,9 +10,12 @@
 #include "sparq/util/common.h"
 #include "sparq/util/cpu.h"
 #include "sparq/kernels/ops.h"
+#include "cpu_tiers.h"
 #include "test_util.h"
 
 using namespace sparq;
+using sparq::test::simd_tiers_here;
+using sparq::test::TierScope;
 
 namespace {
 
@@ -27,18 +30,6 @@ std::vector<float> randn(int n, float scale, uint32_t seed) {
   return v;
 }
 
-// True when the AVX-512 kernels can run here; otherwise says why they are skipped.
-bool avx512_here() {
-  set_avx512_enabled(true);
-  if (!use_avx512()) WARN("AVX-512 (F/BW/VL/DQ/BF16) unavailable or disabled: avx512 comparison skipped");
-  return use_avx512();
-}
-
-// Restores the AVX-512 switch when a test forced the scalar path.
-struct ScalarPath {
-  ScalarPath() { set_avx512_enabled(false); }
-  ~ScalarPath() { set_avx512_enabled(true); }
-};
 
 void require_close(const std::vector<float>& got, const std::vector<double>& want, double rel, double abs) {
   REQUIRE(got.size() == want.size());
@@ -60,8 +51,8 @@ std::vector<float> inv_freq(int head_dim, double theta) {
 
 }  // namespace
 
-TEST_CASE("rmsnorm matches the double formula and the AVX-512 kernel", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("rmsnorm matches the double formula and every tier's kernel", "[ops]") {
+  const auto tiers = simd_tiers_here();
   const float eps = 1e-5f;
   for (int n : kSizes) {
     for (float scale : {1.0f, 1e-30f, 1e30f}) {  // tiny and huge: squares leave f32 range
@@ -77,9 +68,10 @@ TEST_CASE("rmsnorm matches the double formula and the AVX-512 kernel", "[ops]") 
       std::vector<float> out(static_cast<size_t>(n));
       ref::rmsnorm(out.data(), x.data(), w.data(), n, eps);
       require_close(out, want, 3e-7, 1e-37);
-      if (avx) {
+      for (CpuTier t : tiers) {
+        INFO(cpu_tier_name(t));
         std::vector<float> a = x;  // in place
-        avx512::rmsnorm(a.data(), a.data(), w.data(), n, eps);
+        ops_kernels(t).rmsnorm(a.data(), a.data(), w.data(), n, eps);
         require_close(a, out, 3e-7, 1e-37);
       }
     }
@@ -109,8 +101,8 @@ TEST_CASE("rope rotates element i with i + head_dim/2 (rotate_half)", "[ops]") {
   require_close(x, std::vector<double>{-3.0, 2.0, 1.0, 4.0}, 0, 1e-6);
 }
 
-TEST_CASE("rope matches the double formula and the AVX-512 kernel", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("rope matches the double formula and every tier's kernel", "[ops]") {
+  const auto tiers = simd_tiers_here();
   for (int head_dim : {2, 6, 8, 34, 64, 128}) {
     const auto f = inv_freq(head_dim, 10000.0);
     const int half = head_dim / 2;
@@ -131,14 +123,16 @@ TEST_CASE("rope matches the double formula and the AVX-512 kernel", "[ops]") {
         std::vector<float> r = x;
         ref::rope_apply(r.data(), n_heads, head_dim, c.data(), s.data());
         require_close(r, want, 0, 1e-5);  // |x| < 15: f32 cos/sin and products, a few 1e-6
-        std::vector<float> a = x;
-        if (avx) {
-          avx512::rope_apply(a.data(), n_heads, head_dim, c.data(), s.data());
+        for (CpuTier t : tiers) {
+          INFO(cpu_tier_name(t));
+          std::vector<float> a = x;
+          ops_kernels(t).rope_apply(a.data(), n_heads, head_dim, c.data(), s.data());
           require_close(a, r, 0, 3e-6);  // FMA: one rounding fewer
+          const TierScope scope(t);
+          std::vector<float> o = x;
+          ops::rope(o.data(), n_heads, head_dim, pos, f.data());
+          REQUIRE(o == a);
         }
-        std::vector<float> o = x;
-        ops::rope(o.data(), n_heads, head_dim, pos, f.data());
-        REQUIRE(o == (avx ? a : r));
       }
     }
   }
@@ -151,8 +145,8 @@ TEST_CASE("rope refuses odd or oversized head sizes", "[ops]") {
   REQUIRE_THROWS_AS(ops::rope(x.data(), 1, 2 * kMaxRopeHeadDim, 3, f.data()), Error);
 }
 
-TEST_CASE("softmax matches the double formula and the AVX-512 kernel", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("softmax matches the double formula and every tier's kernel", "[ops]") {
+  const auto tiers = simd_tiers_here();
   for (int n : kSizes) {
     for (float scale : {1.0f, 30.0f, 1e4f, 1e30f}) {
       for (bool with_inf : {false, true}) {
@@ -179,9 +173,10 @@ TEST_CASE("softmax matches the double formula and the AVX-512 kernel", "[ops]") 
           INFO("i=" << i << " x=" << x[i] << " got=" << r[i] << " want=" << want[i]);
           REQUIRE(std::abs(r[i] - want[i]) <= tol[i]);
         }
-        if (avx) {
+        for (CpuTier t : tiers) {
+          INFO(cpu_tier_name(t));
           std::vector<float> a = x;
-          avx512::softmax(a.data(), n);
+          ops_kernels(t).softmax(a.data(), n);
           require_close(a, r, 2e-6, 1e-37);
         }
       }
@@ -197,8 +192,8 @@ TEST_CASE("softmax of ties is uniform", "[ops]") {
   }
 }
 
-TEST_CASE("silu_mul matches the double formula and the AVX-512 kernel", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("silu_mul matches the double formula and every tier's kernel", "[ops]") {
+  const auto tiers = simd_tiers_here();
   for (int n : kSizes) {
     for (float scale : {1.0f, 10.0f, 100.0f, 1e30f}) {
       INFO("n=" << n << " scale=" << scale);
@@ -210,17 +205,18 @@ TEST_CASE("silu_mul matches the double formula and the AVX-512 kernel", "[ops]")
       ref::silu_mul(r.data(), u.data(), n);
       // exp(-g) overflows f32 for g < -88.7, giving -0 for about g * e^g.
       require_close(r, want, 6e-7, 1e-30);
-      if (avx) {
+      for (CpuTier t : tiers) {
+        INFO(cpu_tier_name(t));
         std::vector<float> a = g;
-        avx512::silu_mul(a.data(), u.data(), n);
+        ops_kernels(t).silu_mul(a.data(), u.data(), n);
         require_close(a, r, 1e-6, 1e-30);
       }
     }
   }
 }
 
-TEST_CASE("add is exact, in both versions", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("add is exact, at every tier", "[ops]") {
+  const auto tiers = simd_tiers_here();
   for (int n : kSizes) {
     INFO("n=" << n);
     const auto y = randn(n, 1e3f, uint32_t(n) * 17);
@@ -230,18 +226,19 @@ TEST_CASE("add is exact, in both versions", "[ops]") {
     std::vector<float> r = y;
     ref::add(r.data(), x.data(), n);
     REQUIRE(r == want);
-    if (avx) {
+    for (CpuTier t : tiers) {
+      INFO(cpu_tier_name(t));
       std::vector<float> a = y;
-      avx512::add(a.data(), x.data(), n);
+      ops_kernels(t).add(a.data(), x.data(), n);
       REQUIRE(a == want);
-      avx512::add(a.data(), a.data(), n);  // y == x: doubles
+      ops_kernels(t).add(a.data(), a.data(), n);  // y == x: doubles
       for (int i = 0; i < n; ++i) REQUIRE(a[i] == 2 * want[i]);
     }
   }
 }
 
-TEST_CASE("dot matches the double sum and the AVX-512 kernel", "[ops]") {
-  const bool avx = avx512_here();
+TEST_CASE("dot matches the double sum and every tier's kernel", "[ops]") {
+  const auto tiers = simd_tiers_here();
   for (int n : kSizes) {
     for (float scale : {1.0f, 1e15f}) {
       INFO("n=" << n << " scale=" << scale);
@@ -254,16 +251,17 @@ TEST_CASE("dot matches the double sum and the AVX-512 kernel", "[ops]") {
       }
       const float r = ref::dot(a.data(), b.data(), n);
       REQUIRE(std::abs(r - want) <= 6e-8 * std::abs(want) + 1e-12 * mag);
-      if (avx) {
-        // f32 accumulation: each of the 64 lanes sums about n/64 products.
-        const double bound = (n / 64.0 + 8) * 6e-8 * mag;
-        REQUIRE(std::abs(avx512::dot(a.data(), b.data(), n) - want) <= bound);
+      for (CpuTier t : tiers) {
+        INFO(cpu_tier_name(t));
+        // f32 accumulation: each of the 32 or 64 lanes sums about n/32 products at most.
+        const double bound = (n / 32.0 + 8) * 6e-8 * mag;
+        REQUIRE(std::abs(ops_kernels(t).dot(a.data(), b.data(), n) - want) <= bound);
       }
     }
   }
 }
 
-TEST_CASE("to_bf16 rounds to nearest even, and AVX-512 agrees", "[ops]") {
+TEST_CASE("to_bf16 rounds to nearest even, and every tier agrees", "[ops]") {
   // Nearest bf16 by comparing the two neighbours in double; ties go to even.
   auto nearest = [](float x) -> uint16_t {
     uint32_t u;
@@ -284,6 +282,7 @@ TEST_CASE("to_bf16 rounds to nearest even, and AVX-512 agrees", "[ops]") {
     std::memcpy(&f, &bits, 4);
     x.push_back(f);
   }
+  const auto tiers = simd_tiers_here();
   for (size_t n : {size_t(1), size_t(15), size_t(16), size_t(17), size_t(31), size_t(32), size_t(33), x.size()}) {
     INFO("n=" << n);
     std::vector<uint16_t> r(n), want(n);
@@ -291,38 +290,51 @@ TEST_CASE("to_bf16 rounds to nearest even, and AVX-512 agrees", "[ops]") {
     for (size_t i = 0; i < n; ++i) want[i] = nearest(src[i]);
     ref::to_bf16(r.data(), src, n);
     REQUIRE(r == want);
-    if (avx512_here()) {
+    for (CpuTier t : tiers) {
+      INFO(cpu_tier_name(t));
       std::vector<uint16_t> a(n);
-      avx512::to_bf16(a.data(), src, n);
+      ops_kernels(t).to_bf16(a.data(), src, n);
       REQUIRE(a == r);
     }
   }
-  if (avx512_here()) {  // subnormals: the BF16 instructions flush them to zero
-    const uint32_t bits[2] = {0x00412345u, 0x80400000u};
-    float sub[2];
-    std::memcpy(sub, bits, 8);
+  // Subnormals: the BF16 instructions flush them to zero; the widening tiers round them.
+  const uint32_t bits[2] = {0x00412345u, 0x80400000u};
+  float sub[2];
+  std::memcpy(sub, bits, 8);
+  for (CpuTier t : tiers) {
+    INFO(cpu_tier_name(t));
     uint16_t a[2];
-    avx512::to_bf16(a, sub, 2);
-    REQUIRE(a[0] == 0x0000);
-    REQUIRE(a[1] == 0x8000);
+    ops_kernels(t).to_bf16(a, sub, 2);
+    const bool flush = t == CpuTier::avx512bf16;
+    REQUIRE(a[0] == (flush ? 0x0000 : 0x0041));
+    REQUIRE(a[1] == (flush ? 0x8000 : 0x8040));
   }
 }
 
-TEST_CASE("ops:: follows the AVX-512 switch", "[ops]") {
+TEST_CASE("ops:: follows the CPU tier", "[ops]") {
   const auto x = randn(1000, 5.0f, 37);
   std::vector<float> r = x, o = x;
   ref::softmax(r.data(), 1000);
   {
-    ScalarPath scalar;
+    const TierScope scalar(CpuTier::portable);
     ops::softmax(o.data(), 1000);
   }
   REQUIRE(o == r);
-  if (avx512_here()) {
+  for (CpuTier t : simd_tiers_here()) {
+    INFO(cpu_tier_name(t));
     std::vector<float> a = x;
     o = x;
-    avx512::softmax(a.data(), 1000);
+    ops_kernels(t).softmax(a.data(), 1000);
+    const TierScope scope(t);
     ops::softmax(o.data(), 1000);
     REQUIRE(o == a);
     REQUIRE(a != r);  // otherwise this test could not tell the paths apart
   }
+}
+
+TEST_CASE("a CPU tier the machine lacks is refused, by name", "[ops]") {
+  REQUIRE_THROWS_WITH(parse_cpu_tier("avx9"), Catch::Contains("unknown CPU tier 'avx9'") && Catch::Contains("avx512bf16"));
+  for (CpuTier t : kCpuTiers)
+    if (!cpu_has(t)) REQUIRE_THROWS_WITH(set_cpu_tier(t), Catch::Contains("this CPU has no"));
+  REQUIRE(cpu_has(CpuTier::portable));
 }

@@ -119,7 +119,7 @@ void compare_step1(const SparqStep1Args& a, double x_tol) {
   const int nb = (a.S + B - 1) / B;
   Step1Out r(a), v(a);
   ref::sparq_step1(a, 0, nb, r.e.data(), r.mx.data(), r.sum.data());
-  avx512::sparq_step1(a, 0, nb, v.e.data(), v.mx.data(), v.sum.data());
+  avx512bf16::sparq_step1(a, 0, nb, v.e.data(), v.mx.data(), v.sum.data());
   require_close(v.mx.data(), r.mx.data(), r.mx.size(), x_tol, 1e-6, "block max");
   const double e_tol = 2e-7 + 1.5 * x_tol;
   require_close(v.e.data(), r.e.data(), r.e.size(), e_tol, 1e-6, "e");
@@ -127,8 +127,8 @@ void compare_step1(const SparqStep1Args& a, double x_tol) {
   // Blocks are independent: any split of the range gives the same bits.
   if (nb > 1) {
     Step1Out p(a);
-    avx512::sparq_step1(a, 0, 1, p.e.data(), p.mx.data(), p.sum.data());
-    avx512::sparq_step1(a, 1, nb, p.e.data(), p.mx.data(), p.sum.data());
+    avx512bf16::sparq_step1(a, 0, 1, p.e.data(), p.mx.data(), p.sum.data());
+    avx512bf16::sparq_step1(a, 1, nb, p.e.data(), p.mx.data(), p.sum.data());
     REQUIRE(p.e == v.e);
     REQUIRE(p.mx == v.mx);
     REQUIRE(p.sum == v.sum);
@@ -224,13 +224,13 @@ TEST_CASE("sparq weights and mass: avx512 matches the reference", "[sparq]") {
       for (float& x : e) x = unit(rng);
       std::vector<float> wr(sum.size()), wv(sum.size());
       ref::sparq_weights(mx.data(), sum.data(), G, nb, wr.data());
-      avx512::sparq_weights(mx.data(), sum.data(), G, nb, wv.data());
+      avx512bf16::sparq_weights(mx.data(), sum.data(), G, nb, wv.data());
       require_close(wv.data(), wr.data(), wr.size(), 1e-30, 2e-6, "w");
       for (int n : {1, 15, 16, 17, nb * B / 3, nb * B}) {
         const std::vector<int> idx = some_positions(nb * B, std::min(n, nb * B), rng);
         std::vector<float> ar(static_cast<size_t>(G), 0.5f), av(ar);  // both add to what is there
         ref::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), ar.data());
-        avx512::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
+        avx512bf16::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
         // Sums of n floats in different orders: rounding grows like sqrt(n).
         require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-6 * (1.0 + std::sqrt(double(n))), "mass");
       }
@@ -245,7 +245,7 @@ std::vector<int> run_select(bool use_avx, const std::vector<float>& e, const std
   const int nb = int(w.size()) / G;
   std::vector<uint32_t> scratch(sparq_select_scratch(n));
   std::vector<int> out(static_cast<size_t>(m), -1);
-  (use_avx ? avx512::sparq_select : ref::sparq_select)(e.data(), w.data(), G, nb, n, m, out.data(),
+  (use_avx ? avx512bf16::sparq_select : ref::sparq_select)(e.data(), w.data(), G, nb, n, m, out.data(),
                                                        mass ? mass->data() : nullptr, scratch.data());
   return out;
 }
@@ -333,7 +333,7 @@ TEST_CASE("sparq step 3: avx512 matches the reference", "[sparq]") {
           std::vector<float> scratch(sparq_step3_scratch(G, n, d));
           std::vector<float> mr(static_cast<size_t>(G)), zr(mr.size()), ar(G * dp), mv(mr), zv(zr), av(ar);
           ref::sparq_step3(a, idx.data(), n, mr.data(), zr.data(), ar.data(), scratch.data());
-          avx512::sparq_step3(a, idx.data(), n, mv.data(), zv.data(), av.data(), scratch.data());
+          avx512bf16::sparq_step3(a, idx.data(), n, mv.data(), zv.data(), av.data(), scratch.data());
           double mag = 0;
           for (float x : q) mag += std::abs(x);
           const double x_tol = huge ? 0.0 : 1e-6 * mag * 4.0;

@@ -9,7 +9,7 @@ namespace sparq {
 
 struct DenseSpan {
   const void* k;   // K rows of the KV head: [positions][d], f32 or bf16 (ref kernel)
-  const void* kt;  // the same keys transposed in blocks, KVCache::k_t layout (avx512 kernel)
+  const void* kt;  // the same keys transposed in blocks, KVCache::k_t layout (SIMD kernels)
   const void* v;   // V rows: [positions][d]
   DType type;      // F32 or BF16
   int d;
@@ -43,9 +43,17 @@ namespace ref {
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace ref
-namespace avx512 {
+namespace avx2 {  // attention_dense_simd.cpp, attention_prefill_simd.cpp
+void dense_partial(const DenseSpan& s, const DensePartial& out);
+void prefill_attention(const PrefillSpan& s);
+}  // namespace avx2
+namespace avx512 {  // the same, built for AVX-512 F/BW/VL/DQ
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace avx512
+namespace avx512bf16 {
+void dense_partial(const DenseSpan& s, const DensePartial& out);
+void prefill_attention(const PrefillSpan& s);
+}  // namespace avx512bf16
 
 }  // namespace sparq

@@ -21,11 +21,14 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every);
 // aligned), so the loads cannot be optimised away. They prefetch kReadAhead
 // bytes ahead into L2, as the attention kernels do.
 inline constexpr size_t kReadAhead = 2048;
-uint64_t read_checksum(const void* p, size_t n);  // the AVX-512 loop where it runs
+uint64_t read_checksum(const void* p, size_t n);  // the current tier's loop
 namespace ref {
 uint64_t read_checksum(const void* p, size_t n);
 }
-namespace avx512 {
+namespace avx2 {
+uint64_t read_checksum(const void* p, size_t n);
+}
+namespace avx512 {  // also the avx512bf16 tier's
 uint64_t read_checksum(const void* p, size_t n);
 }
 

@@ -11,13 +11,19 @@
 // up to 32 and N is padded to 64, with zeros. Each step is what vdpbf16ps
 // multiplies with one broadcast pair of x.
 //
-// Each op has a plain scalar reference (namespace ref, matvec_ref.cpp) and an
-// AVX-512 version (matvec_avx512.cpp); matvec:: picks one at run time.
+// Each op has a plain scalar reference (namespace ref, matvec_ref.cpp) and a
+// version per CPU tier (matvec_kernels); matvec:: picks the current tier's at
+// run time.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
+#include "sparq/util/cpu.h"
+
 namespace sparq {
+
+struct PackedQuant;  // matvec_quant.h
+struct QuantRows;
 
 inline constexpr int kMatvecBlock = 64;  // output rows per weight block
 inline constexpr int kMatvecKAlign = 32;  // K is padded to whole blocks of 16 pairs
@@ -43,11 +49,27 @@ inline size_t packed_index(int kp, int n, int k) {
 namespace ref {
 void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1);
 }
-namespace avx512 {
+namespace avx512bf16 {
 void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1);
 }
 namespace matvec {
 void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1);
 }
+
+// One tier's kernels of this file and matvec_quant.h: ref's (the portable
+// tier); for avx2 and avx512 the ones written once over kernels/simd.h
+// (matvec_simd.cpp, matvec_quant_simd.cpp), bf16 by widening to f32 and the
+// quantized ones by vpmaddubsw; avx512bf16's hand-written with vdpbf16ps and
+// vpdpbusd (matvec_avx512bf16.cpp, matvec_quant_avx512bf16.cpp).
+// matvec_bf16 of avx2 and avx512 equals ref's to the bit but where ref
+// flushes subnormals (or a product overflows); every other kernel equals
+// ref's to the bit at every tier.
+struct MatvecKernels {
+  void (*matvec_bf16)(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t ldy, int b0, int b1);
+  void (*matvec_quant)(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1);
+  void (*quantize_blocks)(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off);
+  void (*dequantize_bf16)(const PackedQuant& W, int b0, int b1, uint16_t* out);
+};
+const MatvecKernels& matvec_kernels(CpuTier t);
 
 }  // namespace sparq

@@ -16,9 +16,10 @@
 // The offset comes back out through the activations' block sums: sum(u*x) =
 // sum(q*x) + offset*sum(x).
 //
-// Each kernel has a scalar reference (namespace ref) that it matches to the
-// bit: integer sums are exact and each row's float sum over blocks is one
-// fused multiply-add per block, in K order, in both.
+// Each kernel has a scalar reference (namespace ref) that every tier's
+// (matvec_kernels, matvec.h) matches to the bit: integer sums are exact and
+// each row's float sum over blocks is one fused multiply-add per block, in K
+// order, in all.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -74,7 +75,7 @@ void quantize_rows(const float* x, int M, int K, QuantFormat weights, QuantRows&
 namespace ref {
 void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off);
 }
-namespace avx512 {
+namespace avx512bf16 {
 void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, int32_t* off);
 }
 
@@ -83,7 +84,7 @@ void quantize_blocks(const float* x, size_t n, int offset, int8_t* q, float* d, 
 namespace ref {
 void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1);
 }
-namespace avx512 {
+namespace avx512bf16 {
 void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy, int b0, int b1);
 }
 namespace matvec {
@@ -96,7 +97,7 @@ void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy
 namespace ref {
 void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
 }
-namespace avx512 {
+namespace avx512bf16 {
 void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
 }
 namespace matvec {

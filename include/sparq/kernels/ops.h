@@ -1,10 +1,13 @@
 // Element-wise and row-wise ops of the forward pass. Each op has a plain scalar
-// reference (namespace ref, src/kernels/ops_ref.cpp) and an AVX-512 version
-// (src/kernels/ops_avx512.cpp); the functions in namespace ops pick one at run time.
+// reference (namespace ref, src/kernels/ops_ref.cpp) and a SIMD version per
+// CPU tier (ops_kernels); the functions in namespace ops pick the current
+// tier's at run time.
 // Sizes n <= 0 are no-ops. rmsnorm and add accept out == x / y == x.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+
+#include "sparq/util/cpu.h"
 
 namespace sparq {
 
@@ -33,16 +36,19 @@ float dot(const float* a, const float* b, int n);
 void to_bf16(uint16_t* out, const float* x, size_t n);
 }  // namespace ref
 
-namespace avx512 {
-void rmsnorm(float* out, const float* x, const float* weight, int n, float eps);
-void rope_apply(float* x, int n_heads, int head_dim, const float* cos_t, const float* sin_t);
-void softmax(float* x, int n);
-void silu_mul(float* gate, const float* up, int n);
-void add(float* y, const float* x, int n);
-float dot(const float* a, const float* b, int n);
-// AVX512_BF16 conversion: same rounding, but subnormal inputs become +-0.
-void to_bf16(uint16_t* out, const float* x, size_t n);
-}  // namespace avx512
+// One tier's ops: ref's (the portable tier), and simd.h's written once for
+// avx2 and avx512 (ops_simd.cpp); avx512bf16 takes avx512's but for to_bf16,
+// which has an instruction there (and flushes subnormal inputs to +-0).
+struct OpsKernels {
+  void (*rmsnorm)(float* out, const float* x, const float* weight, int n, float eps);
+  void (*rope_apply)(float* x, int n_heads, int head_dim, const float* cos_t, const float* sin_t);
+  void (*softmax)(float* x, int n);
+  void (*silu_mul)(float* gate, const float* up, int n);
+  void (*add)(float* y, const float* x, int n);
+  float (*dot)(const float* a, const float* b, int n);
+  void (*to_bf16)(uint16_t* out, const float* x, size_t n);
+};
+const OpsKernels& ops_kernels(CpuTier t);
 
 namespace ops {
 void rmsnorm(float* out, const float* x, const float* weight, int n, float eps);

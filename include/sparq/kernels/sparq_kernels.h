@@ -1,7 +1,7 @@
 // The kernels of one SparQ decode step for one KV head (sparq_decode.cpp
 // strings them together and splits them over threads). Each has a plain scalar
 // reference (namespace ref, src/kernels/sparq_ref.cpp) and an AVX-512 version
-// (namespace avx512, src/kernels/sparq_avx512.cpp, only after use_avx512()) with the
+// (namespace avx512bf16, src/kernels/sparq_avx512bf16.cpp, only after use_avx512()) with the
 // same signature and the same results up to float rounding.
 //
 // Scores are kept in log2 units (log2(e) is folded into the query), so the
@@ -89,7 +89,7 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
                  float* scratch);
 }  // namespace ref
 
-namespace avx512 {
+namespace avx512bf16 {
 void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum);
 void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
 void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
@@ -97,6 +97,6 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch);
-}  // namespace avx512
+}  // namespace avx512bf16
 
 }  // namespace sparq

@@ -15,10 +15,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/avx512bf16_lanes.h"
 #include "sparq/kernels/matvec_quant.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 namespace {
 
 // Records of a row group per chunk when more than four rows share it: what
@@ -231,4 +231,4 @@ void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out) {
     }
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16

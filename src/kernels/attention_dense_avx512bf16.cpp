@@ -22,10 +22,10 @@
 #include <vector>
 
 #include "sparq/kernels/attention_dense.h"
-#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/avx512bf16_lanes.h"
 #include "sparq/kernels/kv_cache.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 namespace {
 
 constexpr int kB = KVCache::kBlock;  // positions per k_t block
@@ -41,9 +41,9 @@ constexpr int kValuesAhead = 64;
 template <bool BF16>
 inline void load32(const uint8_t* p, __mmask32 mask, __m512& a, __m512& b) {
   if constexpr (BF16)
-    avx512::load32(reinterpret_cast<const uint16_t*>(p), mask, a, b);
+    avx512bf16::load32(reinterpret_cast<const uint16_t*>(p), mask, a, b);
   else
-    avx512::load32(reinterpret_cast<const float*>(p), mask, a, b);
+    avx512bf16::load32(reinterpret_cast<const float*>(p), mask, a, b);
 }
 
 // Index in load32's order of natural element c.
@@ -130,7 +130,7 @@ void chunk_scores(const uint8_t* blk, int o, int n, const uint8_t* pf, int d, co
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       __m512 x0, x1;
-      avx512::load32(reinterpret_cast<const float*>(col) + v * 32, mask[v], x0, x1);
+      avx512bf16::load32(reinterpret_cast<const float*>(col) + v * 32, mask[v], x0, x1);
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
         a[v][h] = _mm512_fmadd_ps(qc[h], x0, a[v][h]);
@@ -362,4 +362,4 @@ void dense_partial(const DenseSpan& s, const DensePartial& out) {
     run_groups<false>(s, out);
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16

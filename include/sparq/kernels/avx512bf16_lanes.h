@@ -7,7 +7,7 @@
 
 #include "sparq/util/common.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 
 // The first n lanes (n clamped to [0, 16] / [0, 32]).
 inline __mmask16 first16(int n) {
@@ -73,4 +73,4 @@ inline __m512 exp2_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16

@@ -13,10 +13,10 @@
 
 #include <algorithm>
 
-#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/avx512bf16_lanes.h"
 #include "sparq/kernels/matvec.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 namespace {
 
 constexpr int kStep = 2 * kMatvecBlock;  // bf16 elements per step (256 bytes)
@@ -88,4 +88,4 @@ void matvec_bf16(const PackedBf16& W, const uint16_t* x, int M, float* y, size_t
   }
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16

@@ -16,10 +16,10 @@
 #include <functional>
 #include <limits>
 
-#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/avx512bf16_lanes.h"
 #include "sparq/kernels/sparq_kernels.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 namespace {
 
 constexpr int B = kSparqBlock;
@@ -634,4 +634,4 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
   }
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16

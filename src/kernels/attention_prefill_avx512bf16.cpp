@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "sparq/kernels/attention_dense.h"
-#include "sparq/kernels/avx512_lanes.h"
+#include "sparq/kernels/avx512bf16_lanes.h"
 
-namespace sparq::avx512 {
+namespace sparq::avx512bf16 {
 namespace {
 
 constexpr int kMaxRegs = 4;  // registers of 16 query vectors in a tile
@@ -302,4 +302,4 @@ void prefill_attention(const PrefillSpan& s) {
     tiles<false>(s);
 }
 
-}  // namespace sparq::avx512
+}  // namespace sparq::avx512bf16
