@@ -64,12 +64,11 @@ struct DenseWork {
   std::vector<float> m, l, acc;    // per slot: [group], [group], [group][d]
 };
 
-void dense_kernel(const DenseSpan& s, const DensePartial& p) {
-  if (use_avx512())
-    avx512bf16::dense_partial(s, p);
-  else
-    ref::dense_partial(s, p);
-}
+// Each tier's dense kernels; avx512bf16 keeps its hand-written ones.
+const DenseKernels kRefDense{ref::dense_partial, ref::prefill_attention};
+const DenseKernels kAvx2Dense{avx2::dense_partial, avx2::prefill_attention};
+const DenseKernels kAvx512Dense{avx512::dense_partial, avx512::prefill_attention};
+const DenseKernels kAvx512Bf16Dense{avx512bf16::dense_partial, avx512bf16::prefill_attention};
 
 // Dense decode attention for all queries (validated by the caller).
 void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) {
@@ -114,6 +113,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   for (const DecodeQuery& q : queries) elems += int64_t(q.S) * nkv * d * 2;
   const int ntasks = int(w.tasks.size());
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntasks);
+  const auto kernel = dense_kernels(cpu_tier()).dense_partial;  // one tier for the whole call
   parallel_items(ntasks, team, [&](int t) {
     const Task& k = w.tasks[t];
     const DecodeQuery& q = queries[k.query];
@@ -122,7 +122,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
                          q.cache->shape().type, d, group, q.q + size_t(k.kv_head) * group * d,
                          k.p0, k.p1};
     const size_t s = size_t(k.slot) * group;
-    dense_kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
+    kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
   });
   // Merge the pieces: rescale each to the common max, then normalise.
   for (int i = 0; i < items; ++i) {
@@ -146,6 +146,10 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
 }
 
 }  // namespace
+
+const DenseKernels& dense_kernels(CpuTier t) {
+  return for_tier(t, kRefDense, kAvx2Dense, kAvx512Dense, kAvx512Bf16Dense);
+}
 
 void check_decode_query(const DecodeQuery& q, int layer, int n_heads, const char* who) {
   if (!q.cache || !q.q || !q.out) fail("{}: query without cache, q or output", who);
@@ -244,6 +248,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   // work team, llama-27m-prose's pp512 ran 11% slower (a third set of threads
   // for the OS to place at each hand-over).
   RegionError err;  // a kernel's scratch may fail to grow
+  const auto kernel = dense_kernels(cpu_tier()).prefill_attention;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
   for (int j = 0; j < ntiles; ++j) {
     // Later tokens see more positions: their tiles first, so the schedule ends balanced.
@@ -251,12 +256,7 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
     const size_t b = size_t(kv) * per_head + i0;
     const PrefillSpan span{cache.k_rows(layer, kv), cache.v_rows(layer, kv), sh.type, d,
                            std::min(width, per_head - i0), &w.q[b], &w.last[b], &w.out[b]};
-    err.guard([&] {
-      if (use_avx512())
-        avx512bf16::prefill_attention(span);
-      else
-        ref::prefill_attention(span);
-    });
+    err.guard([&] { kernel(span); });
   }
   err.rethrow();
 }

@@ -143,8 +143,7 @@ void window_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
     for (size_t i = 0; i < q3.size(); ++i) q3[i] = query_for(sh.type, qk[i]);
     const SparqStep3Args args{q.cache->k_rows(layer, kv), q.cache->v_rows(layer, kv), sh.type, d, q3.data(), G,
                               float(std::numbers::log2e / std::sqrt(double(d)))};
-    (use_avx512() ? avx512bf16::sparq_step3 : ref::sparq_step3)(args, idx.data(), n, mx.data(), z.data(), acc.data(),
-                                                           scratch.data());
+    sparq_kernels().step3(args, idx.data(), n, mx.data(), z.data(), acc.data(), scratch.data());
     for (int h = 0; h < G; ++h) {
       float* out = q.out + (size_t(kv) * G + h) * d;
       for (int c = 0; c < d; ++c) out[c] = acc[size_t(h) * dp + c] / z[size_t(h)];

@@ -1,6 +1,8 @@
+// Run-time choice of the tier's matrix-vector kernels: one relaxed atomic
+// load per call.
 #include "sparq/kernels/matvec.h"
-#include "sparq/kernels/matvec_quant.h"
 
+#include "sparq/kernels/matvec_quant.h"
 #include "sparq/util/cpu.h"
 
 namespace sparq {

@@ -17,6 +17,23 @@
 
 namespace sparq {
 
+namespace ref {
+extern const SparqKernels kSparq = {sparq_step1, sparq_weights, sparq_select, sparq_mass, sparq_step3};
+}  // namespace ref
+namespace avx2 {
+extern const SparqKernels kSparq;
+}  // namespace avx2
+namespace avx512 {
+extern const SparqKernels kSparq;
+}  // namespace avx512
+namespace avx512bf16 {
+extern const SparqKernels kSparq = {sparq_step1, sparq_weights, sparq_select, sparq_mass, sparq_step3};
+}  // namespace avx512bf16
+
+const SparqKernels& sparq_kernels(CpuTier t) {
+  return for_tier(t, ref::kSparq, avx2::kSparq, avx512::kSparq, avx512bf16::kSparq);
+}
+
 void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs) {
   thread_local std::vector<std::pair<double, int>> order;  // (-sum |q_c|, c): ascending = wanted
   order.resize(size_t(d));
@@ -53,21 +70,9 @@ constexpr int kMinSplit = 4096;
 // Zen 5). A split item's slices are the work team's items.
 constexpr int kSliceRows = 128;
 
-struct Kernels {
-  decltype(&ref::sparq_step1) step1;
-  decltype(&ref::sparq_weights) weights;
-  decltype(&ref::sparq_select) select;
-  decltype(&ref::sparq_mass) mass;
-  decltype(&ref::sparq_step3) step3;
-};
+using Kernels = SparqKernels;
 
-const Kernels& kernels() {
-  static const Kernels r{ref::sparq_step1, ref::sparq_weights, ref::sparq_select, ref::sparq_mass,
-                         ref::sparq_step3};
-  static const Kernels a{avx512bf16::sparq_step1, avx512bf16::sparq_weights, avx512bf16::sparq_select,
-                         avx512bf16::sparq_mass, avx512bf16::sparq_step3};
-  return use_avx512() ? a : r;
-}
+const Kernels& kernels() { return sparq_kernels(); }
 
 // Grows v to at least n elements; never shrinks, so steady state allocates nothing.
 template <class T>

@@ -52,7 +52,7 @@ TEST_CASE("model bench JSON rows: tests, depths and bytes per token", "[bench]")
   // The facts that tell runs apart: the build, the CPU, the kernels, the time.
   CHECK(j["build_commit"] == kBuildCommit);
   CHECK(j["cpu"] == cpu_model_name());
-  CHECK(j["kernels"] == (use_avx512() ? "avx512" : "portable"));
+  CHECK(j["kernels"] == cpu_tier_name(cpu_tier()));
   const std::string when = j["test_time"], form = "dddd-dd-ddTdd:dd:ddZ";  // d: a digit
   REQUIRE(when.size() == form.size());
   for (size_t i = 0; i < form.size(); ++i) CHECK((form[i] == 'd' ? std::isdigit(static_cast<unsigned char>(when[i])) != 0 : when[i] == form[i]));

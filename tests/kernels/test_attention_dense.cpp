@@ -1,4 +1,4 @@
-// Dense decode attention (scalar and AVX-512 kernels, f32 and bf16 caches,
+// Dense decode attention (the kernels of every CPU tier, f32 and bf16 caches,
 // thread split), prefill, the settings rules (resolve_sparq, parsing, byte
 // counts, counters) and the attention bench's report. References: a double-precision scalar attention
 // written here, and the float64 dense outputs in ../shared/golden/sparq.
@@ -20,6 +20,7 @@
 #include "sparq/bench/bench_attention.h"
 #include "sparq/util/cpu.h"
 #include "sparq/io/safetensors.h"
+#include "cpu_tiers.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -100,12 +101,9 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
 
 const AttentionSettings kDense{};
 
-// The kernel paths to check: scalar always, AVX-512 where the CPU has it.
-std::vector<bool> kernel_paths() {
-  set_avx512_enabled(true);
-  if (!use_avx512()) WARN("AVX-512 (F/BW/VL/DQ/BF16) unavailable or disabled: only the scalar kernel is checked");
-  return use_avx512() ? std::vector<bool>{false, true} : std::vector<bool>{false};
-}
+// The kernel tiers to check: portable always, and each SIMD tier the CPU
+// has (a WARN names those it lacks).
+std::vector<CpuTier> kernel_tiers() { return test::all_tiers_here(); }
 
 struct Threads {  // sets the OpenMP thread count for one scope
   int saved = omp_get_max_threads();
@@ -114,7 +112,7 @@ struct Threads {  // sets the OpenMP thread count for one scope
 };
 
 // How far n prefill outputs exceed what they may differ from the double
-// reference (<= 0: within): tol, plus, for bf16 caches, the AVX-512 kernel's
+// reference (<= 0: within): tol, plus, for bf16 caches, the avx512bf16 kernel's
 // bf16 weights (each within 2^-8 relative, so an output within 2^-8 of the
 // weighted sum of |v|). A non-finite output exceeds it.
 double prefill_excess(const float* out, const std::vector<double>& want, const std::vector<double>& abs_v, DType t,
@@ -159,12 +157,12 @@ std::vector<float> decode(const KVCache& c, int S, int n_heads, const std::vecto
 TEST_CASE("dense decode matches a double reference on all shapes", "[attention]") {
   const int kS[] = {1, 2, 15, 16, 17, 255, 256, 257, 1000, 4100};
   const int nkv = 2, maxS = 4100;
-  for (bool avx : kernel_paths()) {
-    set_avx512_enabled(avx);
+  for (CpuTier tier : kernel_tiers()) {
+    const test::TierScope scope(tier);
     for (DType t : {DType::F32, DType::BF16})
       for (int d : {8, 33, 64, 128})
         for (int group : {1, 4}) {
-          CAPTURE(avx, dtype_name(t), d, group);
+          CAPTURE(cpu_tier_name(tier), dtype_name(t), d, group);
           const int nh = nkv * group;
           const KV kv = random_kv(maxS, nkv, d, 1.0f, uint32_t(d * 10 + group));
           KVCache c(KVShape{1, nkv, d, maxS, t});
@@ -184,15 +182,14 @@ TEST_CASE("dense decode matches a double reference on all shapes", "[attention]"
           }
         }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("dense decode handles groups that take several kernel passes", "[attention]") {
   const int d = 64, nkv = 2, S = 600;
-  for (bool avx : kernel_paths()) {
-    set_avx512_enabled(avx);
+  for (CpuTier tier : kernel_tiers()) {
+    const test::TierScope scope(tier);
     for (int group : {2, 3, 8, 12}) {
-      CAPTURE(avx, group);
+      CAPTURE(cpu_tier_name(tier), group);
       const KV kv = random_kv(S, nkv, d, 1.0f, uint32_t(group));
       KVCache c(KVShape{1, nkv, d, S, DType::BF16});
       kv.fill(c);
@@ -200,7 +197,6 @@ TEST_CASE("dense decode handles groups that take several kernel passes", "[atten
       CHECK(max_abs_diff(decode(c, S, nkv * group, q), reference(q, kv, S, nkv * group, DType::BF16)) < 2e-5);
     }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]") {
@@ -225,10 +221,10 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
     const auto* want = static_cast<const double*>(dense.data);
     REQUIRE(dense.nbytes == size_t(nh) * d * sizeof(double));
     std::vector<float> q(static_cast<const float*>(Q->data), static_cast<const float*>(Q->data) + size_t(nh) * d);
-    for (bool avx : kernel_paths()) {
-      set_avx512_enabled(avx);
+    for (CpuTier tier : kernel_tiers()) {
+      const test::TierScope scope(tier);
       for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(input, avx, dtype_name(t));
+        CAPTURE(input, cpu_tier_name(tier), dtype_name(t));
         KVCache c(KVShape{1, nkv, d, S, t});
         const auto* k = static_cast<const float*>(K->data);
         const auto* v = static_cast<const float*>(V->data);
@@ -242,16 +238,15 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
     }
     ++cases;
   }
-  set_avx512_enabled(true);
   CHECK(cases == 5);
 }
 
 TEST_CASE("dense decode split over threads equals the unsplit result", "[attention]") {
-  for (bool avx : kernel_paths()) {
-    set_avx512_enabled(avx);
+  for (CpuTier tier : kernel_tiers()) {
+    const test::TierScope scope(tier);
     for (DType t : {DType::F32, DType::BF16})
       for (int S : {2048, 3001, 5000}) {
-        CAPTURE(avx, dtype_name(t), S);
+        CAPTURE(cpu_tier_name(tier), dtype_name(t), S);
         const int d = 64, group = 4;
         const KV kv = random_kv(S, 1, d, 1.0f, 3);
         KVCache c(KVShape{1, 1, d, S, t});
@@ -276,7 +271,6 @@ TEST_CASE("dense decode split over threads equals the unsplit result", "[attenti
         CHECK(max_abs_diff(one, reference(q, kv, S, group, t)) < 2e-5);
       }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
@@ -306,10 +300,10 @@ TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
     std::vector<float> q(size_t(group) * d);
     for (int h = 0; h < group; ++h)
       for (int c = 0; c < d; ++c) q[size_t(h) * d + c] = cs.qscale * (h == 0 ? (c % 2 ? 1.f : -1.f) : nd(rng));
-    for (bool avx : kernel_paths()) {
-      set_avx512_enabled(avx);
+    for (CpuTier tier : kernel_tiers()) {
+      const test::TierScope scope(tier);
       for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(cs.what, avx, dtype_name(t));
+        CAPTURE(cs.what, cpu_tier_name(tier), dtype_name(t));
         KVCache c(KVShape{1, nkv, d, S, t});
         kv.fill(c);
         const std::vector<float> out = decode(c, S, group, q);
@@ -323,7 +317,6 @@ TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
       }
     }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
@@ -335,11 +328,11 @@ TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
   const Shape shapes[] = {{8, 1, 0, 70}, {33, 4, 0, 45}, {64, 4, 300, 45}, {64, 1, 0, 130},
                           {80, 2, 17, 66}, {128, 6, 1000, 20}};
   const int nkv = 2;
-  for (bool avx : kernel_paths()) {
-    set_avx512_enabled(avx);
+  for (CpuTier tier : kernel_tiers()) {
+    const test::TierScope scope(tier);
     for (const Shape& sh : shapes)
       for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(avx, dtype_name(t), sh.d, sh.group, sh.p0, sh.T);
+        CAPTURE(cpu_tier_name(tier), dtype_name(t), sh.d, sh.group, sh.p0, sh.T);
         const int S = sh.p0 + sh.T, nh = nkv * sh.group;
         const KV kv = random_kv(S, nkv, sh.d, 1.0f, uint32_t(sh.d + sh.T));
         KVCache c(KVShape{1, nkv, sh.d, S, t});
@@ -347,7 +340,6 @@ TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
         check_prefill(c, kv, sh.p0, sh.T, nh, random_q(sh.T * nh * sh.d, 1.5f, uint32_t(sh.p0)), 2e-5);
       }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("prefill kernels take query vectors with any last positions", "[attention]") {
@@ -361,9 +353,9 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
   last[1] = last[2] = S - 1;
   const std::vector<float> q = random_q(n * d, 1.5f, 6);
   const KV kv = random_kv(S, 1, d, 1.0f, 7);
-  for (bool avx : kernel_paths())
+  for (CpuTier tier : kernel_tiers())
     for (DType t : {DType::F32, DType::BF16}) {
-      CAPTURE(avx, dtype_name(t));
+      CAPTURE(cpu_tier_name(tier), dtype_name(t));
       KVCache c(KVShape{1, 1, d, S, t});
       kv.fill(c);
       std::vector<float> out(q.size());
@@ -374,10 +366,7 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
         op.push_back(&out[size_t(i) * d]);
       }
       const PrefillSpan span{c.k_rows(0, 0), c.v_rows(0, 0), t, d, n, qp.data(), last.data(), op.data()};
-      if (avx)
-        avx512bf16::prefill_attention(span);
-      else
-        ref::prefill_attention(span);
+      dense_kernels(tier).prefill_attention(span);
       std::vector<double> abs_v;
       for (int i = 0; i < n; ++i) {
         const std::vector<float> qi(q.begin() + i * d, q.begin() + (i + 1) * d);
@@ -390,10 +379,10 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
 
 TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", "[attention]") {
   const int d = 64, nkv = 2, group = 4, nh = nkv * group, p0 = 300, T = 45;
-  for (bool avx : kernel_paths()) {
-    set_avx512_enabled(avx);
+  for (CpuTier tier : kernel_tiers()) {
+    const test::TierScope scope(tier);
     for (DType t : {DType::F32, DType::BF16}) {
-      CAPTURE(avx, dtype_name(t));
+      CAPTURE(cpu_tier_name(tier), dtype_name(t));
       const KV kv = random_kv(p0 + T, nkv, d, 1.0f, 11);
       KVCache c(KVShape{2, nkv, d, p0 + T, t});
       kv.fill(c, 1);
@@ -406,8 +395,9 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
       attention_prefill(c, 1, p0, T, nh, spaced.data(), stride, out.data());
       attention_prefill(c, 1, p0, T, nh, q.data(), size_t(nh) * d, packed.data());
       CHECK(out == packed);
-      // f32 weights (f32 caches, and the scalar path) give decode's results.
-      if (t == DType::F32 || !avx)
+      // f32 weights (f32 caches, and every tier but avx512bf16's bf16 weights)
+      // give decode's results.
+      if (t == DType::F32 || tier != CpuTier::avx512bf16)
         for (int i = 0; i < T; ++i) {
           const std::vector<float> qi(q.begin() + i * nh * d, q.begin() + (i + 1) * nh * d);
           std::vector<float> want(qi.size());
@@ -422,7 +412,6 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
         for (int j = 0; j < d; ++j) REQUIRE(first[size_t(h) * d + j] == kv.as_stored(t).v[size_t(h / group) * d + j]);
     }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("attention rejects bad queries with a clear error", "[attention]") {

@@ -11,6 +11,7 @@
 #include "sparq/kernels/baseline_decode.h"
 #include "sparq/kernels/sparq_decode.h"
 #include "sparq/util/cpu.h"
+#include "cpu_tiers.h"
 #include "kv_test_data.h"
 #include "test_util.h"
 
@@ -52,14 +53,6 @@ std::vector<float> decode(const KVCache& c, int S, const std::vector<float>& q, 
   const DecodeQuery dq{&c, S, q.data(), out.data()};
   attention_decode({&dq, 1}, 0, n_heads, a, counters);
   return out;
-}
-
-// Both kernel paths where AVX-512 is there, the scalar one otherwise.
-std::vector<bool> paths() {
-  set_avx512_enabled(true);
-  std::vector<bool> p{false};
-  if (use_avx512()) p.push_back(true);
-  return p;
 }
 
 }  // namespace
@@ -160,8 +153,8 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
   struct Shape {
     int n_kv, group, d, S;
   };
-  for (const bool avx : paths()) {
-    set_avx512_enabled(avx);
+  for (const CpuTier tier : test::all_tiers_here()) {
+    const test::TierScope scope(tier);
     for (const DType t : kTypes)
       for (const Shape sh : {Shape{1, 4, 128, 700}, Shape{2, 1, 64, 1100}, Shape{1, 2, 32, 40}, Shape{2, 4, 16, 2100}}) {
         const int nh = sh.n_kv * sh.group;
@@ -172,7 +165,7 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
         const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = as_stored(q, t);
         for (const char* text : {"window:8", "window:k=1", "window:k=7,sinks=9", "topk:k=5", "topk:k=20,l=4",
                                  "topk:k=9,group=logit", "topk:4,floor=3"}) {
-          INFO((avx ? "avx512 " : "scalar ") << dtype_name(t) << " " << text << " S " << sh.S << " d " << sh.d
+          INFO(cpu_tier_name(tier) << " " << dtype_name(t) << " " << text << " S " << sh.S << " d " << sh.d
                                               << " group " << sh.group);
           const AttentionSettings a = parse_attention_setting(text);
           AttnCounters n;
@@ -203,13 +196,12 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
         }
       }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("topk breaks ties to the lower position and follows one-hot attention", "[attention][baselines]") {
   const int d = 16, S = 300, G = 4;  // k = 6 of 300
-  for (const bool avx : paths()) {
-    set_avx512_enabled(avx);
+  for (const CpuTier tier : test::all_tiers_here()) {
+    const test::TierScope scope(tier);
     for (const GroupRule rule : {GroupRule::prob, GroupRule::logit}) {
       // Every key equal but two: all scores tie, so the lowest positions win.
       std::vector<float> k(size_t(S) * d, 0.25f), v(size_t(S) * d);
@@ -230,12 +222,11 @@ TEST_CASE("topk breaks ties to the lower position and follows one-hot attention"
       std::vector<double> ref_out(size_t(G) * d);
       ref::attention_over(q.data(), G, d, k.data(), v.data(), want, ref_out.data());
       const std::vector<float> out = decode(c, S, q, G, a);
-      INFO((avx ? "avx512" : "scalar") << (rule == GroupRule::prob ? " prob" : " logit"));
+      INFO(cpu_tier_name(tier) << (rule == GroupRule::prob ? " prob" : " logit"));
       require_near(out.data(), ref_out.data(), ref_out.size(), 1e-5);
       CHECK(out[0] == Approx(rule == GroupRule::prob ? 200.0f : 2.5f));  // head 0: position 200 only, or 0..5 evenly
     }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attention][baselines]") {
@@ -322,8 +313,8 @@ TEST_CASE("the logit group rule ranks positions by the group's summed approximat
   const int d = 32, G = 4, S = 1500;
   const std::vector<float> k = gaussian(size_t(S) * d, 1.0f, rng), v = gaussian(size_t(S) * d, 1.0f, rng);
   const KVCache c = make_cache(1, d, S, DType::F32, k, v);
-  for (const bool avx : paths()) {
-    set_avx512_enabled(avx);
+  for (const CpuTier tier : test::all_tiers_here()) {
+    const test::TierScope scope(tier);
     for (const GroupRule rule : {GroupRule::prob, GroupRule::logit})
       for (int rep = 0; rep < 3; ++rep) {
         const std::vector<float> q = gaussian(size_t(G) * d, 2.0f, rng);
@@ -336,12 +327,11 @@ TEST_CASE("the logit group rule ranks positions by the group's summed approximat
         std::vector<SparqTrace> trace;
         const DecodeQuery dq{&c, S, q.data(), out.data()};
         sparq_decode_step({&dq, 1}, 0, G, st, nullptr, &trace);
-        INFO((avx ? "avx512" : "scalar") << (rule == GroupRule::prob ? " prob" : " logit") << " rep " << rep);
+        INFO(cpu_tier_name(tier) << (rule == GroupRule::prob ? " prob" : " logit") << " rep " << rep);
         CHECK(trace.at(0).i2 == ref::topk_positions(q.data(), G, d, k.data(), S, 40, 5, rule));
         for (float alpha : trace[0].alpha) CHECK((alpha > 0 && alpha <= 1.0001f));
       }
   }
-  set_avx512_enabled(true);
 }
 
 TEST_CASE("layer=L runs a method at one layer and dense attention at the others, except=L the reverse", "[attention][settings]") {

@@ -1,7 +1,11 @@
-// matvec.h's kernels: the AVX-512 one against the scalar reference (equal to
-// the bit: both add each pair's products in vdpbf16ps's order), on odd shapes,
-// batches of 1 to 33 rows, partial block ranges and adversarial values; and
-// the packed layout against what oneDNN stores for Linear.
+// matvec.h's kernel at every CPU tier this machine has, on odd shapes,
+// batches of 1 to 33 rows, misaligned rows, partial block ranges and
+// adversarial values: within a rounding bound of a double sum, and against
+// the scalar reference (all tiers add each pair's products in vdpbf16ps's
+// order: avx512bf16 equals it to the bit, avx2 and avx512 too but where it
+// flushes subnormals); and the packed layout against what oneDNN stores for
+// Linear.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -72,14 +76,11 @@ TEST_CASE("matvec: bf16 Linear stores its weights in the packed layout", "[matve
   }
 }
 
-TEST_CASE("matvec: every tier's kernel equals the scalar reference", "[matvec]") {
-  for (CpuTier t : test::simd_tiers_here()) {
-  INFO(cpu_tier_name(t));
-  // The widening tiers keep subnormals that vdpbf16ps (and the reference) flush.
-  const bool flushes = t == CpuTier::avx512bf16;
+TEST_CASE("matvec: every tier's kernel against a double sum and the scalar reference", "[matvec]") {
   const int Ns[] = {1, 17, 63, 64, 65, 130};
-  const int Ks[] = {1, 2, 31, 32, 33, 100, 1100};  // 1100: several of the kernel's L2 chunks
-  const int Ms[] = {1, 2, 3, 4, 5, 8, 9, 16, 33};
+  const int Ks[] = {1, 2, 31, 32, 33, 100, 1100};  // 1100: several of the kernels' L2 chunks
+  const int Ms[] = {1, 2, 3, 4, 5, 8, 9, 16, 33, 6, 7};
+  const auto tiers = test::all_tiers_here();
   int trial = 0;
   for (int N : Ns)
     for (int K : Ks)
@@ -88,23 +89,48 @@ TEST_CASE("matvec: every tier's kernel equals the scalar reference", "[matvec]")
         const auto w = values(size_t(N) * K, kind, uint32_t(trial));
         const auto x = values(size_t(M) * K, kind == Kind::one_hot ? Kind::random : kind, uint32_t(trial + 7));
         const auto wp = pack(w, N, K);
-        const auto xp = pad_rows(x, M, K);
+        // x one element into its buffer: rows need no alignment.
+        const auto xrows = pad_rows(x, M, K);
+        std::vector<uint16_t> xbuf(xrows.size() + 1);
+        std::copy(xrows.begin(), xrows.end(), xbuf.begin() + 1);
+        const uint16_t* xp = xbuf.data() + 1;
         const PackedBf16 W{wp.data(), N, K, matvec_kp(K)};
         // A part of the blocks, into a wider y: the rest must stay untouched.
         const int b0 = W.blocks() > 1 ? 1 : 0, b1 = W.blocks();
         const size_t ldy = size_t(N) + 5;
-        std::vector<float> want(size_t(M) * ldy, -7.0f), got = want;
-        ref::matvec_bf16(W, xp.data(), M, want.data(), ldy, b0, b1);
-        matvec_kernels(t).matvec_bf16(W, xp.data(), M, got.data(), ldy, b0, b1);
-        INFO("N=" << N << " K=" << K << " M=" << M << " kind " << int(kind) << " blocks " << b0 << ".." << b1);
-        const double slack = flushes || kind != Kind::tiny ? 0.0 : 2.0 * K * FLT_MIN;
-        for (size_t i = 0; i < got.size(); ++i)
-          if (std::memcmp(&got[i], &want[i], 4) != 0) {
-            INFO("element " << i << " (row " << i / ldy << ", col " << i % ldy << "): " << got[i] << " vs " << want[i]);
-            REQUIRE(std::abs(double(got[i]) - want[i]) <= slack);
+        std::vector<float> want(size_t(M) * ldy, -7.0f);
+        ref::matvec_bf16(W, xp, M, want.data(), ldy, b0, b1);
+        for (CpuTier t : tiers) {
+          std::vector<float> got(want.size(), -7.0f);
+          matvec_kernels(t).matvec_bf16(W, xp, M, got.data(), ldy, b0, b1);
+          INFO(cpu_tier_name(t) << " N=" << N << " K=" << K << " M=" << M << " kind " << int(kind) << " blocks " << b0
+                                << ".." << b1);
+          for (size_t i = 0; i < got.size(); ++i) {
+            const int m = int(i / ldy), n = int(i % ldy);
+            INFO("element " << i << " (row " << m << ", col " << n << "): " << got[i] << " vs " << want[i]);
+            if (n < b0 * kMatvecBlock || n >= N) {
+              REQUIRE(std::memcmp(&got[i], &want[i], 4) == 0);  // untouched
+              continue;
+            }
+            // Each of the K additions rounds once (products of bf16 are exact),
+            // by at most 2^-24 of the partial sum: K 2^-23 sum|w x| bounds them
+            // all with room for the double sum's own error. A sum in the
+            // subnormal range rounds by at most 2^-150 more where it is kept,
+            // by less than 2^-126 where it is flushed (portable, avx512bf16).
+            double exact = 0, mag = 0;
+            for (int k = 0; k < K; ++k) {
+              const double p = double(bf16_to_f32(w[size_t(n) * K + k])) * bf16_to_f32(x[size_t(m) * K + k]);
+              exact += p;
+              mag += std::fabs(p);
+            }
+            const bool flushes = t == CpuTier::portable || t == CpuTier::avx512bf16;
+            const double bound = K * std::ldexp(mag, -23) + K * (flushes ? double(FLT_MIN) : 0x1p-149);
+            REQUIRE(std::fabs(double(got[i]) - exact) <= bound);
+            // Outside the tiny values no sum gets near the subnormal range.
+            if (t == CpuTier::avx512bf16 || kind != Kind::tiny) REQUIRE(std::memcmp(&got[i], &want[i], 4) == 0);
           }
+        }
       }
-  }
 }
 
 TEST_CASE("matvec: a row's result does not depend on the rows beside it", "[matvec]") {
@@ -114,11 +140,14 @@ TEST_CASE("matvec: a row's result does not depend on the rows beside it", "[matv
   const auto wp = pack(w, N, K);
   const auto xp = pad_rows(x, M, K);
   const PackedBf16 W{wp.data(), N, K, matvec_kp(K)};
-  std::vector<float> all(size_t(M) * N), one(static_cast<size_t>(N));
-  matvec::matvec_bf16(W, xp.data(), M, all.data(), size_t(N), 0, W.blocks());
-  for (int m = 0; m < M; ++m) {
-    matvec::matvec_bf16(W, &xp[size_t(m) * W.kp], 1, one.data(), size_t(N), 0, W.blocks());
-    INFO("row " << m);
-    REQUIRE(std::memcmp(one.data(), &all[size_t(m) * N], size_t(N) * 4) == 0);
+  for (CpuTier t : test::all_tiers_here()) {
+    const test::TierScope tier(t);  // through matvec::, as matmul calls it
+    std::vector<float> all(size_t(M) * N), one(static_cast<size_t>(N));
+    matvec::matvec_bf16(W, xp.data(), M, all.data(), size_t(N), 0, W.blocks());
+    for (int m = 0; m < M; ++m) {
+      matvec::matvec_bf16(W, &xp[size_t(m) * W.kp], 1, one.data(), size_t(N), 0, W.blocks());
+      INFO(cpu_tier_name(t) << " row " << m);
+      REQUIRE(std::memcmp(one.data(), &all[size_t(m) * N], size_t(N) * 4) == 0);
+    }
   }
 }

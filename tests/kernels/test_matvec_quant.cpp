@@ -1,7 +1,9 @@
 // matvec_quant.h: q8_0 and q4_0 quantization against llama.cpp's rules and
 // error bounds, the layout read back, the scalar reference against a double
-// product, and the AVX-512 kernel against the reference to the bit on odd
-// shapes, batches of 1 to 33 rows and adversarial blocks.
+// product, and every CPU tier's kernels (product, activation quantizer, bf16
+// tiles) against the reference to the bit on odd shapes, batches of 1 to 33
+// rows and adversarial blocks.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,8 +24,9 @@ constexpr QuantFormat kFormats[] = {QuantFormat::Q8_0, QuantFormat::Q4_0};
 
 // Values of a kind: random, all zero, huge (scales near f16's largest), tiny
 // (scales in f16's subnormal range or flushed to zero), one large value per
-// block among small ones, and one-hot.
-enum class Kind { random, zero, huge, tiny, outlier, one_hot };
+// block among small ones, one-hot, and +-1 (every quant at the end of its
+// range: the largest products the integer sums meet).
+enum class Kind { random, zero, huge, tiny, outlier, one_hot, extreme };
 
 std::vector<float> values(size_t n, Kind kind, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -38,6 +41,7 @@ std::vector<float> values(size_t n, Kind kind, uint32_t seed) {
       case Kind::tiny: v[i] = x * 1e-6f; break;
       case Kind::outlier: v[i] = i % 32 == 7 ? 100.0f * (x < 0 ? -1 : 1) : 1e-3f * x; break;
       case Kind::one_hot: v[i] = i == n / 3 ? -3.0f : 0.0f; break;
+      case Kind::extreme: v[i] = x < 0 ? -1.0f : 1.0f; break;
     }
   }
   return v;
@@ -132,17 +136,16 @@ TEST_CASE("quant: the reference product equals a double product of the dequantiz
 }
 
 TEST_CASE("quant: every tier's kernel equals the scalar reference", "[quant]") {
-  for (CpuTier t : test::simd_tiers_here()) {
-  INFO(cpu_tier_name(t));
-  const MatvecKernels& kern = matvec_kernels(t);
   const int Ns[] = {1, 17, 63, 64, 65, 130};
   const int Ks[] = {32, 64, 96, 1088, 2048};  // 1088, 2048: more records than one L2 chunk
-  const int Ms[] = {1, 2, 3, 4, 5, 8, 9, 16, 33};
+  const int Ms[] = {1, 2, 3, 4, 5, 8, 9, 16, 33, 6, 7};
+  const auto tiers = test::simd_tiers_here();
   int trial = 0;
   for (QuantFormat f : kFormats)
     for (int N : Ns)
       for (int K : Ks)
-        for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot}) {
+        for (Kind kind :
+             {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot, Kind::extreme}) {
           const int M = Ms[trial++ % std::size(Ms)];
           const Packed p = pack(values(size_t(N) * K, kind, uint32_t(trial)), f, N, K);
           const auto x = values(size_t(M) * K, kind == Kind::one_hot ? Kind::random : kind, uint32_t(trial + 7));
@@ -151,26 +154,31 @@ TEST_CASE("quant: every tier's kernel equals the scalar reference", "[quant]") {
           // A part of the groups, into a wider y: the rest must stay untouched.
           const int b0 = p.W.blocks() > 1 ? 1 : 0, b1 = p.W.blocks();
           const size_t ldy = size_t(N) + 5;
-          std::vector<float> want(size_t(M) * ldy, -7.0f), got = want;
+          std::vector<float> want(size_t(M) * ldy, -7.0f);
           ref::matvec_quant(p.W, xq, want.data(), ldy, b0, b1);
-          kern.matvec_quant(p.W, xq, got.data(), ldy, b0, b1);
-          INFO(quant_name(f) << " N=" << N << " K=" << K << " M=" << M << " kind " << int(kind));
-          for (size_t i = 0; i < got.size(); ++i)
-            if (std::memcmp(&got[i], &want[i], 4) != 0) {
-              INFO("element " << i << " (row " << i / ldy << ", col " << i % ldy << "): " << got[i] << " vs " << want[i]);
-              REQUIRE(got[i] == want[i]);
-            }
+          for (CpuTier t : tiers) {
+            std::vector<float> got(want.size(), -7.0f);
+            matvec_kernels(t).matvec_quant(p.W, xq, got.data(), ldy, b0, b1);
+            INFO(cpu_tier_name(t) << " " << quant_name(f) << " N=" << N << " K=" << K << " M=" << M << " kind "
+                                  << int(kind));
+            for (size_t i = 0; i < got.size(); ++i)
+              if (std::memcmp(&got[i], &want[i], 4) != 0) {
+                INFO("element " << i << " (row " << i / ldy << ", col " << i % ldy << "): " << got[i] << " vs "
+                                << want[i]);
+                REQUIRE(got[i] == want[i]);
+              }
+          }
         }
-  }
 }
 
-TEST_CASE("quant: bf16 tiles of the dequantized weights, reference and avx512bf16", "[quant]") {
+TEST_CASE("quant: bf16 tiles of the dequantized weights, every tier", "[quant]") {
+  const auto tiers = test::simd_tiers_here();
   for (QuantFormat f : kFormats)
-    for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier}) {
+    for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::extreme}) {
       const int N = 150, K = 96;
       const Packed p = pack(values(size_t(N) * K, kind, 31), f, N, K);
       // Groups 1..2 (rows 64..149, the last group partial): zeros past N.
-      std::vector<uint16_t> want(size_t(2) * K * 64, 7), got(want.size(), 7);
+      std::vector<uint16_t> want(size_t(2) * K * 64, 7);
       ref::dequantize_bf16(p.W, 1, 3, want.data());
       std::vector<float> row(K);
       for (int n = 64; n < 192; ++n) {
@@ -182,53 +190,64 @@ TEST_CASE("quant: bf16 tiles of the dequantized weights, reference and avx512bf1
           else REQUIRE(bf16_to_f32(w) == 0);  // padding: a zero scale (-0 where the offset is subtracted)
         }
       }
-      if (!cpu_has(CpuTier::avx512bf16)) {
-        WARN("this CPU has no avx512bf16 tier: its dequantizer is not checked here");
-        continue;
+      for (CpuTier t : tiers) {
+        // One group past the two, in a buffer one element in: nothing else written, no alignment needed.
+        std::vector<uint16_t> buf(want.size() + size_t(K) * 64 + 1, 7);
+        matvec_kernels(t).dequantize_bf16(p.W, 1, 3, buf.data() + 1);
+        INFO(cpu_tier_name(t) << " " << quant_name(f) << " kind " << int(kind));
+        CHECK(std::equal(want.begin(), want.end(), buf.begin() + 1));
+        CHECK(buf[0] == 7);
+        CHECK(std::all_of(buf.begin() + 1 + ptrdiff_t(want.size()), buf.end(), [](uint16_t v) { return v == 7; }));
       }
-      avx512bf16::dequantize_bf16(p.W, 1, 3, got.data());
-      INFO(quant_name(f) << " kind " << int(kind));
-      CHECK(got == want);
     }
 }
 
 TEST_CASE("quant: every tier's activation quantization equals the scalar reference", "[quant]") {
-  for (CpuTier t : test::simd_tiers_here())
-  for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot}) {
+  const auto tiers = test::simd_tiers_here();
+  for (Kind kind : {Kind::random, Kind::zero, Kind::huge, Kind::tiny, Kind::outlier, Kind::one_hot, Kind::extreme}) {
     const size_t n = 37;
-    auto x = values(n * 32, kind, 9);
+    auto x = values(n * 32 + 1, kind, 9);
     if (kind == Kind::outlier) {  // non-finite blocks and exact halves (ties go to even)
       x[5] = NAN;
       x[40] = -INFINITY;
       for (int k = 0; k < 32; ++k) x[64 + k] = float(k % 2 ? 127 : -(k / 2)) + 0.5f * (k % 4 == 2);
       for (int k = 0; k < 32; ++k) x[96 + k] = k % 3 ? 1e-40f : 0.0f;  // subnormals: 1 / d overflows
+      x[130] = INFINITY;
     }
-    std::vector<int8_t> q0(n * 32), q1(n * 32);
-    std::vector<float> d0(n), d1(n);
-    std::vector<int32_t> o0(n), o1(n);
-    ref::quantize_blocks(x.data(), n, 8, q0.data(), d0.data(), o0.data());
-    matvec_kernels(t).quantize_blocks(x.data(), n, 8, q1.data(), d1.data(), o1.data());
-    INFO(cpu_tier_name(t) << " kind " << int(kind));
-    CHECK(q0 == q1);
-    CHECK(o0 == o1);
-    CHECK(std::memcmp(d0.data(), d1.data(), n * 4) == 0);
+    for (int offset : {8, 128})
+      for (size_t skew : {0, 1}) {  // rows of activations need no alignment
+        std::vector<int8_t> q0(n * 32), q1(n * 32);
+        std::vector<float> d0(n), d1(n);
+        std::vector<int32_t> o0(n), o1(n);
+        ref::quantize_blocks(x.data() + skew, n, offset, q0.data(), d0.data(), o0.data());
+        for (CpuTier t : tiers) {
+          matvec_kernels(t).quantize_blocks(x.data() + skew, n, offset, q1.data(), d1.data(), o1.data());
+          INFO(cpu_tier_name(t) << " kind " << int(kind) << " offset " << offset << " skew " << skew);
+          CHECK(q0 == q1);
+          CHECK(o0 == o1);
+          CHECK(std::memcmp(d0.data(), d1.data(), n * 4) == 0);
+        }
+      }
   }
 }
 
 TEST_CASE("quant: a row's result does not depend on the rows beside it", "[quant]") {
   const int N = 130, K = 1088, M = 11;
-  for (QuantFormat f : kFormats) {
-    const Packed p = pack(values(size_t(N) * K, Kind::random, 3), f, N, K);
-    const auto x = values(size_t(M) * K, Kind::random, 4);
-    QuantRows all_q, one_q;
-    quantize_rows(x.data(), M, K, f, all_q);
-    std::vector<float> all(size_t(M) * N), one(static_cast<size_t>(N));
-    matvec::matvec_quant(p.W, all_q, all.data(), size_t(N), 0, p.W.blocks());
-    for (int m = 0; m < M; ++m) {
-      quantize_rows(&x[size_t(m) * K], 1, K, f, one_q);
-      matvec::matvec_quant(p.W, one_q, one.data(), size_t(N), 0, p.W.blocks());
-      INFO(quant_name(f) << " row " << m);
-      REQUIRE(std::memcmp(one.data(), &all[size_t(m) * N], size_t(N) * 4) == 0);
+  for (CpuTier t : test::all_tiers_here()) {
+    const test::TierScope tier(t);  // through matvec:: and quantize_rows, as matmul calls them
+    for (QuantFormat f : kFormats) {
+      const Packed p = pack(values(size_t(N) * K, Kind::random, 3), f, N, K);
+      const auto x = values(size_t(M) * K, Kind::random, 4);
+      QuantRows all_q, one_q;
+      quantize_rows(x.data(), M, K, f, all_q);
+      std::vector<float> all(size_t(M) * N), one(static_cast<size_t>(N));
+      matvec::matvec_quant(p.W, all_q, all.data(), size_t(N), 0, p.W.blocks());
+      for (int m = 0; m < M; ++m) {
+        quantize_rows(&x[size_t(m) * K], 1, K, f, one_q);
+        matvec::matvec_quant(p.W, one_q, one.data(), size_t(N), 0, p.W.blocks());
+        INFO(cpu_tier_name(t) << " " << quant_name(f) << " row " << m);
+        REQUIRE(std::memcmp(one.data(), &all[size_t(m) * N], size_t(N) * 4) == 0);
+      }
     }
   }
 }
@@ -246,11 +265,16 @@ TEST_CASE("quant: non-finite or too large weights and K off the block are refuse
   CHECK_THROWS_WITH(quantize_rows(w.data(), 1, 48, QuantFormat::Q4_0, xq), Catch::Contains("not a multiple of 32"));
   // An activation block with an infinity gives NaN for that row, as f32 would.
   w.assign(64, 0.5f);
-  const Packed p = pack(w, QuantFormat::Q4_0, 1, 64);
   std::vector<float> x(64, 1.0f);
   x[3] = INFINITY;
-  quantize_rows(x.data(), 1, 64, QuantFormat::Q4_0, xq);
-  float y = 0;
-  matvec::matvec_quant(p.W, xq, &y, 1, 0, 1);
-  CHECK(std::isnan(y));
+  for (CpuTier t : test::all_tiers_here())
+    for (QuantFormat f : kFormats) {
+      const test::TierScope tier(t);
+      const Packed p = pack(w, f, 1, 64);
+      quantize_rows(x.data(), 1, 64, f, xq);
+      float y = 0;
+      matvec::matvec_quant(p.W, xq, &y, 1, 0, 1);
+      INFO(cpu_tier_name(t) << " " << quant_name(f));
+      CHECK(std::isnan(y));
+    }
 }

@@ -1,6 +1,6 @@
 // SparQ against the float64 goldens of ../shared/golden/sparq: for every case,
 // the selections i1 and i2, alpha and the output, on f32 and bf16 caches and
-// both kernel paths; and dense decode attention against the dense outputs.
+// every CPU tier here; and dense decode attention against the dense outputs.
 #include <map>
 #include <memory>
 #include <string>
@@ -12,6 +12,7 @@
 #include "sparq/kernels/kv_cache.h"
 #include "sparq/io/safetensors.h"
 #include "sparq/kernels/sparq_decode.h"
+#include "cpu_tiers.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -86,8 +87,7 @@ TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq]
   const std::vector<double>& tol = g.tol;
   const SafetensorsFile& vectors = g.vectors;
   std::map<std::string, Input> inputs;
-  set_avx512_enabled(true);
-  const bool avx = use_avx512();
+  const std::vector<CpuTier> tiers = test::all_tiers_here();
   int bf16_compared = 0, bf16_reselected = 0;
 
   for (const json& c : doc["cases"]) {
@@ -98,16 +98,16 @@ TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq]
     const SparqStep st{false, c["r"], c["k"], c["l"], c["mean_mixing"]};
     const std::vector<double> want = vectors.at(c["output"]).to_f64();
     for (DType t : {DType::F32, DType::BF16})
-      for (bool use_avx : {false, true}) {
-        if (use_avx && !avx) continue;
+      for (const CpuTier tier : tiers) {
         const std::string output = c["output"];
-        INFO("case " << output << ", " << dtype_name(t) << " cache, " << (use_avx ? "avx512" : "scalar") << " path");
-        set_avx512_enabled(use_avx);
+        INFO("case " << output << ", " << dtype_name(t) << " cache, " << cpu_tier_name(tier) << " tier");
         std::vector<float> out(size_t(in.H) * in.d);
         std::vector<SparqTrace> trace;
-        const DecodeQuery dq{in.cache.at(t).get(), in.S, in.q.data(), out.data()};
-        sparq_decode_step({&dq, 1}, 0, in.H, st, nullptr, &trace);
-        set_avx512_enabled(true);
+        {
+          const test::TierScope scope(tier);
+          const DecodeQuery dq{in.cache.at(t).get(), in.S, in.q.data(), out.data()};
+          sparq_decode_step({&dq, 1}, 0, in.H, st, nullptr, &trace);
+        }
         REQUIRE(int(trace.size()) == in.KVH);
 
         bool same_selection = true;

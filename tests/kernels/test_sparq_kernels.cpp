@@ -1,7 +1,7 @@
-// SparQ kernels: every AVX-512 kernel against the scalar reference on random
-// and adversarial inputs (ties, tails, S < k, tiny and huge magnitudes), the
-// whole decode on both paths, the thread split against the unsplit run, and
-// the errors of the entry points.
+// SparQ kernels: every SIMD tier's kernels against the scalar reference on
+// random and adversarial inputs (ties, tails, S < k, tiny and huge
+// magnitudes), the whole decode at every tier, the thread split against the
+// unsplit run, and the errors of the entry points.
 #include <omp.h>
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 #include "sparq/kernels/kv_cache.h"
 #include "sparq/kernels/sparq_decode.h"
 #include "sparq/kernels/sparq_kernels.h"
+#include "cpu_tiers.h"
 #include "kv_test_data.h"
 #include "test_util.h"
 
@@ -28,10 +29,15 @@ namespace {
 constexpr int B = kSparqBlock;
 const DType kTypes[] = {DType::F32, DType::BF16};
 
-bool avx512_here() {
-  set_avx512_enabled(true);
-  if (!use_avx512()) WARN("AVX-512 (F/BW/VL/DQ/BF16) unavailable or disabled: avx512 comparison skipped");
-  return use_avx512();
+// The SIMD tiers here, with their kernel tables.
+struct TierKernels {
+  CpuTier tier;
+  const SparqKernels* k;
+};
+std::vector<TierKernels> simd_kernels() {
+  std::vector<TierKernels> r;
+  for (CpuTier t : test::simd_tiers_here()) r.push_back({t, &sparq_kernels(t)});
+  return r;
 }
 
 struct Threads {
@@ -113,25 +119,29 @@ struct Step1Out {
   }
 };
 
-// Step 1 on both paths; x_tol bounds the score difference the summation order
+// Step 1 at every SIMD tier against the reference; x_tol bounds the score difference the summation order
 // may make, so e = 2^(x - max) may differ by about ln2 * 2 x_tol.
-void compare_step1(const SparqStep1Args& a, double x_tol) {
+void compare_step1(const SparqStep1Args& a, double x_tol, const std::vector<TierKernels>& tiers) {
   const int nb = (a.S + B - 1) / B;
-  Step1Out r(a), v(a);
+  Step1Out r(a);
   ref::sparq_step1(a, 0, nb, r.e.data(), r.mx.data(), r.sum.data());
-  avx512bf16::sparq_step1(a, 0, nb, v.e.data(), v.mx.data(), v.sum.data());
-  require_close(v.mx.data(), r.mx.data(), r.mx.size(), x_tol, 1e-6, "block max");
-  const double e_tol = 2e-7 + 1.5 * x_tol;
-  require_close(v.e.data(), r.e.data(), r.e.size(), e_tol, 1e-6, "e");
-  require_close(v.sum.data(), r.sum.data(), r.sum.size(), B * e_tol, 1e-6, "block sum");
-  // Blocks are independent: any split of the range gives the same bits.
-  if (nb > 1) {
-    Step1Out p(a);
-    avx512bf16::sparq_step1(a, 0, 1, p.e.data(), p.mx.data(), p.sum.data());
-    avx512bf16::sparq_step1(a, 1, nb, p.e.data(), p.mx.data(), p.sum.data());
-    REQUIRE(p.e == v.e);
-    REQUIRE(p.mx == v.mx);
-    REQUIRE(p.sum == v.sum);
+  for (const TierKernels& tk : tiers) {
+    INFO("tier " << cpu_tier_name(tk.tier));
+    Step1Out v(a);
+    tk.k->step1(a, 0, nb, v.e.data(), v.mx.data(), v.sum.data());
+    require_close(v.mx.data(), r.mx.data(), r.mx.size(), x_tol, 1e-6, "block max");
+    const double e_tol = 2e-7 + 1.5 * x_tol;
+    require_close(v.e.data(), r.e.data(), r.e.size(), e_tol, 1e-6, "e");
+    require_close(v.sum.data(), r.sum.data(), r.sum.size(), B * e_tol, 1e-6, "block sum");
+    // Blocks are independent: any split of the range gives the same bits.
+    if (nb > 1) {
+      Step1Out p(a);
+      tk.k->step1(a, 0, 1, p.e.data(), p.mx.data(), p.sum.data());
+      tk.k->step1(a, 1, nb, p.e.data(), p.mx.data(), p.sum.data());
+      REQUIRE(p.e == v.e);
+      REQUIRE(p.mx == v.mx);
+      REQUIRE(p.sum == v.sum);
+  }
   }
 }
 
@@ -171,8 +181,8 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
   }
 }
 
-TEST_CASE("sparq step 1: avx512 matches the reference on random keys", "[sparq]") {
-  if (!avx512_here()) return;
+TEST_CASE("sparq step 1: every tier matches the reference on random keys", "[sparq]") {
+  const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(11);
   for (DType t : kTypes)
     for (int d : {8, 16, 64, 128})
@@ -188,12 +198,12 @@ TEST_CASE("sparq step 1: avx512 matches the reference on random keys", "[sparq]"
           // |x| <= sum_j |qs_j| max|K|; f32 sums of r terms agree to ~r ulp of that.
           double mag = 0;
           for (float x : qs) mag = std::max(mag, double(std::abs(x)) * 5.0 * r);
-          compare_step1(SparqStep1Args{c.k_t(0, 0), t, d, S, i1.data(), r, qs.data(), G}, 1e-6 * mag);
+          compare_step1(SparqStep1Args{c.k_t(0, 0), t, d, S, i1.data(), r, qs.data(), G}, 1e-6 * mag, tiers);
         }
 }
 
 TEST_CASE("sparq step 1: exact scores at huge and tiny magnitudes, with ties", "[sparq]") {
-  if (!avx512_here()) return;
+  const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(12);
   // Keys of 2^60 or 2^-60 with queries scaled the other way (exact products),
   // and keys of 2^6 whose scores span hundreds of octaves: e is mostly 0 or
@@ -207,12 +217,12 @@ TEST_CASE("sparq step 1: exact scores at huge and tiny magnitudes, with ties", "
         const KVCache c = make_cache(1, d, S, t, grid(size_t(S) * d, 3, sc[0], rng), grid(size_t(S) * d, 3, 0, rng));
         const std::vector<int> i1 = some_components(d, r, rng);
         const std::vector<float> qs = grid(size_t(G) * r, 4, sc[1], rng);
-        compare_step1(SparqStep1Args{c.k_t(0, 0), t, d, S, i1.data(), r, qs.data(), G}, 0.0);
+        compare_step1(SparqStep1Args{c.k_t(0, 0), t, d, S, i1.data(), r, qs.data(), G}, 0.0, tiers);
       }
 }
 
-TEST_CASE("sparq weights and mass: avx512 matches the reference", "[sparq]") {
-  if (!avx512_here()) return;
+TEST_CASE("sparq weights and mass: every tier matches the reference", "[sparq]") {
+  const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(13);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   for (int G : {1, 3, 4, 8, 11})
@@ -224,36 +234,43 @@ TEST_CASE("sparq weights and mass: avx512 matches the reference", "[sparq]") {
       for (float& x : e) x = unit(rng);
       std::vector<float> wr(sum.size()), wv(sum.size());
       ref::sparq_weights(mx.data(), sum.data(), G, nb, wr.data());
-      avx512bf16::sparq_weights(mx.data(), sum.data(), G, nb, wv.data());
-      require_close(wv.data(), wr.data(), wr.size(), 1e-30, 2e-6, "w");
+      for (const TierKernels& tk : tiers) {
+        INFO("tier " << cpu_tier_name(tk.tier));
+        tk.k->weights(mx.data(), sum.data(), G, nb, wv.data());
+        require_close(wv.data(), wr.data(), wr.size(), 1e-30, 2e-6, "w");
+      }
       for (int n : {1, 15, 16, 17, nb * B / 3, nb * B}) {
         const std::vector<int> idx = some_positions(nb * B, std::min(n, nb * B), rng);
-        std::vector<float> ar(static_cast<size_t>(G), 0.5f), av(ar);  // both add to what is there
+        std::vector<float> ar(static_cast<size_t>(G), 0.5f);  // both add to what is there
         ref::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), ar.data());
-        avx512bf16::sparq_mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
-        // Sums of n floats in different orders: rounding grows like sqrt(n).
-        require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-6 * (1.0 + std::sqrt(double(n))), "mass");
+        for (const TierKernels& tk : tiers) {
+          INFO("tier " << cpu_tier_name(tk.tier) << " n " << n);
+          std::vector<float> av(static_cast<size_t>(G), 0.5f);
+          tk.k->mass(e.data(), wr.data(), G, nb, idx.data(), int(idx.size()), av.data());
+          // Sums of n floats in different orders: rounding grows like sqrt(n).
+          require_close(av.data(), ar.data(), ar.size(), 1e-30, 1e-6 * (1.0 + std::sqrt(double(n))), "mass");
+        }
       }
     }
 }
 
 namespace {
 
-// Step 2 on one path; mass (when given) gets the selection's mass added.
-std::vector<int> run_select(bool use_avx, const std::vector<float>& e, const std::vector<float>& w, int G, int n,
+// Step 2 with kernels k; mass (when given) gets the selection's mass added.
+std::vector<int> run_select(const SparqKernels& k, const std::vector<float>& e, const std::vector<float>& w, int G, int n,
                             int m, std::vector<float>* mass) {
   const int nb = int(w.size()) / G;
   std::vector<uint32_t> scratch(sparq_select_scratch(n));
   std::vector<int> out(static_cast<size_t>(m), -1);
-  (use_avx ? avx512bf16::sparq_select : ref::sparq_select)(e.data(), w.data(), G, nb, n, m, out.data(),
-                                                       mass ? mass->data() : nullptr, scratch.data());
+  k.select(e.data(), w.data(), G, nb, n, m, out.data(), mass ? mass->data() : nullptr, scratch.data());
   return out;
 }
 
 }  // namespace
 
-TEST_CASE("sparq select: avx512 picks what the reference picks, ties to the lower index", "[sparq]") {
-  const bool avx = avx512_here();
+TEST_CASE("sparq select: every tier picks what the reference picks, ties to the lower index", "[sparq]") {
+  const std::vector<TierKernels> tiers = simd_kernels();
+  const SparqKernels& reference = sparq_kernels(CpuTier::portable);
   std::mt19937 rng(14);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   const float inf = std::numeric_limits<float>::infinity();
@@ -286,16 +303,18 @@ TEST_CASE("sparq select: avx512 picks what the reference picks, ties to the lowe
         std::vector<float> e = make(kind, n);
         e.resize((e.size() + B - 1) / B * B, 0.0f);
         const std::vector<float> w(e.size() / B, 1.0f);
-        const std::vector<int> r = run_select(false, e, w, 1, n, m, nullptr);
+        const std::vector<int> r = run_select(reference, e, w, 1, n, m, nullptr);
         // The scores are fma(e, 1, +0): -0 becomes +0, every other value stays.
         std::vector<float> s(e.begin(), e.begin() + n);
         for (float& x : s) x = std::fma(x, 1.0f, 0.0f);
         require_topk_rule(s, m, r);
-        if (avx) REQUIRE(run_select(true, e, w, 1, n, m, nullptr) == r);
+        for (const TierKernels& tk : tiers) {
+          INFO("tier " << cpu_tier_name(tk.tier));
+          REQUIRE(run_select(*tk.k, e, w, 1, n, m, nullptr) == r);
+        }
       }
   // Several heads: the scores are fused sums in head order on both paths, so
   // the choices agree exactly; the masses of the choice agree to rounding.
-  if (!avx) return;
   for (int G : {2, 4, 8, 17})
     for (int n : {300, 5000, 33000}) {
       INFO("G " << G << " n " << n);
@@ -304,16 +323,20 @@ TEST_CASE("sparq select: avx512 picks what the reference picks, ties to the lowe
       for (float& x : e) x = unit(rng) * unit(rng);
       for (float& x : w) x = unit(rng) / float(n);
       for (int m : {1, n / 16, n / 3}) {
-        std::vector<float> mr(static_cast<size_t>(G), 0.25f), mv(mr);
-        const std::vector<int> r = run_select(false, e, w, G, n, m, &mr);
-        REQUIRE(run_select(true, e, w, G, n, m, &mv) == r);
-        require_close(mv.data(), mr.data(), mr.size(), 1e-7, 1e-5, "mass");
+        std::vector<float> mr(static_cast<size_t>(G), 0.25f);
+        const std::vector<int> r = run_select(reference, e, w, G, n, m, &mr);
+        for (const TierKernels& tk : tiers) {
+          INFO("tier " << cpu_tier_name(tk.tier) << " m " << m);
+          std::vector<float> mv(static_cast<size_t>(G), 0.25f);
+          REQUIRE(run_select(*tk.k, e, w, G, n, m, &mv) == r);
+          require_close(mv.data(), mr.data(), mr.size(), 1e-7, 1e-5, "mass");
+        }
       }
     }
 }
 
-TEST_CASE("sparq step 3: avx512 matches the reference", "[sparq]") {
-  if (!avx512_here()) return;
+TEST_CASE("sparq step 3: every tier matches the reference", "[sparq]") {
+  const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(15);
   for (DType t : kTypes)
     for (int d : {8, 16, 24, 64, 128})
@@ -331,27 +354,31 @@ TEST_CASE("sparq step 3: avx512 matches the reference", "[sparq]") {
           const SparqStep3Args a{c.k_rows(0, 0), c.v_rows(0, 0), t, d, q.data(), G, 1.0f / float(d)};
           const size_t dp = size_t(sparq_dpad(d));
           std::vector<float> scratch(sparq_step3_scratch(G, n, d));
-          std::vector<float> mr(static_cast<size_t>(G)), zr(mr.size()), ar(G * dp), mv(mr), zv(zr), av(ar);
+          std::vector<float> mr(static_cast<size_t>(G)), zr(mr.size()), ar(G * dp);
           ref::sparq_step3(a, idx.data(), n, mr.data(), zr.data(), ar.data(), scratch.data());
-          avx512bf16::sparq_step3(a, idx.data(), n, mv.data(), zv.data(), av.data(), scratch.data());
-          double mag = 0;
-          for (float x : q) mag += std::abs(x);
-          const double x_tol = huge ? 0.0 : 1e-6 * mag * 4.0;
-          // avx512's mx is a reference up to 16 above the max: compare what
-          // does not depend on it, log2 of the softmax sum and the output.
-          std::vector<double> lr(mr.size()), lv(mr.size()), outr(ar.size()), outv(ar.size());
-          for (int h = 0; h < G; ++h) {
-            REQUIRE(mv[h] >= mr[h] - x_tol * (1 + std::abs(mr[h])));
-            REQUIRE(mv[h] <= mr[h] + 16 + x_tol * (1 + std::abs(mr[h])));
-            lr[h] = mr[h] + std::log2(double(zr[h]));
-            lv[h] = mv[h] + std::log2(double(zv[h]));
-            for (size_t j = 0; j < dp; ++j) {
-              outr[h * dp + j] = ar[h * dp + j] / double(zr[h]);
-              outv[h * dp + j] = av[h * dp + j] / double(zv[h]);
+          for (const TierKernels& tk : tiers) {
+            INFO("tier " << cpu_tier_name(tk.tier));
+            std::vector<float> mv(mr.size(), -1.0f), zv(mv), av(ar.size(), -1.0f);
+            tk.k->step3(a, idx.data(), n, mv.data(), zv.data(), av.data(), scratch.data());
+            double mag = 0;
+            for (float x : q) mag += std::abs(x);
+            const double x_tol = huge ? 0.0 : 1e-6 * mag * 4.0;
+            // A SIMD tier's mx is a reference up to 16 above the max: compare what
+            // does not depend on it, log2 of the softmax sum and the output.
+            std::vector<double> lr(mr.size()), lv(mr.size()), outr(ar.size()), outv(ar.size());
+            for (int h = 0; h < G; ++h) {
+              REQUIRE(mv[h] >= mr[h] - x_tol * (1 + std::abs(mr[h])));
+              REQUIRE(mv[h] <= mr[h] + 16 + x_tol * (1 + std::abs(mr[h])));
+              lr[h] = mr[h] + std::log2(double(zr[h]));
+              lv[h] = mv[h] + std::log2(double(zv[h]));
+              for (size_t j = 0; j < dp; ++j) {
+                outr[h * dp + j] = ar[h * dp + j] / double(zr[h]);
+                outv[h * dp + j] = av[h * dp + j] / double(zv[h]);
+              }
             }
+            require_close(lv.data(), lr.data(), lr.size(), 1e-6 + 2 * x_tol, 1e-6, "log2 sum");
+            require_close(outv.data(), outr.data(), outr.size(), 4e-6 + 4 * x_tol, 1e-5, "output");
           }
-          require_close(lv.data(), lr.data(), lr.size(), 1e-6 + 2 * x_tol, 1e-6, "log2 sum");
-          require_close(outv.data(), outr.data(), outr.size(), 4e-6 + 4 * x_tol, 1e-5, "output");
         }
 }
 
@@ -390,8 +417,8 @@ void require_same_run(const Run& got, const Run& want, double tol) {
 
 }  // namespace
 
-TEST_CASE("sparq decode: the AVX-512 path equals the scalar path end to end", "[sparq]") {
-  if (!avx512_here()) return;
+TEST_CASE("sparq decode: every SIMD tier equals the scalar path end to end", "[sparq]") {
+  const std::vector<CpuTier> tiers = test::simd_tiers_here();
   std::mt19937 rng(16);
   struct Shape {
     int n_kv, G, d, S;
@@ -413,11 +440,17 @@ TEST_CASE("sparq decode: the AVX-512 path equals the scalar path end to end", "[
       for (const SparqStep& st : steps) {
         INFO("type " << dtype_name(t) << " n_kv " << sh.n_kv << " G " << sh.G << " d " << sh.d << " S " << sh.S
                      << " r " << st.r << " k " << st.k << " l " << st.l << " mean " << st.mean);
-        set_avx512_enabled(false);
-        const Run want = run_step({&c}, q, nh, st);
-        set_avx512_enabled(true);
-        const Run got = run_step({&c}, q, nh, st);
-        require_same_run(got, want, 2e-5);
+        Run want;
+        {
+          const test::TierScope scope(CpuTier::portable);
+          want = run_step({&c}, q, nh, st);
+        }
+        for (CpuTier tier : tiers) {
+          INFO("tier " << cpu_tier_name(tier));
+          const test::TierScope scope(tier);
+          const Run got = run_step({&c}, q, nh, st);
+          require_same_run(got, want, 2e-5);
+        }
         for (const SparqTrace& tr : want.trace) {
           REQUIRE(int(tr.i2.size()) == std::min(st.k, sh.S));
           for (int i = 0; i < std::min(st.l, int(tr.i2.size())); ++i)  // the local window is in
@@ -438,24 +471,26 @@ TEST_CASE("sparq decode: threads splitting one item give the unsplit result, bit
     const std::vector<float> q = gaussian(size_t(3) * G * d, 0.5f, rng);
     const SparqStep st{false, 8, 700, 64, true};
     // One item (split over both threads), and three (two whole, one split).
-    for (int items : {1, 3}) {
-      INFO("type " << dtype_name(t) << " items " << items);
-      std::vector<const KVCache*> cs;
-      for (int i = 0; i < items; ++i) cs.push_back(&caches[size_t(i)]);
-      Run one, two;
-      {
-        Threads th(1);
-        one = run_step(cs, q, G, st);
+    for (int items : {1, 3})
+      for (CpuTier tier : test::all_tiers_here()) {
+        INFO("type " << dtype_name(t) << " items " << items << " tier " << cpu_tier_name(tier));
+        const test::TierScope scope(tier);
+        std::vector<const KVCache*> cs;
+        for (int i = 0; i < items; ++i) cs.push_back(&caches[size_t(i)]);
+        Run one, two;
+        {
+          Threads th(1);
+          one = run_step(cs, q, G, st);
+        }
+        {
+          Threads th(2);
+          two = run_step(cs, q, G, st);
+        }
+        require_same_run(two, one, 0.0);
+        // Bit for bit: step 3 has the same slices, merged in the same order.
+        REQUIRE(two.out == one.out);
+        for (size_t i = 0; i < one.trace.size(); ++i) REQUIRE(two.trace[i].alpha == one.trace[i].alpha);
       }
-      {
-        Threads th(2);
-        two = run_step(cs, q, G, st);
-      }
-      require_same_run(two, one, 0.0);
-      // Bit for bit: step 3 has the same slices, merged in the same order.
-      REQUIRE(two.out == one.out);
-      for (size_t i = 0; i < one.trace.size(); ++i) REQUIRE(two.trace[i].alpha == one.trace[i].alpha);
-    }
   }
 }
 

@@ -4,6 +4,7 @@
 // Prefill: many query vectors of one KV head, each over a causal prefix.
 #pragma once
 #include "sparq/util/common.h"
+#include "sparq/util/cpu.h"
 
 namespace sparq {
 
@@ -39,15 +40,23 @@ struct PrefillSpan {
   float* const* out;      // [n] outputs
 };
 
+// Each kernel has a plain scalar reference (namespace ref,
+// attention_dense_ref.cpp; q rounded to bf16 for bf16 caches, f32 weights)
+// and a version per CPU tier (dense_kernels): avx2 and avx512 written once
+// over kernels/simd.h (attention_dense_simd.cpp, attention_prefill_simd.cpp;
+// bf16 widened to f32, so they follow ref's numerics up to f32 rounding),
+// avx512bf16 hand-written with vdpbf16ps (attention_dense_avx512bf16.cpp,
+// attention_prefill_avx512bf16.cpp; its prefill also rounds the weights to
+// bf16 for bf16 caches, each within 2^-8).
 namespace ref {
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace ref
-namespace avx2 {  // attention_dense_simd.cpp, attention_prefill_simd.cpp
+namespace avx2 {
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace avx2
-namespace avx512 {  // the same, built for AVX-512 F/BW/VL/DQ
+namespace avx512 {
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace avx512
@@ -55,5 +64,11 @@ namespace avx512bf16 {
 void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace avx512bf16
+
+struct DenseKernels {
+  void (*dense_partial)(const DenseSpan& s, const DensePartial& out);
+  void (*prefill_attention)(const PrefillSpan& s);
+};
+const DenseKernels& dense_kernels(CpuTier t);
 
 }  // namespace sparq

@@ -1,8 +1,9 @@
 // The kernels of one SparQ decode step for one KV head (sparq_decode.cpp
 // strings them together and splits them over threads). Each has a plain scalar
-// reference (namespace ref, src/kernels/sparq_ref.cpp) and an AVX-512 version
-// (namespace avx512bf16, src/kernels/sparq_avx512bf16.cpp, only after use_avx512()) with the
-// same signature and the same results up to float rounding.
+// reference (namespace ref, src/kernels/sparq_ref.cpp), versions for the avx2
+// and avx512 tiers (src/kernels/sparq_simd.cpp) and a hand-written one for
+// avx512bf16 (src/kernels/sparq_avx512bf16.cpp), with the same signature and
+// the same results up to float rounding; sparq_kernels() picks the tier's.
 //
 // Scores are kept in log2 units (log2(e) is folded into the query), so the
 // kernels exponentiate with exp2.
@@ -11,6 +12,7 @@
 #include <cstdint>
 
 #include "sparq/util/common.h"
+#include "sparq/util/cpu.h"
 #include "sparq/kernels/kv_cache.h"
 
 namespace sparq {
@@ -81,7 +83,7 @@ void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m,
 void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
 // Softmax attention over the n >= 1 rows idx[i], as a partial to merge: with
 // x_h(p) = (q_h . K[p]) scale, a reference mx[h] >= max_i x_h (the max
-// itself in ref; at most 16 above it in avx512, which then never waits on a
+// itself in ref; at most 16 above it in the SIMD tiers, which then never waits on a
 // horizontal max), z[h] = sum_i 2^(x_h - mx[h]) and
 // acc[h sparq_dpad(d) + c] = sum_i 2^(x_h - mx[h]) V[p, c].
 // scratch: sparq_step3_scratch(n_h, n, d) floats.
@@ -98,5 +100,17 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch);
 }  // namespace avx512bf16
+
+// One tier's five kernels, with the signatures above.
+struct SparqKernels {
+  decltype(&ref::sparq_step1) step1;
+  decltype(&ref::sparq_weights) weights;
+  decltype(&ref::sparq_select) select;
+  decltype(&ref::sparq_mass) mass;
+  decltype(&ref::sparq_step3) step3;
+};
+// Tier t's kernels (src/kernels/sparq_decode.cpp), and those of the tier that runs now.
+const SparqKernels& sparq_kernels(CpuTier t);
+inline const SparqKernels& sparq_kernels() { return sparq_kernels(cpu_tier()); }
 
 }  // namespace sparq

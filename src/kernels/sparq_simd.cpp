@@ -1,0 +1,687 @@
+// SparQ kernels for the avx2 and avx512 tiers, written once over
+// kernels/simd.h's lanes with the algorithms of sparq_avx512bf16.cpp:
+// step 1 over the transposed keys with every loaded run feeding the group's
+// heads, step 2 by a sampled threshold and branch-free compress partitions,
+// step 3 with one dot-product transpose per kLanes (row, head) pairs and a
+// lazily moved softmax reference.
+// bf16 keys and values become f32 by a shift (exact); bf16 queries come
+// rounded, so step 1's and step 3's products are exact and only the f32 sums'
+// order differs from the reference (step 1 for bf16: not even that). Step 2
+// sums its scores in the reference's order, so it selects the same positions.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <type_traits>
+
+#include "sparq/kernels/simd.h"
+#include "sparq/kernels/sparq_kernels.h"
+
+namespace sparq::SPARQ_TIER_NS {
+namespace {
+
+constexpr int B = kSparqBlock;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int32_t kSignBit = std::numeric_limits<int32_t>::min();
+
+// Into L2, as the avx512bf16 kernels: an L1 prefetch holds one of L1's few
+// miss buffers until its line arrives.
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+
+// ---- lane helpers simd.h lacks ----
+
+// 2^x for x <= 0, as simd.h's exp2 (the same polynomial). On AVX2, 2^n is one
+// factor 2^(n + 26), which keeps p 2^(n + 26) normal (p >= 0.7) for every
+// n >= -151, and the product is scaled by 2^-26 after: exact for normal
+// results and one rounding for subnormal ones, so it equals avx512's scalef
+// bit for bit, in 5 fewer integer ops than simd.h's two factors (step 1
+// spends ~40% of its instructions in exp2).
+inline VF exp2_nonpos(VF x) {
+#if SPARQ_SIMD_512
+  return exp2(x);
+#else
+  x = max(x, set1(-151.0f));
+  const VF n = round_nearest(x);
+  const VF f = sub(x, n);
+  VF p = set1(1.3264725854e-3f);
+  p = fmadd(p, f, set1(9.6715128291e-3f));
+  p = fmadd(p, f, set1(5.5507337476e-2f));
+  p = fmadd(p, f, set1(2.4022242081e-1f));
+  p = fmadd(p, f, set1(6.9314697760e-1f));
+  p = fmadd(p, f, set1(1.0f));
+  const VF scale = as_float(_mm256_slli_epi32(add_i(to_int(n), set1_i(127 + 26)), 23));
+  return mul(mul(p, scale), set1(0x1p-26f));
+#endif
+}
+
+// Bit i set for lanes i < n (n clamped to [0, kLanes]).
+inline unsigned first_bits(int n) { return n >= kLanes ? (1u << kLanes) - 1u : n <= 0 ? 0u : (1u << n) - 1u; }
+
+#if SPARQ_SIMD_512
+inline VI loadi(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline VI loadi_first(const int32_t* p, int n) { return _mm512_maskz_loadu_epi32(first_mask(n), p); }
+inline void storei(int32_t* p, VI v) { _mm512_storeu_si512(p, v); }
+inline VI xor_i(VI a, VI b) { return _mm512_xor_si512(a, b); }
+inline VI mullo_i(VI a, VI b) { return _mm512_mullo_epi32(a, b); }
+inline unsigned gt_bits(VI a, VI b) { return _mm512_cmpgt_epi32_mask(a, b); }
+inline unsigned eq_bits(VI a, VI b) { return _mm512_cmpeq_epi32_mask(a, b); }
+inline VI iota_i() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+// Lanes of v whose bit is set, packed to the front; all kLanes lanes are
+// stored (dst needs kLanes words). Compress in a register, then a plain
+// store: compress-to-memory is slow on some cores.
+inline int compress_store(int32_t* dst, VI v, unsigned bits) {
+  storei(dst, _mm512_maskz_compress_epi32(__mmask16(bits), v));
+  return __builtin_popcount(bits);
+}
+inline VF gather(const float* base, VI off, int n) {
+  return _mm512_mask_i32gather_ps(zero(), first_mask(n), off, base, 4);
+}
+// 2 kLanes bf16 as f32, interleaved by unpacking with zeros (one op per
+// kLanes, where widening in order takes two): lo holds positions {0-3, 8-11,
+// 16-19, 24-27}, hi the other quads.
+inline void widen2(__m512i x, VF& lo, VF& hi) {
+  lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), x));
+  hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), x));
+}
+inline void load2(const uint16_t* p, VF& lo, VF& hi) { widen2(_mm512_loadu_si512(p), lo, hi); }
+inline void load2_first(const uint16_t* p, int n, VF& lo, VF& hi) {
+  const __mmask32 m = n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
+  widen2(_mm512_maskz_loadu_epi16(m, p), lo, hi);
+}
+inline void unpacked_in_order(VF& lo, VF& hi) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const VF x = _mm512_permutex2var_ps(lo, first, hi);
+  hi = _mm512_permutex2var_ps(lo, second, hi);
+  lo = x;
+}
+// Lane i of the result is the sum of the lanes of a[i]; inlined, as a call
+// sends the inputs through memory.
+[[gnu::always_inline]] inline VF hsum(const VF (&a)[kLanes]) {
+  VF t[8], u[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0 b0 a1 b1] + [a2 b2 a3 b3]
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: one partial sum of each of 4 inputs
+    const __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const VF w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+  const VF w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xdd));
+}
+#else
+inline VI loadi(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VI loadi_first(const int32_t* p, int n) { return _mm256_maskload_epi32(p, first_mask_i(n)); }
+inline void storei(int32_t* p, VI v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+inline VI xor_i(VI a, VI b) { return _mm256_xor_si256(a, b); }
+inline VI mullo_i(VI a, VI b) { return _mm256_mullo_epi32(a, b); }
+inline unsigned gt_bits(VI a, VI b) { return mask_bits(gt_i(a, b)); }
+inline unsigned eq_bits(VI a, VI b) { return mask_bits(as_float(_mm256_cmpeq_epi32(a, b))); }
+inline VI iota_i() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+// AVX2 has no compress: a table of the lane indices each 8-bit mask keeps,
+// one byte each, for vpermd.
+struct CompressTable {
+  uint64_t idx[256];
+};
+constexpr CompressTable make_compress_table() {
+  CompressTable t{};
+  for (unsigned m = 0; m < 256; ++m) {
+    int k = 0;
+    for (unsigned i = 0; i < 8; ++i)
+      if (m >> i & 1u) t.idx[m] |= uint64_t(i) << (8 * k++);
+  }
+  return t;
+}
+alignas(64) constexpr CompressTable kCompress = make_compress_table();
+inline int compress_store(int32_t* dst, VI v, unsigned bits) {
+  const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kCompress.idx[bits])));
+  storei(dst, _mm256_permutevar8x32_epi32(v, perm));
+  return __builtin_popcount(bits);
+}
+inline VF gather(const float* base, VI off, int n) {
+  return _mm256_mask_i32gather_ps(zero(), base, off, first_mask(n), 4);
+}
+// As the avx512 build's: lo holds positions {0-3, 8-11}, hi {4-7, 12-15}.
+inline void widen2(__m256i x, VF& lo, VF& hi) {
+  lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), x));
+  hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), x));
+}
+inline void load2(const uint16_t* p, VF& lo, VF& hi) {
+  widen2(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo, hi);
+}
+inline void load2_first(const uint16_t* p, int n, VF& lo, VF& hi) {  // no 16-bit masked loads: tails only
+  uint16_t buf[16] = {};
+  std::memcpy(buf, p, sizeof(uint16_t) * size_t(std::clamp(n, 0, 16)));
+  load2(buf, lo, hi);
+}
+inline void unpacked_in_order(VF& lo, VF& hi) {
+  const VF x = _mm256_permute2f128_ps(lo, hi, 0x20);
+  hi = _mm256_permute2f128_ps(lo, hi, 0x31);
+  lo = x;
+}
+[[gnu::always_inline]] inline VF hsum(const VF (&a)[kLanes]) {
+  VF t[4], u[2];
+  for (int i = 0; i < 4; ++i)  // per 128-bit lane: [a0 b0 a1 b1] + [a2 b2 a3 b3]
+    t[i] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i) {  // per 128-bit lane: one partial sum of each of 4 inputs
+    const __m256d x = _mm256_castps_pd(t[2 * i]), y = _mm256_castps_pd(t[2 * i + 1]);
+    u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)), _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+  }
+  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
+}
+#endif
+
+// 2 kLanes f32 in order.
+inline void load2(const float* p, VF& lo, VF& hi) {
+  lo = load(p);
+  hi = load(p + kLanes);
+}
+inline void load2_first(const float* p, int n, VF& lo, VF& hi) {
+  lo = load_first(p, n);
+  hi = load_first(p + kLanes, n - kLanes);
+}
+// load2's (lo, hi) back in element order.
+template <class T>
+inline void in_order(VF& lo, VF& hi) {
+  if constexpr (sizeof(T) == 2) unpacked_in_order(lo, hi);
+}
+
+// kLanes elements as f32, in order (bf16 widened); or the first n, the others 0.
+inline VF load_row(const float* p) { return load(p); }
+inline VF load_row(const uint16_t* p) { return load_bf16(p); }
+inline VF load_row_first(const float* p, int n) { return load_first(p, n); }
+inline VF load_row_first(const uint16_t* p, int n) { return load_bf16_first(p, n); }
+
+// ---- step 1 ----
+
+// Heads one pass over a block scores at most (more take further passes,
+// which find the block in cache).
+constexpr int kMaxStep1Heads = SPARQ_SIMD_512 ? 8 : 4;
+
+// 2^(x - max) in place over a block's n scores of one head; returns their sum.
+template <bool Full>
+float block_exp(float* x, int n, VF vm) {
+  VF vs = zero();
+  for (int i = 0; i < B; i += kLanes) {
+    VF y = zero();
+    if (Full || i < n) y = exp2_nonpos(sub(load(x + i), vm));
+    if (!Full) y = select(first_mask(n - i), y, zero());
+    store(x + i, y);
+    vs = add(vs, y);
+  }
+  return reduce_add(vs);
+}
+
+// One block for NH heads from h0, U loads of 2 kLanes positions at a time, so
+// each loaded key vector feeds NH x 2 accumulators (AVX2's 16 registers hold
+// 2 NH U <= 8 of them, AVX-512's 32 up to 16). pf: the block whose runs to
+// prefetch, a share per group (null: none).
+template <class T, int NH, int U>
+void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, float* e, float* mx, float* sum) {
+  constexpr int W = 2 * kLanes, kGroup = W * U, kGroups = B / kGroup;
+  static_assert(B % kGroup == 0);
+  constexpr int kGroupBytes = kGroup * int(sizeof(T));
+  const T* blk = static_cast<const T*>(a.k_t) + size_t(b) * a.d * B;
+  const int valid = std::min(B, a.S - b * B);
+  const int r = a.r;
+  const float* qs = a.qs + size_t(h0) * r;
+  float* eb = e + (size_t(b) * a.n_h + h0) * B;
+  VF vmax[NH];
+  for (VF& v : vmax) v = set1(-kInf);
+  // One group of kGroup positions from p0; Full: all valid, unmasked loads.
+  // Templated whole, so the accumulators stay in registers to the stores.
+  const auto group = [&](auto full, int g) {
+    constexpr bool Full = decltype(full)::value;
+    const int p0 = g * kGroup;
+    if (pf)  // the lines of the prefetched block's runs that start in this group's bytes
+      for (int o = (g * kGroupBytes + 63) & ~63; o < (g + 1) * kGroupBytes; o += 64)
+        for (int j = 0; j < r; ++j) prefetch(reinterpret_cast<const char*>(pf + size_t(a.i1[j]) * B) + o);
+    VF lo[NH][U], hi[NH][U];
+    for (int h = 0; h < NH; ++h)
+      for (int u = 0; u < U; ++u) lo[h][u] = hi[h][u] = zero();
+    for (int j = 0; j < r; ++j) {
+      const T* run = blk + size_t(a.i1[j]) * B + p0;
+      for (int u = 0; u < U; ++u) {
+        VF x0, x1;
+        if constexpr (Full)
+          load2(run + W * u, x0, x1);
+        else
+          load2_first(run + W * u, valid - p0 - W * u, x0, x1);
+        for (int h = 0; h < NH; ++h) {
+          const VF q = set1(qs[h * r + j]);
+          lo[h][u] = fmadd(x0, q, lo[h][u]);
+          hi[h][u] = fmadd(x1, q, hi[h][u]);
+        }
+      }
+    }
+    for (int h = 0; h < NH; ++h)
+      for (int u = 0; u < U; ++u) {
+        in_order<T>(lo[h][u], hi[h][u]);
+        const int p = p0 + W * u;
+        store(eb + h * B + p, lo[h][u]);
+        store(eb + h * B + p + kLanes, hi[h][u]);
+        if constexpr (Full) {
+          vmax[h] = max(lo[h][u], max(hi[h][u], vmax[h]));
+        } else {
+          vmax[h] = max(select(first_mask(valid - p), lo[h][u], set1(-kInf)), vmax[h]);
+          vmax[h] = max(select(first_mask(valid - p - kLanes), hi[h][u], set1(-kInf)), vmax[h]);
+        }
+      }
+  };
+  const int full_groups = valid / kGroup;
+  for (int g = 0; g < full_groups; ++g) group(std::true_type{}, g);
+  if (full_groups * kGroup < valid) group(std::false_type{}, full_groups);
+  for (int h = 0; h < NH; ++h) {
+    const float m = reduce_max(vmax[h]);
+    float* eh = eb + h * B;
+    mx[(h0 + h) * nb + b] = m;
+    sum[(h0 + h) * nb + b] = valid == B ? block_exp<true>(eh, valid, set1(m)) : block_exp<false>(eh, valid, set1(m));
+  }
+}
+
+template <class T>
+void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum) {
+  const int nb = (a.S + B - 1) / B;
+  // Prefetch about 8 KiB ahead: enough in flight to cover DRAM latency.
+  const int run_bytes = B * int(sizeof(T));
+  const int dist = std::clamp(8192 / std::max(1, a.r * run_bytes) + 1, 1, 8);
+  const T* kt = static_cast<const T*>(a.k_t);
+  for (int b = b0; b < b1; ++b) {
+    const T* pf = b + dist < nb ? kt + size_t(b + dist) * a.d * B : nullptr;
+    for (int h0 = 0; h0 < a.n_h; h0 += kMaxStep1Heads) {
+      const T* p = h0 == 0 ? pf : nullptr;  // later head passes find the block in cache
+      switch (std::min(kMaxStep1Heads, a.n_h - h0)) {
+        case 1: step1_block<T, 1, 4>(a, nb, h0, b, p, e, mx, sum); break;
+        case 2: step1_block<T, 2, SPARQ_SIMD_512 ? 4 : 2>(a, nb, h0, b, p, e, mx, sum); break;
+        case 3: step1_block<T, 3, SPARQ_SIMD_512 ? 2 : 1>(a, nb, h0, b, p, e, mx, sum); break;
+#if SPARQ_SIMD_512
+        case 4: step1_block<T, 4, 2>(a, nb, h0, b, p, e, mx, sum); break;
+        case 5: step1_block<T, 5, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        case 6: step1_block<T, 6, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        case 7: step1_block<T, 7, 1>(a, nb, h0, b, p, e, mx, sum); break;
+        default: step1_block<T, 8, 1>(a, nb, h0, b, p, e, mx, sum); break;
+#else
+        default: step1_block<T, 4, 1>(a, nb, h0, b, p, e, mx, sum); break;
+#endif
+      }
+    }
+  }
+}
+
+void step1_kernel(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum) {
+  if (a.type == DType::F32)
+    step1<float>(a, b0, b1, e, mx, sum);
+  else
+    step1<uint16_t>(a, b0, b1, e, mx, sum);
+}
+
+void weights_kernel(const float* mx, const float* sum, int n_h, int nb, float* w) {
+  for (int h = 0; h < n_h; ++h) {
+    const float* m = mx + size_t(h) * nb;
+    const float* sh = sum + size_t(h) * nb;
+    float* wh = w + size_t(h) * nb;
+    VF vmax = set1(-kInf);
+    for (int b = 0; b < nb; b += kLanes)
+      vmax = max(select(first_mask(nb - b), load_first(m + b, nb - b), set1(-kInf)), vmax);
+    const VF top = set1(reduce_max(vmax));
+    VF vz = zero();
+    for (int b = 0; b < nb; b += kLanes) {
+      const VF x = select(first_mask(nb - b), exp2_nonpos(sub(load_first(m + b, nb - b), top)), zero());
+      store_first(wh + b, x, nb - b);
+      vz = fmadd(x, load_first(sh + b, nb - b), vz);
+    }
+    const VF inv = set1(1.0f / reduce_add(vz));
+    for (int b = 0; b < nb; b += kLanes) store_first(wh + b, mul(load_first(wh + b, nb - b), inv), nb - b);
+  }
+}
+
+// ---- step 2 ----
+
+// Keys are the scores' bits with the sign bit flipped, as int32: their signed
+// order is the bits' unsigned order, which AVX2 can compare.
+//
+// Buffers of keys are read in whole vectors, so each holds kLanes words past
+// its n; the lanes past n are masked out of every count and choice.
+
+// The rank-th largest (1-based, 1 <= rank <= n) of a[0, n), and in *greater
+// how many of them are strictly larger. Quickselect with three-way
+// partitions made by compress: branch-free, where std::nth_element's
+// compares mispredict about half the time (3-4x slower in avx512bf16).
+// Reorders a; a and tmp: n + kLanes words each.
+int32_t kth_largest(int32_t* a, int n, int rank, int32_t* tmp, int* greater) {
+  int above = 0;
+  while (n > 4 * kLanes) {
+    const int32_t x = a[0], y = a[n / 2], z = a[n - 1];  // median of three
+    const int32_t pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));
+    const VI vp = set1_i(pivot);
+    int gt = 0, eq = 0;
+    for (int i = 0; i < n; i += kLanes) {
+      const VI v = loadi(a + i);
+      const unsigned k = first_bits(n - i);
+      gt += __builtin_popcount(gt_bits(v, vp) & k);
+      eq += __builtin_popcount(eq_bits(v, vp) & k);
+    }
+    if (rank > gt && rank <= gt + eq) {
+      *greater = above + gt;
+      return pivot;
+    }
+    const bool high = rank <= gt;  // the wanted key is above the pivot
+    int kept = 0;
+    if (high) {
+      for (int i = 0; i < n; i += kLanes) {
+        const VI v = loadi(a + i);
+        kept += compress_store(tmp + kept, v, gt_bits(v, vp) & first_bits(n - i));
+      }
+    } else {
+      rank -= gt + eq;
+      above += gt + eq;
+      for (int i = 0; i < n; i += kLanes) {
+        const VI v = loadi(a + i);
+        kept += compress_store(tmp + kept, v, gt_bits(vp, v) & first_bits(n - i));
+      }
+    }
+    std::swap(a, tmp);
+    n = kept;
+  }
+  std::sort(a, a + n, std::greater<int32_t>());
+  const int32_t t = a[rank - 1];
+  *greater = above + int(std::count_if(a, a + n, [t](int32_t v) { return v > t; }));
+  return t;
+}
+
+// The m-th largest key (1 <= m <= n) and how many keys equal to it the
+// selection takes. Estimates a band around it from a strided sample, gathers
+// the keys inside the band in one vector pass and finds the exact threshold
+// among those; falls back to all keys when the band misses it.
+// band and tmp: n + kLanes words each (up to 16 more: see select_kernel).
+void find_threshold(const int32_t* keys, int n, int m, int32_t* band, int32_t* tmp, int32_t* thr, int* take_eq) {
+  int above = 0;  // keys known to be above the band
+  int nband = 0;  // keys in the band, copied to band
+  bool banded = false;
+  const int ns = std::min(1024, n / 4);
+  if (ns >= 256) {
+    const int stride = n / ns;
+    // Rank of the threshold in the sample, and a margin of ~4 sigma on each side.
+    const double f = double(m) / n;
+    const int j = int(f * ns);
+    const int delta = int(4.0 * std::sqrt(ns * f * (1.0 - f))) + 4;
+    const int jh = j - delta, jl = j + delta;
+    int32_t hi = std::numeric_limits<int32_t>::max(), lo = std::numeric_limits<int32_t>::min();
+    // The sample, and a copy for the second search (kth_largest reorders its
+    // input); each with 16 words of room behind, and both before n / 2 + 32.
+    int32_t* copy = band + ns + 16;
+    for (int i = 0; i < ns; ++i) copy[i] = band[i] = keys[size_t(i) * stride];
+    int unused;
+    if (jh >= 0) hi = kth_largest(band, ns, jh + 1, tmp, &unused);
+    if (jl < ns) lo = kth_largest(copy, ns, jl + 1, tmp, &unused);
+    const VI vhi = set1_i(hi), vlo = set1_i(lo);
+    for (int i = 0; i < n; i += kLanes) {
+      const VI x = loadi(keys + i);
+      const unsigned k = first_bits(n - i), over = gt_bits(x, vhi);
+      above += __builtin_popcount(over & k);
+      nband += compress_store(band + nband, x, ~(over | gt_bits(vlo, x)) & k);
+    }
+    banded = above < m && m <= above + nband;
+  }
+  if (!banded) {
+    above = 0;
+    nband = n;
+    std::copy_n(keys, n, band);
+  }
+  int greater;
+  *thr = kth_largest(band, nband, m - above, tmp, &greater);
+  *take_eq = m - above - greater;
+}
+
+// Writes to out (m entries), in index order, the positions whose key is above
+// t and the first take_eq equal to it.
+void emit(const int32_t* keys, int n, int32_t t, int take_eq, int m, int* out) {
+  const VI vt = set1_i(t);
+  int pos = 0;
+  for (int i = 0; i < n; i += kLanes) {
+    const VI x = loadi(keys + i);
+    const unsigned k = first_bits(n - i);
+    unsigned sel = gt_bits(x, vt) & k, eq = eq_bits(x, vt) & k;
+    for (; eq && take_eq > 0; --take_eq) {  // ties at the threshold: lowest indices first
+      sel |= eq & -eq;
+      eq &= eq - 1;
+    }
+    const VI p = add_i(iota_i(), set1_i(i));
+    if (pos + kLanes <= m) {  // all lanes stored: room for them
+      pos += compress_store(out + pos, p, sel);
+    } else {
+      int32_t buf[kLanes];
+      const int c = compress_store(buf, p, sel);
+      std::copy_n(buf, c, out + pos);
+      pos += c;
+    }
+  }
+}
+
+void mass_kernel(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass) {
+  static_assert((B & (B - 1)) == 0, "the shift and mask below assume a power-of-two block");
+  constexpr int kShift = __builtin_ctz(B);
+  const VI stride = set1_i(n_h * B);
+  for (int h = 0; h < n_h; ++h) {
+    VF acc = zero();
+    for (int i = 0; i < n; i += kLanes) {
+      const VI p = loadi_first(idx + i, n - i);
+      const VI b = srl_i(p, kShift);
+      const VI off = add_i(mullo_i(b, stride), add_i(set1_i(h * B), and_i(p, set1_i(B - 1))));
+      acc = fmadd(gather(e, off, n - i), gather(w, add_i(b, set1_i(h * nb)), n - i), acc);
+    }
+    mass[h] += reduce_add(acc);
+  }
+}
+
+void select_kernel(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
+                   uint32_t* scratch) {
+  m = std::clamp(m, 0, n);
+  if (m == 0) return;
+  // scratch (3 n + 48 words): the band and kth_largest's buffers, n + 16
+  // words each, then the keys (n rounded up to kLanes).
+  int32_t* band = reinterpret_cast<int32_t*>(scratch);
+  int32_t* tmp = band + n + 16;
+  int32_t* keys = tmp + n + 16;
+  // The scores once, in the reference's order (fused, head by head from +0),
+  // for the three passes below. Whole vectors: a block's row has B entries,
+  // so the lanes past n are inside e (their keys are masked out).
+  for (int p = 0; p < n; p += kLanes) {
+    const int b = p / B;
+    const float* eb = e + size_t(b) * n_h * B + p % B;
+    VF s = zero();
+    for (int h = 0; h < n_h; ++h) s = fmadd(load(eb + size_t(h) * B), set1(w[size_t(h) * nb + b]), s);
+    storei(keys + p, xor_i(as_int(s), set1_i(kSignBit)));
+  }
+  int32_t t;
+  int take_eq;
+  find_threshold(keys, n, m, band, tmp, &t, &take_eq);
+  emit(keys, n, t, take_eq, m, out);
+  if (mass) mass_kernel(e, w, n_h, nb, out, m, mass);
+}
+
+// ---- step 3 ----
+
+// Rows this many ahead of the ones being read are prefetched into L2 (the
+// caller also fetches each 128-row slice in one burst first).
+constexpr int kRowsAhead = 32;
+// The largest group one pass takes; larger ones run in slices.
+constexpr int kMaxStep3Group = 8;
+
+template <class T>
+void prefetch_row(const T* row, int d) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(row + d);
+  for (uintptr_t l = reinterpret_cast<uintptr_t>(row) & ~uintptr_t(63); l < end; l += 64)
+    prefetch(reinterpret_cast<const void*>(l));
+}
+
+// x laid out [row][head] (lane i: head i % G, lanes from R G on unused):
+// lane i of the result is the max (Max) or sum over head i % G's lanes.
+template <int G, int R, bool Max>
+VF per_head(VF x) {
+  alignas(64) float v[kLanes], out[kLanes];
+  store(v, x);
+  for (int h = 0; h < G; ++h) {
+    float t = v[h];
+    for (int r = 1; r < R; ++r) t = Max ? std::max(t, v[r * G + h]) : t + v[r * G + h];
+    for (int i = h; i < kLanes; i += G) out[i] = t;
+  }
+  return load(out);
+}
+
+// One pass over the selected rows for G <= 8 heads; NV > 0: d = NV kLanes.
+// Scores: R = kLanes / G rows times G heads make the dot products one hsum
+// finishes, so each key row is loaded once for all heads; they come out
+// [row][head]. A chunk is NG such groups, about 16 rows.
+// Softmax: weights are 2^(x - m) for a reference m that only moves when a
+// score passes it, so no row waits on a horizontal max. m sits kHeadroom
+// above the max seen, which keeps moves rare while the largest weight stays
+// at least 2^-16, far from underflow.
+// Values: C column vectors of U rows at a time, so C U G >= 8 FMA chains hide
+// the FMA latency within AVX2's 16 registers.
+template <class T, int NV, int G>
+void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
+  static_assert(G >= 1 && G <= kLanes);
+  constexpr int R = kLanes / G, NG = std::max(1, 16 / R), CR = R * NG;
+  constexpr int C = SPARQ_SIMD_512 || G <= 4 ? 2 : 1, U = std::max(1, 8 / (C * G)), CW = C * kLanes;
+  static_assert(CR % U == 0 && NG * kLanes <= 256);
+  constexpr float kHeadroom = 16.0f;
+  const int d = NV > 0 ? NV * kLanes : a.d, dp = sparq_dpad(d), nc = (d + CW - 1) / CW, wd = nc * CW;
+  const T* K = static_cast<const T*>(a.k_rows);
+  const T* V = static_cast<const T*>(a.v_rows);
+  const float* q = a.q;
+  float* w = scratch;   // [NG][kLanes]: a chunk's weights, [row][head] per group
+  float* ac = w + 256;  // [G][wd]
+  std::fill(ac, ac + size_t(G) * wd, 0.0f);
+  for (int i = 0; i < std::min(n, kRowsAhead); ++i)
+    prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+  const VF vscale = set1(a.scale);
+  VF m = zero(), l = zero();  // lane i: head i % G
+  const T* rows[CR];
+  for (int c = 0; c < n; c += CR) {
+    for (int i = 0; i < CR; ++i) rows[i] = K + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int g = 0; g < NG; ++g) {
+      const int nrows = std::min(R, n - c - g * R);
+      if (nrows <= 0) {  // past the end: weight 0
+        store(w + kLanes * g, zero());
+        continue;
+      }
+      for (int i = c + kRowsAhead + g * R; i < std::min(n, c + kRowsAhead + (g + 1) * R); ++i)
+        prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+      VF dot[kLanes];
+      for (VF& x : dot) x = zero();
+      for (int v = 0; v < d; v += kLanes) {
+        for (int r = 0; r < R; ++r) {
+          const VF k = NV > 0 ? load_row(rows[g * R + r] + v) : load_row_first(rows[g * R + r] + v, d - v);
+          for (int h = 0; h < G; ++h) {
+            const VF qh = NV > 0 ? load(q + size_t(h) * d + v) : load_first(q + size_t(h) * d + v, d - v);
+            dot[r * G + h] = fmadd(k, qh, dot[r * G + h]);
+          }
+        }
+      }
+      const unsigned valid_bits = first_bits(nrows * G);
+      const Mask valid = first_mask(nrows * G);
+      const VF s = select(valid, mul(vscale, hsum(dot)), zero());
+      const auto top = [&] { return add(per_head<G, R, true>(select(valid, s, set1(-kInf))), set1(kHeadroom)); };
+      if (c == 0 && g == 0) m = top();
+      if (mask_bits(lt(m, s)) & valid_bits) [[unlikely]] {
+        // A score passed the reference: move it up and rescale what was summed.
+        const VF m2 = max(m, top()), f = exp2_nonpos(sub(m, m2));
+        alignas(64) float fh[kLanes];
+        store(fh, f);
+        for (int h = 0; h < G; ++h)
+          for (int v = 0; v < wd; v += kLanes) store(ac + h * wd + v, mul(set1(fh[h]), load(ac + h * wd + v)));
+        for (int i = 0; i < g; ++i) store(w + kLanes * i, mul(f, load(w + kLanes * i)));
+        l = mul(l, f);
+        m = m2;
+      }
+      const VF p = select(valid, exp2_nonpos(sub(s, m)), zero());
+      store(w + kLanes * g, p);
+      l = add(l, p);
+    }
+    for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int j = 0; j < nc; ++j) {
+      const int c0 = j * CW;
+      VF av[C][U][G];
+      for (int cc = 0; cc < C; ++cc)
+        for (int u = 0; u < U; ++u)
+          for (int h = 0; h < G; ++h) av[cc][u][h] = zero();
+      for (int r = 0; r < CR; r += U)
+        for (int u = 0; u < U; ++u) {
+          const int i = r + u;
+          VF x[C];
+          for (int cc = 0; cc < C; ++cc)
+            x[cc] = NV > 0 ? load_row(rows[i] + c0 + cc * kLanes)
+                           : load_row_first(rows[i] + c0 + cc * kLanes, d - c0 - cc * kLanes);
+          for (int h = 0; h < G; ++h) {
+            const VF p = set1(w[kLanes * (i / R) + (i % R) * G + h]);
+            for (int cc = 0; cc < C; ++cc) av[cc][u][h] = fmadd(p, x[cc], av[cc][u][h]);
+          }
+        }
+      for (int h = 0; h < G; ++h)
+        for (int cc = 0; cc < C; ++cc) {
+          float* o = ac + h * wd + c0 + cc * kLanes;
+          VF s = load(o);
+          for (int u = 0; u < U; ++u) s = add(s, av[cc][u][h]);
+          store(o, s);
+        }
+    }
+  }
+  alignas(64) float mh[kLanes], zh[kLanes];
+  store(mh, m);
+  store(zh, per_head<G, R, false>(l));
+  for (int h = 0; h < G; ++h) {
+    mx[h] = mh[h];
+    z[h] = zh[h];
+    float* o = acc + size_t(h) * dp;
+    const int k = std::min(wd, dp);  // components from d on are 0 in ac
+    std::copy_n(ac + h * wd, k, o);
+    std::fill(o + k, o + dp, 0.0f);
+  }
+}
+
+template <class T, int NV>
+void step3_group(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
+  switch (a.n_h) {
+    case 1: return step3<T, NV, 1>(a, idx, n, mx, z, acc, scratch);
+    case 2: return step3<T, NV, 2>(a, idx, n, mx, z, acc, scratch);
+    case 3: return step3<T, NV, 3>(a, idx, n, mx, z, acc, scratch);
+    case 4: return step3<T, NV, 4>(a, idx, n, mx, z, acc, scratch);
+    case 5: return step3<T, NV, 5>(a, idx, n, mx, z, acc, scratch);
+    case 6: return step3<T, NV, 6>(a, idx, n, mx, z, acc, scratch);
+    case 7: return step3<T, NV, 7>(a, idx, n, mx, z, acc, scratch);
+    default: return step3<T, NV, 8>(a, idx, n, mx, z, acc, scratch);
+  }
+}
+
+template <class T>
+void step3_type(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
+  // The common head sizes with their loops unrolled and unmasked.
+  if (a.d == 64)
+    step3_group<T, 64 / kLanes>(a, idx, n, mx, z, acc, scratch);
+  else if (a.d == 128)
+    step3_group<T, 128 / kLanes>(a, idx, n, mx, z, acc, scratch);
+  else
+    step3_group<T, 0>(a, idx, n, mx, z, acc, scratch);
+}
+
+void step3_kernel(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc, float* scratch) {
+  const int dp = sparq_dpad(a.d);
+  for (int h0 = 0; h0 < a.n_h; h0 += kMaxStep3Group) {
+    SparqStep3Args s = a;
+    s.q = a.q + size_t(h0) * a.d;
+    s.n_h = std::min(kMaxStep3Group, a.n_h - h0);
+    float *m = mx + h0, *zh = z + h0, *ah = acc + size_t(h0) * dp;
+    if (a.type == DType::F32)
+      step3_type<float>(s, idx, n, m, zh, ah, scratch);
+    else
+      step3_type<uint16_t>(s, idx, n, m, zh, ah, scratch);
+  }
+}
+
+}  // namespace
+
+extern const SparqKernels kSparq = {step1_kernel, weights_kernel, select_kernel, mass_kernel, step3_kernel};
+
+}  // namespace sparq::SPARQ_TIER_NS
