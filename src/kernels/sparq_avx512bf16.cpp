@@ -1,5 +1,4 @@
-// AVX-512 SparQ kernels (compiled with AVX-512 flags; only reached after
-// use_avx512()). bf16 keys meet bf16 query values in vdpbf16ps, whose
+// AVX-512 BF16 SparQ kernels (the avx512bf16 tier; compiled with its flags). bf16 keys meet bf16 query values in vdpbf16ps, whose
 // products are exact, so the results match the scalar reference up to
 // summation order (f32 keys: f32 FMAs); step 2 computes its scores with the
 // reference's exact operation order, so both select the same positions from

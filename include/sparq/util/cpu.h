@@ -50,10 +50,6 @@ const T& for_tier(CpuTier t, const T& portable, const T& avx2, const T& avx512, 
   return portable;
 }
 
-// Transitional: kernels not yet on per-tier tables.
-inline bool use_avx512() { return cpu_tier() == CpuTier::avx512bf16; }
-inline void set_avx512_enabled(bool on) { set_cpu_tier(on ? best_cpu_tier() : CpuTier::portable); }
-
 // The processor's name as the kernel reports it (/proc/cpuinfo's "model
 // name"), or "unknown".
 std::string cpu_model_name();
