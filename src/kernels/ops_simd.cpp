@@ -28,7 +28,7 @@ VF exp(VF x) {
   p = fmadd(p, mul(r, r), add(r, set1(1.0f)));
 #if SPARQ_SIMD_512
   const VF e = scale_pow2(p, n);
-#else  // 2^n for n up to 128: two factors, as scalef overflows to inf
+#else  // 2^n for n up to 128: two factors, past scale_pow2's range
   const VF half = round_nearest(mul(n, set1(0.5f)));
   const VF e = scale_pow2(scale_pow2(p, half), sub(n, half));
 #endif

@@ -31,30 +31,6 @@ inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), 
 
 // ---- lane helpers simd.h lacks ----
 
-// 2^x for x <= 0, as simd.h's exp2 (the same polynomial). On AVX2, 2^n is one
-// factor 2^(n + 26), which keeps p 2^(n + 26) normal (p >= 0.7) for every
-// n >= -151, and the product is scaled by 2^-26 after: exact for normal
-// results and one rounding for subnormal ones, so it equals avx512's scalef
-// bit for bit, in 5 fewer integer ops than simd.h's two factors (step 1
-// spends ~40% of its instructions in exp2).
-inline VF exp2_nonpos(VF x) {
-#if SPARQ_SIMD_512
-  return exp2(x);
-#else
-  x = max(x, set1(-151.0f));
-  const VF n = round_nearest(x);
-  const VF f = sub(x, n);
-  VF p = set1(1.3264725854e-3f);
-  p = fmadd(p, f, set1(9.6715128291e-3f));
-  p = fmadd(p, f, set1(5.5507337476e-2f));
-  p = fmadd(p, f, set1(2.4022242081e-1f));
-  p = fmadd(p, f, set1(6.9314697760e-1f));
-  p = fmadd(p, f, set1(1.0f));
-  const VF scale = as_float(_mm256_slli_epi32(add_i(to_int(n), set1_i(127 + 26)), 23));
-  return mul(mul(p, scale), set1(0x1p-26f));
-#endif
-}
-
 // Bit i set for lanes i < n (n clamped to [0, kLanes]).
 inline unsigned first_bits(int n) { return n >= kLanes ? (1u << kLanes) - 1u : n <= 0 ? 0u : (1u << n) - 1u; }
 
@@ -205,7 +181,7 @@ float block_exp(float* x, int n, VF vm) {
   VF vs = zero();
   for (int i = 0; i < B; i += kLanes) {
     VF y = zero();
-    if (Full || i < n) y = exp2_nonpos(sub(load(x + i), vm));
+    if (Full || i < n) y = exp2(sub(load(x + i), vm));
     if (!Full) y = select(first_mask(n - i), y, zero());
     store(x + i, y);
     vs = add(vs, y);
@@ -219,7 +195,7 @@ float block_exp(float* x, int n, VF vm) {
 // prefetch, a share per group (null: none).
 template <class T, int NH, int U>
 void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, float* e, float* mx, float* sum) {
-  constexpr int W = 2 * kLanes, kGroup = W * U, kGroups = B / kGroup;
+  constexpr int W = 2 * kLanes, kGroup = W * U;
   static_assert(B % kGroup == 0);
   constexpr int kGroupBytes = kGroup * int(sizeof(T));
   const T* blk = static_cast<const T*>(a.k_t) + size_t(b) * a.d * B;
@@ -327,7 +303,7 @@ void weights_kernel(const float* mx, const float* sum, int n_h, int nb, float* w
     const VF top = set1(reduce_max(vmax));
     VF vz = zero();
     for (int b = 0; b < nb; b += kLanes) {
-      const VF x = select(first_mask(nb - b), exp2_nonpos(sub(load_first(m + b, nb - b), top)), zero());
+      const VF x = select(first_mask(nb - b), exp2(sub(load_first(m + b, nb - b), top)), zero());
       store_first(wh + b, x, nb - b);
       vz = fmadd(x, load_first(sh + b, nb - b), vz);
     }
@@ -587,7 +563,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
       if (c == 0 && g == 0) m = top();
       if (mask_bits(lt(m, s)) & valid_bits) [[unlikely]] {
         // A score passed the reference: move it up and rescale what was summed.
-        const VF m2 = max(m, top()), f = exp2_nonpos(sub(m, m2));
+        const VF m2 = max(m, top()), f = exp2(sub(m, m2));
         alignas(64) float fh[kLanes];
         store(fh, f);
         for (int h = 0; h < G; ++h)
@@ -596,7 +572,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
         l = mul(l, f);
         m = m2;
       }
-      const VF p = select(valid, exp2_nonpos(sub(s, m)), zero());
+      const VF p = select(valid, exp2(sub(s, m)), zero());
       store(w + kLanes * g, p);
       l = add(l, p);
     }

@@ -158,15 +158,11 @@ inline VI select_i(Mask m, VI yes, VI no) { return _mm256_castps_si256(select(m,
 inline Mask gt_i(VI a, VI b) { return as_float(_mm256_cmpgt_epi32(a, b)); }
 inline VF to_float(VI a) { return _mm256_cvtepi32_ps(a); }
 inline VI to_int(VF a) { return _mm256_cvtps_epi32(a); }
-// p * 2^n for integral n in [-151, 127]: two normal factors when 2^n itself
-// would be subnormal (the product then rounds twice, at most 1 ulp of a
-// subnormal apart from one rounding).
+// p * 2^n for integral n in [-152, 101] and p * 2^-26 normal: p * 2^-26 is
+// exact, and one product by the normal 2^(n + 26) rounds once, as scalef.
 inline VF scale_pow2(VF p, VF n) {
-  const VI ni = to_int(n);
-  const VI n1 = _mm256_max_epi32(ni, set1_i(-126)), n2 = _mm256_sub_epi32(ni, n1);
-  const VF f1 = as_float(_mm256_slli_epi32(add_i(n1, set1_i(127)), 23));
-  const VF f2 = as_float(_mm256_slli_epi32(add_i(_mm256_max_epi32(n2, set1_i(-126)), set1_i(127)), 23));
-  return mul(mul(p, f1), f2);
+  const VF f = as_float(_mm256_slli_epi32(add_i(to_int(n), set1_i(127 + 26)), 23));
+  return mul(mul(p, set1(0x1p-26f)), f);
 }
 inline VI bf16_bits(VF v) {
   const VI u = as_int(v);
