@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "sparq/kernels/avx512bf16_lanes.h"
 #include "sparq/kernels/matvec.h"
@@ -35,8 +36,6 @@ void tile(const uint16_t* w, int steps, const uint16_t* x, size_t ldx, float* y,
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j)
       acc[r][j] = acc_in ? _mm512_maskz_loadu_ps(mask[j], y + r * ldy + 16 * j) : _mm512_setzero_ps();
-  const auto* xw = reinterpret_cast<const int32_t*>(x);  // pairs of bf16
-  const size_t ldp = ldx / 2;
   for (int p = 0; p < steps; ++p) {
     const uint16_t* ws = w + size_t(p) * kStep;
     const char* ahead = reinterpret_cast<const char*>(ws + kAhead * kStep);
@@ -47,7 +46,9 @@ void tile(const uint16_t* w, int steps, const uint16_t* x, size_t ldx, float* y,
     for (int j = 0; j < 4; ++j) wv[j] = __m512bh(_mm512_loadu_si512(ws + 32 * j));
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh xb = __m512bh(_mm512_set1_epi32(xw[r * ldp + p]));
+      int32_t pair;  // two bf16 of x; rows need no alignment
+      std::memcpy(&pair, x + r * ldx + 2 * size_t(p), sizeof pair);
+      const __m512bh xb = __m512bh(_mm512_set1_epi32(pair));
       #pragma GCC unroll 8
       for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv[j], xb);
     }
