@@ -27,7 +27,7 @@ namespace avx512 {
 extern const SparqKernels kSparq;
 }  // namespace avx512
 namespace avx512bf16 {
-extern const SparqKernels kSparq = {sparq_step1, sparq_weights, sparq_select, sparq_mass, sparq_step3};
+extern const SparqKernels kSparq;
 }  // namespace avx512bf16
 
 const SparqKernels& sparq_kernels(CpuTier t) {

@@ -1,5 +1,5 @@
-// SparQ kernels for the avx2 and avx512 tiers, written once over
-// kernels/simd.h's lanes with the algorithms of sparq_avx512bf16.cpp:
+// SparQ kernels for the avx2, avx512 and avx512bf16 tiers, written once over
+// kernels/simd.h's lanes:
 // step 1 over the transposed keys with every loaded run feeding the group's
 // heads, step 2 by a sampled threshold and branch-free compress partitions,
 // step 3 with one dot-product transpose per kLanes (row, head) pairs and a
@@ -532,6 +532,16 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   std::fill(ac, ac + size_t(G) * wd, 0.0f);
   for (int i = 0; i < std::min(n, kRowsAhead); ++i)
     prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+#if defined(__AVX512BF16__)
+  // bf16 keys at the avx512bf16 tier: vdpbf16ps multiplies 32 of them at a
+  // time by the query's bf16 pairs (q comes bf16-rounded: exact, as are the
+  // products), half the instructions of widening them for FMAs.
+  constexpr int kPairs = std::is_same_v<T, uint16_t> && NV % 2 == 0 ? NV / 2 : 0;
+  __m512bh qb[G * std::max(kPairs, 1)];
+  for (int h = 0; h < G; ++h)
+    for (int j = 0; j < kPairs; ++j)
+      qb[h * kPairs + j] = _mm512_cvtne2ps_pbh(load(q + size_t(h) * d + 32 * j + 16), load(q + size_t(h) * d + 32 * j));
+#endif
   const VF vscale = set1(a.scale);
   VF m = zero(), l = zero();  // lane i: head i % G
   const T* rows[CR];
@@ -547,6 +557,15 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
         prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
       VF dot[kLanes];
       for (VF& x : dot) x = zero();
+#if defined(__AVX512BF16__)
+      if constexpr (kPairs > 0) {
+        for (int j = 0; j < kPairs; ++j)
+          for (int r = 0; r < R; ++r) {
+            const __m512bh k = __m512bh(_mm512_loadu_si512(rows[g * R + r] + 32 * j));
+            for (int h = 0; h < G; ++h) dot[r * G + h] = _mm512_dpbf16_ps(dot[r * G + h], k, qb[h * kPairs + j]);
+          }
+      } else
+#endif
       for (int v = 0; v < d; v += kLanes) {
         for (int r = 0; r < R; ++r) {
           const VF k = NV > 0 ? load_row(rows[g * R + r] + v) : load_row_first(rows[g * R + r] + v, d - v);

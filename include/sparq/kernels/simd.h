@@ -1,7 +1,8 @@
-// Lanes of f32 for the kernels written once for the avx2 and avx512 tiers.
-// Each src/kernels/*_simd.cpp is compiled twice, with the AVX2/FMA/F16C flags
-// and with the AVX-512 F/BW/VL/DQ ones; its code sits in namespace
-// sparq::SPARQ_TIER_NS (avx2 or avx512), so the two builds' inline
+// Lanes of f32 for the kernels written once for several tiers. Each
+// src/kernels/*_simd.cpp is compiled with the AVX2/FMA/F16C flags, with the
+// AVX-512 F/BW/VL/DQ ones, and, when no hand-written *_avx512bf16.cpp twin
+// exists, with the avx512bf16 tier's; its code sits in namespace
+// sparq::SPARQ_TIER_NS (avx2, avx512 or avx512bf16), so the builds' inline
 // functions never share a symbol. Include only from *_simd.cpp files.
 #pragma once
 // GCC 12.2 warns about the _mm512_undefined_* self-initialisation inside
@@ -13,7 +14,11 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && \
+    defined(__AVX512BF16__)
+#define SPARQ_TIER_NS avx512bf16
+#define SPARQ_SIMD_512 1
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define SPARQ_TIER_NS avx512
 #define SPARQ_SIMD_512 1
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)

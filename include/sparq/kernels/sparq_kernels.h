@@ -1,9 +1,9 @@
 // The kernels of one SparQ decode step for one KV head (sparq_decode.cpp
 // strings them together and splits them over threads). Each has a plain scalar
-// reference (namespace ref, src/kernels/sparq_ref.cpp), versions for the avx2
-// and avx512 tiers (src/kernels/sparq_simd.cpp) and a hand-written one for
-// avx512bf16 (src/kernels/sparq_avx512bf16.cpp), with the same signature and
-// the same results up to float rounding; sparq_kernels() picks the tier's.
+// reference (namespace ref, src/kernels/sparq_ref.cpp) and one source for the
+// avx2, avx512 and avx512bf16 tiers (src/kernels/sparq_simd.cpp), with the
+// same signature and the same results up to float rounding; sparq_kernels()
+// picks the tier's.
 //
 // Scores are kept in log2 units (log2(e) is folded into the query), so the
 // kernels exponentiate with exp2.
@@ -90,16 +90,6 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch);
 }  // namespace ref
-
-namespace avx512bf16 {
-void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum);
-void sparq_weights(const float* mx, const float* sum, int n_h, int nb, float* w);
-void sparq_select(const float* e, const float* w, int n_h, int nb, int n, int m, int* out, float* mass,
-                  uint32_t* scratch);
-void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx, int n, float* mass);
-void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
-                 float* scratch);
-}  // namespace avx512bf16
 
 // One tier's five kernels, with the signatures above.
 struct SparqKernels {
