@@ -256,7 +256,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
   }();
   float* acc = q + q_floats;
   float* sc = acc + size_t(G) * w;
-  // Scores in log2 units (log2(e) folded into the scale), for exp2_ps; m goes
+  // Scores in log2 units (log2(e) folded into the scale), for exp2; m goes
   // out in natural units, as DensePartial has it.
   const float scale = std::numbers::log2e_v<float> / std::sqrt(float(d));
   const int pairs = (d + 1) / 2;
@@ -309,7 +309,7 @@ void run(const DenseSpan& s, int h0, const DensePartial& out) {
 #pragma GCC unroll 8
       for (int h = 0; h < G; ++h) {
         float* sh = sc + h * kChunk + i;
-        const __m512 p = _mm512_maskz_mov_ps(k, exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
+        const __m512 p = _mm512_maskz_mov_ps(k, exp2(_mm512_sub_ps(_mm512_loadu_ps(sh), vm[h])));
         _mm512_storeu_ps(sh, p);
         sum[h] = _mm512_add_ps(sum[h], p);
       }

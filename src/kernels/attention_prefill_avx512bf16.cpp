@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "sparq/kernels/attention_dense.h"
+#include "sparq/kernels/prefill_tiles.h"
 #include "sparq/kernels/avx512bf16_lanes.h"
 
 namespace sparq::avx512bf16 {
@@ -39,18 +40,6 @@ constexpr int kBlock = 64;   // key and value rows per block
 // registers of queries: NV times this many accumulators, 24 of the 32.
 template <int NV>
 constexpr int kPass = 24 / NV;
-
-// Calls f(std::integral_constant<int, n>{}) for 1 <= n <= Max: a remainder
-// pass with a compile-time count.
-template <int Max, class F>
-inline void with_count(int n, F&& f) {
-  if constexpr (Max >= 1) {
-    if (n == Max)
-      f(std::integral_constant<int, Max>{});
-    else
-      with_count<Max - 1>(n, f);
-  }
-}
 
 template <int A, int B>
 inline void zero(__m512 (&a)[A][B]) {
@@ -140,13 +129,13 @@ void block_softmax(float* st, int n, int b0, bool masked, const int* last, float
   for (int v = 0; v < NV; ++v) {
     const __m512 mold = _mm512_load_ps(m + 16 * v);
     mnew[v] = _mm512_max_ps(mold, mx[v]);
-    f[v] = exp2_ps(_mm512_sub_ps(mold, mnew[v]));
+    f[v] = exp2(_mm512_sub_ps(mold, mnew[v]));
     _mm512_store_ps(m + 16 * v, mnew[v]);
   }
   for (int u = 0; u < n; ++u)
     for (int v = 0; v < NV; ++v) {
       float* s = st + u * W + 16 * v;
-      const __m512 p = _mm512_maskz_mov_ps(visible(u, v), exp2_ps(_mm512_sub_ps(_mm512_load_ps(s), mnew[v])));
+      const __m512 p = _mm512_maskz_mov_ps(visible(u, v), exp2(_mm512_sub_ps(_mm512_load_ps(s), mnew[v])));
       _mm512_store_ps(s, p);
       sum[v] = _mm512_add_ps(sum[v], p);
     }
@@ -229,7 +218,7 @@ void value_rows_paired(const uint16_t* src, int n, int d, uint32_t* vp) {
 // Query vectors [i0, i0 + n) of s, n <= 16 * NV. Unused lanes get q = 0 and
 // the tile's largest last position, and their results are dropped.
 template <bool BF16, int NV>
-void tile(const PrefillSpan& s, int i0, int n) {
+void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
   constexpr int W = 16 * NV;
   constexpr size_t E = BF16 ? 2 : 4;
   const int d = s.d, steps = BF16 ? (d + 1) / 2 : d;  // rows of qp
@@ -244,11 +233,6 @@ void tile(const PrefillSpan& s, int i0, int n) {
   auto* vp = wp + size_t(kBlock / 2) * W;             // value pairs (bf16)
   alignas(64) int last[W];
 
-  int lo = std::numeric_limits<int>::max(), hi = 0;
-  for (int i = 0; i < n; ++i) {
-    lo = std::min(lo, s.last[i0 + i]);
-    hi = std::max(hi, s.last[i0 + i]);
-  }
   for (int i = 0; i < W; ++i) {
     const float* q = i < n ? s.q[i0 + i] : nullptr;
     last[i] = i < n ? s.last[i0 + i] : hi;
@@ -262,7 +246,7 @@ void tile(const PrefillSpan& s, int i0, int n) {
   std::fill(ot, ot + size_t(d) * W, 0.0f);
   std::fill(m, m + W, -std::numeric_limits<float>::infinity());
   std::fill(l, l + W, 0.0f);
-  // Scores in log2 units, for exp2_ps.
+  // Scores in log2 units, for exp2.
   const float scale = std::numbers::log2e_v<float> / std::sqrt(float(d));
 
   const auto* K = static_cast<const uint8_t*>(s.k);
@@ -284,22 +268,12 @@ void tile(const PrefillSpan& s, int i0, int n) {
     for (int c = 0; c < d; ++c) s.out[i0 + i][c] = ot[size_t(c) * W + i] / l[i];
 }
 
-template <bool BF16>
-void tiles(const PrefillSpan& s) {
-  constexpr int most = 16 * kMaxRegs;
-  for (int i0 = 0; i0 < s.n; i0 += most) {
-    const int n = std::min(most, s.n - i0);
-    with_count<kMaxRegs>((n + 15) / 16, [&](auto nv) { tile<BF16, decltype(nv)::value>(s, i0, n); });
-  }
-}
-
 }  // namespace
 
 void prefill_attention(const PrefillSpan& s) {
-  if (s.type == DType::BF16)
-    tiles<true>(s);
-  else
-    tiles<false>(s);
+  prefill_tiles<16, kMaxRegs>(s, [&](auto bf16, auto nv, int i0, int n, int lo, int hi) {
+    tile<decltype(bf16)::value, decltype(nv)::value>(s, i0, n, lo, hi);
+  });
 }
 
 }  // namespace sparq::avx512bf16

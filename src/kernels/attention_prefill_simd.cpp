@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sparq/kernels/attention_dense.h"
+#include "sparq/kernels/prefill_tiles.h"
 #include "sparq/kernels/simd.h"
 
 namespace sparq::SPARQ_TIER_NS {
@@ -32,18 +33,6 @@ constexpr int kBlock = 64;  // key and value rows per block
 // Rows (scores) or components (values) per pass over NV registers of queries.
 template <int NV>
 constexpr int kPass = kAccRegs / NV;
-
-// Calls f(std::integral_constant<int, n>{}) for 1 <= n <= Max: a remainder
-// pass with a compile-time count.
-template <int Max, class F>
-inline void with_count(int n, F&& f) {
-  if constexpr (Max >= 1) {
-    if (n == Max)
-      f(std::integral_constant<int, Max>{});
-    else
-      with_count<Max - 1>(n, f);
-  }
-}
 
 inline VF load_a(const float* p) {  // 64-byte aligned
 #if SPARQ_SIMD_512
@@ -186,7 +175,7 @@ void widen(const uint16_t* src, size_t n, float* dst) {
 // Query vectors [i0, i0 + n) of s, n <= kLanes * NV. Unused lanes get q = 0
 // and the tile's largest last position, and their results are dropped.
 template <bool BF16, int NV>
-void tile(const PrefillSpan& s, int i0, int n) {
+void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
   constexpr int W = kLanes * NV;
   const int d = s.d;
   thread_local std::vector<float> buf;
@@ -200,11 +189,6 @@ void tile(const PrefillSpan& s, int i0, int n) {
   float* kf = last + W;  // bf16: the block's keys and values as f32
   float* vf = kf + size_t(kBlock) * d;
 
-  int lo = std::numeric_limits<int>::max(), hi = 0;
-  for (int i = 0; i < n; ++i) {
-    lo = std::min(lo, s.last[i0 + i]);
-    hi = std::max(hi, s.last[i0 + i]);
-  }
   for (int i = 0; i < W; ++i) {
     const float* q = i < n ? s.q[i0 + i] : nullptr;
     last[i] = float(i < n ? s.last[i0 + i] : hi);
@@ -238,22 +222,12 @@ void tile(const PrefillSpan& s, int i0, int n) {
     for (int c = 0; c < d; ++c) s.out[i0 + i][c] = ot[size_t(c) * W + i] / l[i];
 }
 
-template <bool BF16>
-void tiles(const PrefillSpan& s) {
-  constexpr int most = kLanes * kMaxRegs;
-  for (int i0 = 0; i0 < s.n; i0 += most) {
-    const int n = std::min(most, s.n - i0);
-    with_count<kMaxRegs>((n + kLanes - 1) / kLanes, [&](auto nv) { tile<BF16, decltype(nv)::value>(s, i0, n); });
-  }
-}
-
 }  // namespace
 
 void prefill_attention(const PrefillSpan& s) {
-  if (s.type == DType::BF16)
-    tiles<true>(s);
-  else
-    tiles<false>(s);
+  prefill_tiles<kLanes, kMaxRegs>(s, [&](auto bf16, auto nv, int i0, int n, int lo, int hi) {
+    tile<decltype(bf16)::value, decltype(nv)::value>(s, i0, n, lo, hi);
+  });
 }
 
 }  // namespace sparq::SPARQ_TIER_NS

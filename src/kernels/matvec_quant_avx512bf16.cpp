@@ -221,14 +221,10 @@ void matvec_quant(const PackedQuant& W, const QuantRows& x, float* y, size_t ldy
 }
 
 void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out) {
-  const size_t rec = quant_record_bytes(W.format), step = 2 * kMatvecBlock;
-  for (int b = b0; b < b1; ++b)
-    for (int kb = 0; kb < W.kblocks(); ++kb) {
-      const uint8_t* record = W.w + size_t(b) * W.group_bytes() + size_t(kb) * rec;
-      uint16_t* o = out + size_t(b - b0) * size_t(W.K) * kMatvecBlock + size_t(kb) * (kQuantBlock / 2) * step;
-      W.format == QuantFormat::Q8_0 ? dequantize_record<QuantFormat::Q8_0>(record, o, step)
-                                    : dequantize_record<QuantFormat::Q4_0>(record, o, step);
-    }
+  for_each_record(W, b0, b1, out, [](QuantFormat f, const uint8_t* record, uint16_t* o, size_t step) {
+    f == QuantFormat::Q8_0 ? dequantize_record<QuantFormat::Q8_0>(record, o, step)
+                           : dequantize_record<QuantFormat::Q4_0>(record, o, step);
+  });
 }
 
 }  // namespace sparq::avx512bf16

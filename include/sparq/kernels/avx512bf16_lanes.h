@@ -1,10 +1,12 @@
-// Lane masks and the bf16 loads the AVX-512 kernels share. Include only from
-// *_avx512.cpp files (compiled with the AVX-512 flags).
+// Lane masks and the bf16 loads the hand-written avx512bf16 kernels share,
+// beside simd.h's lanes (exp2 among them). Include only from
+// *_avx512bf16.cpp files (compiled with that tier's flags).
 #pragma once
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "sparq/kernels/simd.h"
 #include "sparq/util/common.h"
 
 namespace sparq::avx512bf16 {
@@ -53,24 +55,6 @@ inline void unpacked_in_order(__m512& lo, __m512& hi) {
   const __m512 x = _mm512_permutex2var_ps(lo, first, hi);
   hi = _mm512_permutex2var_ps(lo, second, hi);
   lo = x;
-}
-
-// 2^x for x <= 0 (max-subtracted scores): x = n + f with |f| <= 1/2, a
-// degree-5 polynomial fitted to 2^f for relative error with p(0) = 1, so the
-// max's weight is exactly 1 (9.2e-8; ~1.7e-7 after f32 rounding, well inside
-// what the kernels promise), and scalef for 2^n,
-// which underflows to subnormals and 0. NaN and x < -151 give 0.
-inline __m512 exp2_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-151.0f));
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.3264725854e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6715128291e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5507337476e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242081e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314697760e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
 }
 
 }  // namespace sparq::avx512bf16

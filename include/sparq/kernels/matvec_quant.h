@@ -104,4 +104,16 @@ namespace matvec {
 void dequantize_bf16(const PackedQuant& W, int b0, int b1, uint16_t* out);
 }
 
+// dequantize_bf16's walk over the records, for kernels that write a record
+// at a time: record(format, bytes, out, step_elems) writes the record's 64
+// rows x kQuantBlock values at out, in steps of 2 * 64 bf16 elements.
+template <class Record>
+void for_each_record(const PackedQuant& W, int b0, int b1, uint16_t* out, Record&& record) {
+  const size_t rec = quant_record_bytes(W.format), step = 2 * kMatvecBlock;
+  for (int b = b0; b < b1; ++b)
+    for (int kb = 0; kb < W.kblocks(); ++kb)
+      record(W.format, W.w + size_t(b) * W.group_bytes() + size_t(kb) * rec,
+             out + size_t(b - b0) * size_t(W.K) * kMatvecBlock + size_t(kb) * (kQuantBlock / 2) * step, step);
+}
+
 }  // namespace sparq
