@@ -429,7 +429,7 @@ int run_bench(BenchFlags& b) {
 // rows run on OpenMP's threads (oneDNN's products, the prompt's attention);
 // after a prompt, that spin would hold a core the decode's work team needs,
 // and when another process holds a core it keeps ours busy while the thread
-// it waits for sits in the run queue: see README's "Busy machines". Unless
+// it waits for sits in the run queue: see docs/benchmarks.md's "Busy machines". Unless
 // the user chose a policy, start again with a short spin.
 void short_omp_spin(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;

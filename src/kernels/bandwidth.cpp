@@ -92,7 +92,7 @@ double measure_gather_bandwidth_gbs(int threads, int row_bytes, int every) {
 uint64_t read_checksum(const void* p, size_t n) {
   using Read = uint64_t (*)(const void*, size_t);
   return for_tier<Read>(cpu_tier(), ref::read_checksum, avx2::read_checksum, avx512::read_checksum,
-                        avx512::read_checksum)(p, n);
+                        avx512bf16::read_checksum)(p, n);
 }
 
 double measure_read_bandwidth_gbs(int threads) {

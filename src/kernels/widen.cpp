@@ -21,7 +21,7 @@ void widen_block(const PackedBf16& W, int b, float* out) {
 
 void widen_block(const PackedBf16& W, int b, float* out) {
   using Widen = void (*)(const PackedBf16&, int, float*);
-  for_tier<Widen>(cpu_tier(), ref::widen_block, avx2::widen_block, avx512::widen_block, avx512::widen_block)(W, b, out);
+  for_tier<Widen>(cpu_tier(), ref::widen_block, avx2::widen_block, avx512::widen_block, avx512bf16::widen_block)(W, b, out);
 }
 
 }  // namespace sparq

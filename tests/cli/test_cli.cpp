@@ -76,7 +76,7 @@ TEST_CASE("SparQ at 1/8 runs end to end and fetches what the formula says", "[cl
   for (const auto& s : j["steps"]) {
     const int64_t S = s["S"];
     INFO("S " << S);
-    // The README's rule for sparq:8: r = d/8, k = max(S/16, 128), bf16 elements.
+    // docs/evaluation.md's rule for sparq:8: r = d/8, k = max(S/16, 128), bf16 elements.
     const int64_t rr = d / 8, k = std::max<int64_t>(S / 16, 128);
     const double ratio = double(S * rr + 2 * k * d) / double(2 * S * d);
     CHECK(s["dense_kv_bytes"].get<int64_t>() == layers * kv_heads * 2 * S * d * 2);

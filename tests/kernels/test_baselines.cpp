@@ -89,7 +89,7 @@ TEST_CASE("baseline settings parse, describe themselves and reject bad items", "
 }
 
 TEST_CASE("the budget split moves bytes between r and k and keeps the total", "[attention][settings]") {
-  // The defaults are the rules of the README and of ../shared/eval/README.md's reference.
+  // The defaults are the rules of docs/evaluation.md and of ../shared/eval/README.md's reference.
   CHECK((SparqSettings{}.split == 50 && SparqSettings{}.group == GroupRule::prob));
   SparqSettings s;
   s.ratio = 8;

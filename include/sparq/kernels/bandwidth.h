@@ -28,7 +28,10 @@ uint64_t read_checksum(const void* p, size_t n);
 namespace avx2 {
 uint64_t read_checksum(const void* p, size_t n);
 }
-namespace avx512 {  // also the avx512bf16 tier's
+namespace avx512 {
+uint64_t read_checksum(const void* p, size_t n);
+}
+namespace avx512bf16 {
 uint64_t read_checksum(const void* p, size_t n);
 }
 

@@ -15,7 +15,10 @@ void widen_block(const PackedBf16& W, int b, float* out);
 namespace avx2 {
 void widen_block(const PackedBf16& W, int b, float* out);
 }
-namespace avx512 {  // also the avx512bf16 tier's (which rarely needs it: oneDNN multiplies bf16 there)
+namespace avx512 {
+void widen_block(const PackedBf16& W, int b, float* out);
+}
+namespace avx512bf16 {  // rarely needed there: oneDNN multiplies bf16
 void widen_block(const PackedBf16& W, int b, float* out);
 }
 
