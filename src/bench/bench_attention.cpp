@@ -37,7 +37,6 @@ void check(const AttentionBenchOptions& o) {
   positive(o.head_dims, "head sizes");
   positive(o.groups, "group sizes");
   if (o.n_kv_heads < 1) fail("attention bench: KV heads must be >= 1, got {}", o.n_kv_heads);
-  if (o.kv_type != DType::F32 && o.kv_type != DType::BF16) fail("attention bench: KV type must be f32 or bf16");
   if (o.settings.empty()) fail("attention bench: no attention settings given");
   if (o.threads < 0) fail("attention bench: threads must be >= 0, got {}", o.threads);
   if (o.reps < 1) fail("attention bench: reps must be >= 1, got {}", o.reps);
@@ -55,7 +54,7 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
 
 // Bytes the plain read below takes from each k_t or v_rows array of S
 // positions: whole 256-byte steps, its loop's unit.
-size_t read_array_bytes(int S, int d, DType t) { return size_t(S) * d * dtype_size(t) / 256 * 256; }
+size_t read_array_bytes(int S, int d, KVType t) { return size_t(S) * d * kv_type_size(t) / 256 * 256; }
 
 // A plain streaming read of the bytes dense attention reads (every layer's
 // k_t and v_rows, S positions), over the same threads; returns a checksum so
@@ -86,10 +85,10 @@ void print_rows(std::FILE* out, const AttentionBenchOptions& o, double bw, const
   const char* note = "random data (keys with per-channel scales, heavy-tailed queries), batch 1";
   BenchTable t;
   t.meta = {{"kernel", "attention"}, {"data", note},       {"bandwidth_gbs", bw},         {"threads", threads},
-            {"kv_type", dtype_name(o.kv_type)}, {"kv_heads", o.n_kv_heads}, {"reps", o.reps}};
+            {"kv_type", kv_type_name(o.kv_type)}, {"kv_heads", o.n_kv_heads}, {"reps", o.reps}};
   t.notes = {fmt::format("attention bench: one decode step, {}", note),
              fmt::format("{} thread(s), {} KV heads, {} cache, {} rep(s); measured read bandwidth {:.1f} GB/s", threads,
-                         o.n_kv_heads, dtype_name(o.kv_type), o.reps, bw),
+                         o.n_kv_heads, kv_type_name(o.kv_type), o.reps, bw),
              "time per step = one layer's attention (mean ± sd over reps, the settings taking turns in each); KV = bytes read per step",
              "read = a plain streaming read of dense's bytes, timed in the same reps; % of read = GB/s against it"};
   if (!gathers.empty()) {
@@ -139,7 +138,7 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
   Gathers gathers;  // measured along with the bandwidth, not when it is given
   if (o.bandwidth_gbs <= 0)
     for (int d : o.head_dims) {
-      const int bytes = (d * int(dtype_size(o.kv_type)) + 63) / 64 * 64;
+      const int bytes = (d * int(kv_type_size(o.kv_type)) + 63) / 64 * 64;
       if (std::none_of(gathers.begin(), gathers.end(), [&](const auto& g) { return g.first == bytes; }))
         gathers.emplace_back(bytes, measure_gather_bandwidth_gbs(threads, bytes, 16));
     }

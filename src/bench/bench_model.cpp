@@ -47,8 +47,6 @@ void check(const ModelBenchOptions& o) {
   if (max_of(o.prompt_lens) == 0 && max_of(o.gen_lens) == 0) fail("model bench: -p and -n are all 0: nothing to time");
   if (o.settings.empty()) fail("model bench: no attention settings given");
   if (o.kv_types.empty()) fail("model bench: no KV types given");
-  for (DType t : o.kv_types)
-    if (t != DType::F32 && t != DType::BF16) fail("model bench: KV type must be f32 or bf16");
   if (o.reps < 1) fail("model bench: repetitions must be >= 1, got {}", o.reps);
   if (o.batch < 1) fail("model bench: batch size must be >= 1, got {}", o.batch);
   if (o.bandwidth_gbs < 0) fail("model bench: bandwidth must be >= 0, got {}", o.bandwidth_gbs);
@@ -59,7 +57,7 @@ void check(const ModelBenchOptions& o) {
 // caches of the run must fit in the memory available: refused in one line
 // otherwise, before anything is allocated.
 void check_shape_fits(const std::string& shape, const ModelConfig& c, WeightFormat wt, int ctx, int B,
-                      const std::vector<DType>& kv_types) {
+                      const std::vector<KVType>& kv_types) {
   const double H = c.hidden_size, Q = double(c.n_heads) * c.head_dim, KV = double(c.n_kv_heads) * c.head_dim;
   const double I = c.intermediate_size, V = c.vocab_size;
   const double layer = H * (Q + 2 * KV) + Q * H + 3 * I * H;
@@ -68,7 +66,7 @@ void check_shape_fits(const std::string& shape, const ModelConfig& c, WeightForm
   // and the two stacked (bf16).
   const double staging = std::max(V * H, 4 * I * H) * 2;
   size_t kv = 0;
-  for (DType t : kv_types)
+  for (KVType t : kv_types)
     kv = std::max(kv, KVCache::bytes_needed(KVShape{c.n_layers, c.n_kv_heads, c.head_dim, ctx, t}));
   const double probe = 1073741824.0;  // the bandwidth probe's buffer
   const double need = params * weight_format_bytes(wt) + staging + double(kv) * B + probe;
@@ -140,7 +138,7 @@ void run_decode(Model& m, Sequences& s, int B, int first, int p0, int n, const A
 
 // Shared by the pp and tg rows of the current (kv type, depth, threads, B).
 struct TestPoint {
-  DType kv;
+  KVType kv;
   int depth, threads, B;
 };
 
@@ -212,7 +210,7 @@ struct Bench {
         c.st = st;
         if (o.progress)
           fmt::print(o.progress, "bench: rep {}/{} {} {} t={} B={} {} {}: {:.1f} t/s\n", rep, o.reps, name(c), c.attention,
-                     c.p.threads, c.p.B, weights, dtype_name(c.p.kv), c.tps.back());
+                     c.p.threads, c.p.B, weights, kv_type_name(c.p.kv), c.tps.back());
       }
       if (rep == 0) continue;
       for (auto& [t, r] : reads) {  // the probe's 1 GiB is not the run's: the peak before it is kept
@@ -246,7 +244,7 @@ struct Bench {
                           {"threads", p.threads},
                           {"parallel", p.B},
                           {"weights", weights},
-                          {"kv_type", dtype_name(p.kv)},
+                          {"kv_type", kv_type_name(p.kv)},
                           {"tps_mean", t.mean},
                           {"tps_sd", t.sd},
                           {"samples_tps", c.tps},
@@ -344,7 +342,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
     }
 
     Bench bench{o, *model, ids, bw, table, weight_format_name(wf)};
-    for (DType kv : o.kv_types)
+    for (KVType kv : o.kv_types)
       for (int d : o.depths) {
         malloc_trim(0);
         Sequences s;
@@ -353,7 +351,7 @@ int run_model_bench(const ModelBenchOptions& o, std::FILE* out) {
         s.logits.resize(size_t(max_B) * c.vocab_size);
         most_bytes = std::max(most_bytes, model->memory_bytes() + size_t(max_B) * KVCache::bytes_needed(shape));
         if (d > 0) {
-          if (o.progress) fmt::print(o.progress, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, dtype_name(kv));
+          if (o.progress) fmt::print(o.progress, "bench: filling {} cache(s) to depth {} ({})\n", max_B, d, kv_type_name(kv));
           omp_set_num_threads(most_threads);
           if (o.shape.empty()) {
             run_prompt(*model, s, max_B, ids, 0, d, o.batch, nullptr);

@@ -45,10 +45,12 @@ struct RunFlags {
   bool verbose = false, ignore_eos = false, no_bos = false, fixed_threads = false;
 };
 
-DType parse_type(const std::string& s, const char* flag) {
-  if (s == "f32") return DType::F32;
-  if (s == "bf16") return DType::BF16;
-  fail("{} must be f32 or bf16, got '{}'", flag, s);
+KVType parse_kv(const std::string& s, const char* flag) {
+  try {
+    return parse_kv_type(s);
+  } catch (const Error& e) {
+    fail("{}: {}", flag, e.what());
+  }
 }
 
 WeightFormat parse_format(const std::string& s) {
@@ -242,7 +244,7 @@ int run(RunFlags& o) {
   omp_set_num_threads(threads);
 
   GenerateOptions g;
-  g.kv_type = parse_type(o.kv_type, "--kv-type");
+  g.kv_type = parse_kv(o.kv_type, "--kv-type");
   g.attention = attention_settings(o);
   g.sampling = o.sampling;
   g.sampling.seed = o.seed >= 0 ? uint64_t(o.seed) : std::random_device{}();
@@ -385,7 +387,7 @@ int run_model_bench_flags(BenchFlags& b) {
   m.weight_formats.clear();
   for (const std::string& f : b.dtypes) m.weight_formats.push_back(parse_format(f));
   m.kv_types.clear();
-  for (const std::string& t : b.kv_types) m.kv_types.push_back(parse_type(t, "--kv-type"));
+  for (const std::string& t : b.kv_types) m.kv_types.push_back(parse_kv(t, "--kv-type"));
   m.settings = split_settings(b.settings);
   m.threads = b.threads;
   if (b.reps > 0) m.reps = b.reps;
@@ -414,7 +416,7 @@ int run_bench(BenchFlags& b) {
   }
   if (b.kernel != "attention") fail("--kernel must be model, attention or matmul, got '{}'", b.kernel);
   b.attn.format = b.format;
-  b.attn.kv_type = parse_type(b.kv_types[0], "--kv-type");
+  b.attn.kv_type = parse_kv(b.kv_types[0], "--kv-type");
   b.attn.settings = split_settings(b.settings);
   b.attn.threads = threads;
   b.attn.bandwidth_gbs = b.bandwidth_gbs;

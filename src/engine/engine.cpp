@@ -47,11 +47,11 @@ bool wants_logits(const Job& j, int index) {
 
 }  // namespace
 
-uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type) {
+uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, KVType kv_type) {
   return uint64_t(c.n_layers) * c.n_kv_heads * dense_step_bytes(S, c.head_dim, kv_type);
 }
 
-uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type, bool first_step) {
+uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, KVType kv_type, bool first_step) {
   const uint64_t method = decode_step_bytes(a, S, c.head_dim, kv_type, first_step);
   const uint64_t dense = dense_step_bytes(S, c.head_dim, kv_type);
   uint64_t sum = 0;
@@ -59,7 +59,7 @@ uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, 
   return uint64_t(c.n_kv_heads) * sum;
 }
 
-Engine::Engine(Model& model, int parallel, int ctx, DType kv_type) : model_(model), ctx_(ctx) {
+Engine::Engine(Model& model, int parallel, int ctx, KVType kv_type) : model_(model), ctx_(ctx) {
   if (parallel < 1) fail("--parallel must be >= 1, got {}", parallel);
   if (ctx < 2) fail("context size must be at least 2, got {}", ctx);
   check_kv_fits(model.kv_shape(ctx, kv_type), parallel, available_memory());

@@ -356,7 +356,7 @@ void run_groups(const DenseSpan& s, const DensePartial& out) {
 }  // namespace
 
 void dense_partial(const DenseSpan& s, const DensePartial& out) {
-  if (s.type == DType::BF16)
+  if (s.type == KVType::BF16)
     run_groups<true>(s, out);
   else
     run_groups<false>(s, out);

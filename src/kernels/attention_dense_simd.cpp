@@ -391,7 +391,7 @@ void run(const DenseSpan& s, const DensePartial& out) {
 }  // namespace
 
 void dense_partial(const DenseSpan& s, const DensePartial& out) {
-  if (s.type == DType::BF16)
+  if (s.type == KVType::BF16)
     run<uint16_t>(s, out);
   else
     run<float>(s, out);

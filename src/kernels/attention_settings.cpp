@@ -219,10 +219,10 @@ int baseline_budget(const SparqSettings& s, int S, int d) {
   return int(std::clamp<int64_t>(elems / (2 * int64_t(d)), 1, S));
 }
 
-uint64_t dense_step_bytes(int S, int d, DType t) { return 2 * uint64_t(S) * uint64_t(d) * dtype_size(t); }
+uint64_t dense_step_bytes(int S, int d, KVType t) { return 2 * uint64_t(S) * uint64_t(d) * kv_type_size(t); }
 
-uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, DType t) {
-  const uint64_t e = dtype_size(t);
+uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, KVType t) {
+  const uint64_t e = kv_type_size(t);
   return uint64_t(S) * uint64_t(st.r) * e + 2 * uint64_t(st.k) * uint64_t(d) * e +
          (st.mean ? uint64_t(d) * sizeof(float) : 0);
 }
@@ -238,13 +238,13 @@ bool decode_step_dense(const AttentionSettings& a, int S, int d, bool first_step
   return true;
 }
 
-uint64_t decode_step_bytes(const AttentionSettings& a, int S, int d, DType t, bool first_step) {
+uint64_t decode_step_bytes(const AttentionSettings& a, int S, int d, KVType t, bool first_step) {
   if (decode_step_dense(a, S, d, first_step)) return dense_step_bytes(S, d, t);
   switch (a.method) {
     case Method::sparq: return sparq_step_bytes(resolve_sparq(a.sp, S, d), S, d, t);
     case Method::topk: return sparq_step_bytes(resolve_topk(a.sp, S, d), S, d, t);
     case Method::window:
-    case Method::h2o: return 2 * uint64_t(baseline_budget(a.sp, S, d)) * uint64_t(d) * dtype_size(t);
+    case Method::h2o: return 2 * uint64_t(baseline_budget(a.sp, S, d)) * uint64_t(d) * kv_type_size(t);
   }
   return dense_step_bytes(S, d, t);
 }

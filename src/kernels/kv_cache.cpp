@@ -13,8 +13,6 @@ void check_shape(const KVShape& s) {
   if (s.n_layers <= 0 || s.n_kv_heads <= 0 || s.head_dim <= 0 || s.capacity <= 0)
     fail("KV cache shape must be positive, got {} layers, {} KV heads, head size {}, capacity {}",
          s.n_layers, s.n_kv_heads, s.head_dim, s.capacity);
-  if (s.type != DType::F32 && s.type != DType::BF16)
-    fail("KV cache type must be f32 or bf16, got {}", dtype_name(s.type));
 }
 
 // Elements of one (layer, KV head) array: capacity rounded up to whole blocks.
@@ -26,12 +24,18 @@ size_t head_elems(const KVShape& s) {
 // Bytes of one of the three arrays (K, V, K transposed), or 0 on overflow.
 size_t array_bytes(const KVShape& s) {
   const size_t heads = size_t(s.n_layers) * size_t(s.n_kv_heads);
-  const size_t per_head = head_elems(s) * dtype_size(s.type);
+  const size_t per_head = head_elems(s) * kv_type_size(s.type);
   if (per_head > std::numeric_limits<size_t>::max() / 4 / heads) return 0;
   return heads * per_head;
 }
 
 }  // namespace
+
+KVType parse_kv_type(std::string_view name) {
+  if (name == "f32") return KVType::F32;
+  if (name == "bf16") return KVType::BF16;
+  fail("unknown KV cache type '{}' (types: f32, bf16)", name);
+}
 
 void KVCache::Deleter::operator()(uint8_t* p) const { std::free(p); }
 
@@ -44,7 +48,7 @@ size_t KVCache::bytes_needed(const KVShape& shape) {
 
 KVCache::KVCache(const KVShape& shape) : shape_(shape) {
   const size_t total = bytes_needed(shape);  // validates
-  elem_ = dtype_size(shape.type);
+  elem_ = kv_type_size(shape.type);
   head_elems_ = head_elems(shape);
   len_.assign(size_t(shape.n_layers), 0);
   const size_t a = array_bytes(shape);
@@ -135,7 +139,7 @@ void KVCache::recompute_vsum(int layer) {
     for (int p = 0; p < len_[layer]; ++p)
       for (int c = 0; c < d; ++c) {
         const size_t i = size_t(p) * d + c;
-        sum[c] += shape_.type == DType::F32 ? reinterpret_cast<const float*>(v)[i]
+        sum[c] += shape_.type == KVType::F32 ? reinterpret_cast<const float*>(v)[i]
                                             : bf16_to_f32(reinterpret_cast<const uint16_t*>(v)[i]);
       }
     for (int c = 0; c < d; ++c) sum32[c] = float(sum[c]);
@@ -163,7 +167,7 @@ void KVCache::store(int layer, int pos, const float* k, const float* v) {
     const float* vh = v + size_t(h) * d;
     double* sum = &vsum64_[(size_t(layer) * shape_.n_kv_heads + h) * d];
     float* sum32 = &vsum_[(size_t(layer) * shape_.n_kv_heads + h) * d];
-    if (shape_.type == DType::F32) {
+    if (shape_.type == KVType::F32) {
       auto* kr = reinterpret_cast<float*>(at(k_, layer, h)) + row;
       auto* vr = reinterpret_cast<float*>(at(v_, layer, h)) + row;
       auto* kt = reinterpret_cast<float*>(at(kt_, layer, h)) + tcol;

@@ -34,7 +34,7 @@ const SparqKernels& sparq_kernels(CpuTier t) {
   return for_tier(t, ref::kSparq, avx2::kSparq, avx512::kSparq, avx512bf16::kSparq);
 }
 
-void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs) {
+void sparq_select_components(const float* q, int n_h, int d, int r, KVType type, int* i1, float* qs) {
   thread_local std::vector<std::pair<double, int>> order;  // (-sum |q_c|, c): ascending = wanted
   order.resize(size_t(d));
   for (int c = 0; c < d; ++c) {
@@ -224,7 +224,7 @@ class ItemStep {
   void step3(int p) {
     const int r0 = p * kSliceRows, r1 = std::min(it_.k, r0 + kSliceRows);
     const SparqStep3Args a = step3_args();
-    const size_t row = size_t(d_) * dtype_size(a.type);
+    const size_t row = size_t(d_) * kv_type_size(a.type);
     for (int i = r0; i < r1; ++i)
       for (size_t o = 0; o < row; o += 64) {
         __builtin_prefetch(static_cast<const char*>(a.k_rows) + size_t(x_.i2[i]) * row + o, 0, 2);

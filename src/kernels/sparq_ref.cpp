@@ -11,11 +11,6 @@
 namespace sparq::ref {
 namespace {
 
-float elem(const void* base, DType t, size_t i) {
-  return t == DType::F32 ? static_cast<const float*>(base)[i]
-                         : bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-}
-
 uint32_t bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -36,7 +31,7 @@ void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, f
       float m = -std::numeric_limits<float>::infinity();
       for (int i = 0; i < valid; ++i) {
         float x = 0;
-        for (int j = 0; j < a.r; ++j) x += qh[j] * elem(a.k_t, a.type, block + size_t(a.i1[j]) * B + i);
+        for (int j = 0; j < a.r; ++j) x += qh[j] * kv_elem(a.k_t, a.type, block + size_t(a.i1[j]) * B + i);
         eh[i] = x;
         m = std::max(m, x);
       }
@@ -106,7 +101,7 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
     float m = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < n; ++i) {
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += qh[c] * elem(a.k_rows, a.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) dot += qh[c] * kv_elem(a.k_rows, a.type, size_t(idx[i]) * d + c);
       x[i] = dot * a.scale;
       m = std::max(m, x[i]);
     }
@@ -116,7 +111,7 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
     for (int i = 0; i < n; ++i) {
       const float p = std::exp2(x[i] - m);
       zh += p;
-      for (int c = 0; c < d; ++c) ah[c] += p * elem(a.v_rows, a.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) ah[c] += p * kv_elem(a.v_rows, a.type, size_t(idx[i]) * d + c);
     }
     mx[h] = m;
     z[h] = zh;

@@ -286,7 +286,7 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
 }
 
 void step1_kernel(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum) {
-  if (a.type == DType::F32)
+  if (a.type == KVType::F32)
     step1<float>(a, b0, b1, e, mx, sum);
   else
     step1<uint16_t>(a, b0, b1, e, mx, sum);
@@ -668,7 +668,7 @@ void step3_kernel(const SparqStep3Args& a, const int* idx, int n, float* mx, flo
     s.q = a.q + size_t(h0) * a.d;
     s.n_h = std::min(kMaxStep3Group, a.n_h - h0);
     float *m = mx + h0, *zh = z + h0, *ah = acc + size_t(h0) * dp;
-    if (a.type == DType::F32)
+    if (a.type == KVType::F32)
       step3_type<float>(s, idx, n, m, zh, ah, scratch);
     else
       step3_type<uint16_t>(s, idx, n, m, zh, ah, scratch);

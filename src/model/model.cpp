@@ -178,7 +178,7 @@ const Tokenizer& Model::tokenizer() const {
   return *tok_;
 }
 
-KVShape Model::kv_shape(int capacity, DType kv_type) const {
+KVShape Model::kv_shape(int capacity, KVType kv_type) const {
   return KVShape{cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, capacity, kv_type};
 }
 

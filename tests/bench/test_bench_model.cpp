@@ -82,7 +82,7 @@ TEST_CASE("model bench JSON rows: tests, depths and bytes per token", "[bench]")
     CHECK(r["weight_bytes_per_token"].get<double>() == Approx(double(model->weight_bytes()) / B));
     // Decode steps attend over d+1 .. d+4 positions.
     double dense = 0;
-    for (int S = d + 1; S <= d + 4; ++S) dense += double(step_dense_kv_bytes(c, S, DType::BF16));
+    for (int S = d + 1; S <= d + 4; ++S) dense += double(step_dense_kv_bytes(c, S, KVType::BF16));
     CHECK(r["dense_kv_bytes_per_token"].get<double>() == Approx(dense / 4));
     // SparQ with k=16 falls back to dense over at most 4 positions, not at depth 40.
     if (r["attention"] == "dense" || d == 0) CHECK(r["kv_bytes_per_token"].get<double>() == Approx(dense / 4));

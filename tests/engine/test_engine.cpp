@@ -44,7 +44,7 @@ std::vector<std::vector<int>> run_greedy(Model& m, const std::vector<std::vector
   std::vector<std::vector<int>> out(prompts.size());
   EngineHooks h;
   h.on_done = [&](size_t job, JobResult&& r) { out[job] = r.variants[0].sampled; };
-  Engine e(m, parallel, 1100, DType::BF16);
+  Engine e(m, parallel, 1100, KVType::BF16);
   e.run(jobs, h, 300);
   return out;
 }
@@ -73,7 +73,7 @@ TEST_CASE("engine: forced tokens give the step-by-step log-probabilities", "[eng
 
   // One sequence by hand: prefill, then a decode step per token.
   const AttentionSettings dense{};
-  KVCache cache(m->kv_shape(256, DType::BF16));
+  KVCache cache(m->kv_shape(256, KVType::BF16));
   std::vector<Row> rows;
   for (size_t i = 0; i + 1 < prompt.size(); ++i) rows.push_back(Row{prompt[i], int(i), &cache, nullptr, false});
   std::vector<float> logits(V);
@@ -98,7 +98,7 @@ TEST_CASE("engine: forced tokens give the step-by-step log-probabilities", "[eng
     ++calls;
     for (size_t v = 0; v < 2; ++v) got[v] += log_prob(l[v], V, ref[size_t(index)]);
   };
-  Engine e(*m, 3, 256, DType::BF16);
+  Engine e(*m, 3, 256, KVType::BF16);
   e.run({&j, 1}, h);
   CHECK(calls == int(ref.size()));
   CHECK(got[0] == Approx(want).epsilon(1e-6));
@@ -109,7 +109,7 @@ TEST_CASE("engine: jobs that cannot run are refused clearly", "[engine][errors]"
   SPARQ_REQUIRE_SHARED(model_dir());
   auto m = Model::load(model_dir(), LoadOptions{});
   const AttentionSettings dense{};
-  Engine e(*m, 1, 16, DType::BF16);
+  Engine e(*m, 1, 16, KVType::BF16);
   Job j;
   j.prefill = std::vector<int>(20, 100);
   j.n_sample = 1;
@@ -143,7 +143,7 @@ TEST_CASE("batch file: malformed lines are reported by number, the rest run", "[
   opt.setting_names = {"dense", "sparq:r=64,k=100000,nofallback"};
   for (const auto& n : opt.setting_names) opt.settings.push_back(parse_attention_setting(n));
   opt.ctx = 64;
-  opt.kv_type = DType::F32;
+  opt.kv_type = KVType::F32;
   opt.parallel = 2;
   opt.sampling.temp = 0;
   opt.out_file = out;
@@ -183,7 +183,7 @@ TEST_CASE("eval metrics: repetition characters and answer matching", "[eval]") {
 }
 
 TEST_CASE("the default context is the trained one, halved until its KV cache fits", "[engine]") {
-  const KVShape at8k{8, 1, 128, 8192, DType::BF16};  // llama-27m-bpe8k's
+  const KVShape at8k{8, 1, 128, 8192, KVType::BF16};  // llama-27m-bpe8k's
   const size_t need = KVCache::bytes_needed(at8k);
   CHECK(default_context(at8k, 0) == 8192);                  // memory unknown
   CHECK(default_context(at8k, need * 2) == 8192);           // fits with room (80% of it is the budget)

@@ -36,9 +36,9 @@ struct KV {
     for (int p = 0; p < S; ++p) c.store(layer, p, &k[size_t(p) * nkv * d], &v[size_t(p) * nkv * d]);
   }
   // The values a cache of type t holds.
-  KV as_stored(DType t) const {
+  KV as_stored(KVType t) const {
     KV r = *this;
-    if (t == DType::BF16)
+    if (t == KVType::BF16)
       for (auto* a : {&r.k, &r.v})
         for (float& x : *a) x = bf16_to_f32(f32_to_bf16(x));
     return r;
@@ -65,7 +65,7 @@ std::vector<float> random_q(int n, float scale, uint32_t seed) {
 // Softmax(q.k / sqrt(d)) . V over the first S positions, in double, with
 // keys, values and q as a cache of type t holds or meets them. abs_v, if
 // given, gets the same weighted sum of |v|.
-std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_given, int S, int n_heads, DType t,
+std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_given, int S, int n_heads, KVType t,
                               std::vector<double>* abs_v = nullptr) {
   const KV kv = kv_given.as_stored(t);
   std::vector<float> q(q_given);
@@ -115,11 +115,11 @@ struct Threads {  // sets the OpenMP thread count for one scope
 // reference (<= 0: within): tol, plus, for bf16 caches, the avx512bf16 kernel's
 // bf16 weights (each within 2^-8 relative, so an output within 2^-8 of the
 // weighted sum of |v|). A non-finite output exceeds it.
-double prefill_excess(const float* out, const std::vector<double>& want, const std::vector<double>& abs_v, DType t,
+double prefill_excess(const float* out, const std::vector<double>& want, const std::vector<double>& abs_v, KVType t,
                       double tol) {
   double worst = 0;
   for (size_t j = 0; j < want.size(); ++j) {
-    const double bound = tol + (t == DType::BF16 ? std::ldexp(abs_v[j], -8) : 0.0);
+    const double bound = tol + (t == KVType::BF16 ? std::ldexp(abs_v[j], -8) : 0.0);
     worst = std::max(worst, std::abs(double(out[j]) - want[j]) - bound);
     if (!std::isfinite(out[j])) worst = 1;
   }
@@ -131,7 +131,7 @@ double prefill_excess(const float* out, const std::vector<double>& want, const s
 void check_prefill(const KVCache& c, const KV& kv, int p0, int T, int n_heads, const std::vector<float>& q,
                    double tol) {
   const int d = c.shape().head_dim;
-  const DType t = c.shape().type;
+  const KVType t = c.shape().type;
   std::vector<float> out(q.size());
   attention_prefill(c, 0, p0, T, n_heads, q.data(), size_t(n_heads) * d, out.data());
   std::vector<double> abs_v;
@@ -159,10 +159,10 @@ TEST_CASE("dense decode matches a double reference on all shapes", "[attention]"
   const int nkv = 2, maxS = 4100;
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (DType t : {DType::F32, DType::BF16})
+    for (KVType t : {KVType::F32, KVType::BF16})
       for (int d : {8, 33, 64, 128})
         for (int group : {1, 4}) {
-          CAPTURE(cpu_tier_name(tier), dtype_name(t), d, group);
+          CAPTURE(cpu_tier_name(tier), kv_type_name(t), d, group);
           const int nh = nkv * group;
           const KV kv = random_kv(maxS, nkv, d, 1.0f, uint32_t(d * 10 + group));
           KVCache c(KVShape{1, nkv, d, maxS, t});
@@ -191,10 +191,10 @@ TEST_CASE("dense decode handles groups that take several kernel passes", "[atten
     for (int group : {2, 3, 8, 12}) {
       CAPTURE(cpu_tier_name(tier), group);
       const KV kv = random_kv(S, nkv, d, 1.0f, uint32_t(group));
-      KVCache c(KVShape{1, nkv, d, S, DType::BF16});
+      KVCache c(KVShape{1, nkv, d, S, KVType::BF16});
       kv.fill(c);
       const std::vector<float> q = random_q(nkv * group * d, 1.5f, 2);
-      CHECK(max_abs_diff(decode(c, S, nkv * group, q), reference(q, kv, S, nkv * group, DType::BF16)) < 2e-5);
+      CHECK(max_abs_diff(decode(c, S, nkv * group, q), reference(q, kv, S, nkv * group, KVType::BF16)) < 2e-5);
     }
   }
 }
@@ -223,8 +223,8 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
     std::vector<float> q(static_cast<const float*>(Q->data), static_cast<const float*>(Q->data) + size_t(nh) * d);
     for (CpuTier tier : kernel_tiers()) {
       const test::TierScope scope(tier);
-      for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(input, cpu_tier_name(tier), dtype_name(t));
+      for (KVType t : {KVType::F32, KVType::BF16}) {
+        CAPTURE(input, cpu_tier_name(tier), kv_type_name(t));
         KVCache c(KVShape{1, nkv, d, S, t});
         const auto* k = static_cast<const float*>(K->data);
         const auto* v = static_cast<const float*>(V->data);
@@ -233,7 +233,7 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
         double diff = 0;
         for (size_t i = 0; i < out.size(); ++i) diff = std::max(diff, std::abs(double(out[i]) - want[i]));
         // Tolerances of golden/sparq/cases.json: f32 1e-4, bf16 cache 2e-2.
-        CHECK(diff <= (t == DType::F32 ? 1e-4 : 2e-2));
+        CHECK(diff <= (t == KVType::F32 ? 1e-4 : 2e-2));
       }
     }
     ++cases;
@@ -244,9 +244,9 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
 TEST_CASE("dense decode split over threads equals the unsplit result", "[attention]") {
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (DType t : {DType::F32, DType::BF16})
+    for (KVType t : {KVType::F32, KVType::BF16})
       for (int S : {2048, 3001, 5000}) {
-        CAPTURE(cpu_tier_name(tier), dtype_name(t), S);
+        CAPTURE(cpu_tier_name(tier), kv_type_name(t), S);
         const int d = 64, group = 4;
         const KV kv = random_kv(S, 1, d, 1.0f, 3);
         KVCache c(KVShape{1, 1, d, S, t});
@@ -302,8 +302,8 @@ TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
       for (int c = 0; c < d; ++c) q[size_t(h) * d + c] = cs.qscale * (h == 0 ? (c % 2 ? 1.f : -1.f) : nd(rng));
     for (CpuTier tier : kernel_tiers()) {
       const test::TierScope scope(tier);
-      for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(cs.what, cpu_tier_name(tier), dtype_name(t));
+      for (KVType t : {KVType::F32, KVType::BF16}) {
+        CAPTURE(cs.what, cpu_tier_name(tier), kv_type_name(t));
         KVCache c(KVShape{1, nkv, d, S, t});
         kv.fill(c);
         const std::vector<float> out = decode(c, S, group, q);
@@ -331,8 +331,8 @@ TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
     for (const Shape& sh : shapes)
-      for (DType t : {DType::F32, DType::BF16}) {
-        CAPTURE(cpu_tier_name(tier), dtype_name(t), sh.d, sh.group, sh.p0, sh.T);
+      for (KVType t : {KVType::F32, KVType::BF16}) {
+        CAPTURE(cpu_tier_name(tier), kv_type_name(t), sh.d, sh.group, sh.p0, sh.T);
         const int S = sh.p0 + sh.T, nh = nkv * sh.group;
         const KV kv = random_kv(S, nkv, sh.d, 1.0f, uint32_t(sh.d + sh.T));
         KVCache c(KVShape{1, nkv, sh.d, S, t});
@@ -354,8 +354,8 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
   const std::vector<float> q = random_q(n * d, 1.5f, 6);
   const KV kv = random_kv(S, 1, d, 1.0f, 7);
   for (CpuTier tier : kernel_tiers())
-    for (DType t : {DType::F32, DType::BF16}) {
-      CAPTURE(cpu_tier_name(tier), dtype_name(t));
+    for (KVType t : {KVType::F32, KVType::BF16}) {
+      CAPTURE(cpu_tier_name(tier), kv_type_name(t));
       KVCache c(KVShape{1, 1, d, S, t});
       kv.fill(c);
       std::vector<float> out(q.size());
@@ -381,8 +381,8 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
   const int d = 64, nkv = 2, group = 4, nh = nkv * group, p0 = 300, T = 45;
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (DType t : {DType::F32, DType::BF16}) {
-      CAPTURE(cpu_tier_name(tier), dtype_name(t));
+    for (KVType t : {KVType::F32, KVType::BF16}) {
+      CAPTURE(cpu_tier_name(tier), kv_type_name(t));
       const KV kv = random_kv(p0 + T, nkv, d, 1.0f, 11);
       KVCache c(KVShape{2, nkv, d, p0 + T, t});
       kv.fill(c, 1);
@@ -397,7 +397,7 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
       CHECK(out == packed);
       // f32 weights (f32 caches, and every tier but avx512bf16's bf16 weights)
       // give decode's results.
-      if (t == DType::F32 || tier != CpuTier::avx512bf16)
+      if (t == KVType::F32 || tier != CpuTier::avx512bf16)
         for (int i = 0; i < T; ++i) {
           const std::vector<float> qi(q.begin() + i * nh * d, q.begin() + (i + 1) * nh * d);
           std::vector<float> want(qi.size());
@@ -415,7 +415,7 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
 }
 
 TEST_CASE("attention rejects bad queries with a clear error", "[attention]") {
-  KVCache c(KVShape{2, 2, 16, 64, DType::F32});
+  KVCache c(KVShape{2, 2, 16, 64, KVType::F32});
   const KV kv = random_kv(10, 2, 16, 1.0f, 1);
   kv.fill(c);
   std::vector<float> q(4 * 16), out(q.size());
@@ -474,13 +474,13 @@ TEST_CASE("resolve_sparq applies the ratio rule, caps and the dense fallback", "
   st = resolve_sparq(half, 8000, 128);  // k explicit, r from the ratio
   CHECK((st.r == 32 && st.k == 50 && st.l == 12));
 
-  CHECK(dense_step_bytes(1000, 64, DType::BF16) == 2 * 1000 * 64 * 2);
-  CHECK(dense_step_bytes(1000, 64, DType::F32) == 2 * 1000 * 64 * 4);
+  CHECK(dense_step_bytes(1000, 64, KVType::BF16) == 2 * 1000 * 64 * 2);
+  CHECK(dense_step_bytes(1000, 64, KVType::F32) == 2 * 1000 * 64 * 4);
   const SparqStep p{.dense = false, .r = 8, .k = 256, .l = 64, .mean = false};
-  CHECK(sparq_step_bytes(p, 4096, 64, DType::BF16) == 4096 * 8 * 2 + 2 * 256 * 64 * 2);
+  CHECK(sparq_step_bytes(p, 4096, 64, KVType::BF16) == 4096 * 8 * 2 + 2 * 256 * 64 * 2);
   SparqStep pm = p;
   pm.mean = true;
-  CHECK(sparq_step_bytes(pm, 4096, 64, DType::F32) == 4096 * 8 * 4 + 2 * 256 * 64 * 4 + 64 * 4);
+  CHECK(sparq_step_bytes(pm, 4096, 64, KVType::F32) == 4096 * 8 * 4 + 2 * 256 * 64 * 4 + 64 * 4);
 }
 
 TEST_CASE("SparQ settings are validated", "[attention][settings]") {
@@ -542,14 +542,14 @@ TEST_CASE("attention settings parse and describe themselves", "[attention][setti
 
 TEST_CASE("decode counters count calls, bytes and dense fallbacks", "[attention][settings]") {
   const int d = 32, nkv = 2, nh = 4;
-  KVCache c(KVShape{1, nkv, d, 200, DType::BF16});
+  KVCache c(KVShape{1, nkv, d, 200, KVType::BF16});
   random_kv(100, nkv, d, 1.0f, 5).fill(c);
   const std::vector<float> q = random_q(nh * d, 1.0f, 6);
   std::vector<float> o1(q.size()), o2(q.size());
   const DecodeQuery batch[2] = {{&c, 100, q.data(), o1.data()}, {&c, 60, q.data(), o2.data()}};
   AttnCounters dense, fallback;
   attention_decode(batch, 0, nh, kDense, &dense);
-  const uint64_t bytes = nkv * (dense_step_bytes(100, d, DType::BF16) + dense_step_bytes(60, d, DType::BF16));
+  const uint64_t bytes = nkv * (dense_step_bytes(100, d, KVType::BF16) + dense_step_bytes(60, d, KVType::BF16));
   CHECK((dense.calls == 2 && dense.kv_bytes == bytes && dense.dense_bytes == bytes && dense.dense_fallbacks == 0));
   CHECK(dense.seconds > 0);
   // S below the k floor: SparQ would read as much as dense, so dense runs.
@@ -590,17 +590,17 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
   const auto& read = j["rows"][2];  // the plain read of dense's bytes, timed alongside
   CHECK(read["setting"] == "read");
   // each of the 2 KV heads' k_t and v_rows, read in 256-byte steps
-  CHECK(read["kv_bytes"] == double(2 * 2 * (dense_step_bytes(300, 16, DType::BF16) / 2 / 256 * 256)));
+  CHECK(read["kv_bytes"] == double(2 * 2 * (dense_step_bytes(300, 16, KVType::BF16) / 2 / 256 * 256)));
   CHECK(read["pct_read"] == 100.0);
   CHECK(read["speedup_vs_dense"].get<double>() == Approx(dense["ms_mean"].get<double>() / read["ms_mean"].get<double>()));
   CHECK(sparse["pct_read"].get<double>() == Approx(100 * sparse["gbs"].get<double>() / read["gbs"].get<double>()));
   CHECK(dense["setting"] == "dense");
-  CHECK(dense["kv_bytes"] == double(2 * dense_step_bytes(300, 16, DType::BF16)));
+  CHECK(dense["kv_bytes"] == double(2 * dense_step_bytes(300, 16, KVType::BF16)));
   CHECK(dense["speedup_vs_dense"] == 1.0);
-  CHECK(dense["layers"].get<int>() * 2 * dense_step_bytes(300, 16, DType::BF16) >= (size_t(1) << 20));
+  CHECK(dense["layers"].get<int>() * 2 * dense_step_bytes(300, 16, KVType::BF16) >= (size_t(1) << 20));
   const SparqStep st = resolve_sparq(parse_attention_setting("sparq:r=4,k=64").sp, 300, 16);
   REQUIRE(!st.dense);
-  CHECK(sparse["kv_bytes"] == double(2 * sparq_step_bytes(st, 300, 16, DType::BF16)));
+  CHECK(sparse["kv_bytes"] == double(2 * sparq_step_bytes(st, 300, 16, KVType::BF16)));
   CHECK(sparse["speedup_vs_dense"].get<double>() ==
         Approx(dense["ms_mean"].get<double>() / sparse["ms_mean"].get<double>()));
   CHECK(sparse["pct_bandwidth"].get<double>() == Approx(100 * sparse["gbs"].get<double>() / 50));

@@ -21,12 +21,12 @@ using sparq::test::make_cache;
 
 namespace {
 
-const DType kTypes[] = {DType::F32, DType::BF16};
+const KVType kTypes[] = {KVType::F32, KVType::BF16};
 
 // What the cache holds, as floats (bf16 caches round).
-std::vector<float> as_stored(const std::vector<float>& x, DType t) {
+std::vector<float> as_stored(const std::vector<float>& x, KVType t) {
   std::vector<float> y(x);
-  if (t == DType::BF16)
+  if (t == KVType::BF16)
     for (float& v : y) v = bf16_to_f32(f32_to_bf16(v));
   return y;
 }
@@ -110,12 +110,12 @@ TEST_CASE("baselines read sparq:N's bytes (window, h2o) or all of K (topk), coun
     const AttentionSettings sq = parse_attention_setting(fmt::format("sparq:{}", N));
     for (int S : {100, 300, 1000, 4096, 10000}) {
       INFO("N " << N << " S " << S);
-      const uint64_t sparq = decode_step_bytes(sq, S, d, DType::BF16, false);
+      const uint64_t sparq = decode_step_bytes(sq, S, d, KVType::BF16, false);
       for (const char* kind : {"window", "h2o"}) {
         const AttentionSettings b = parse_attention_setting(fmt::format("{}:{}", kind, N));
-        const uint64_t got = decode_step_bytes(b, S, d, DType::BF16, false);
+        const uint64_t got = decode_step_bytes(b, S, d, KVType::BF16, false);
         if (decode_step_dense(sq, S, d, false)) {
-          CHECK(got == dense_step_bytes(S, d, DType::BF16));
+          CHECK(got == dense_step_bytes(S, d, KVType::BF16));
         } else {
           CHECK(got <= sparq);
           CHECK(got + 2 * d * 2 > sparq);  // within one position of K and V
@@ -125,13 +125,13 @@ TEST_CASE("baselines read sparq:N's bytes (window, h2o) or all of K (topk), coun
       const AttentionSettings tk = parse_attention_setting(fmt::format("topk:{}", N));
       const SparqStep t = resolve_topk(tk.sp, S, d);
       CHECK((t.r == d && t.k == st.k && t.l == 0));
-      if (!t.dense) CHECK(decode_step_bytes(tk, S, d, DType::BF16, false) == (uint64_t(S) * d + 2ull * t.k * d) * 2);
+      if (!t.dense) CHECK(decode_step_bytes(tk, S, d, KVType::BF16, false) == (uint64_t(S) * d + 2ull * t.k * d) * 2);
     }
   }
   // h2o's first step reads every position.
   const AttentionSettings h = parse_attention_setting("h2o:8");
   CHECK(decode_step_dense(h, 10000, d, true));
-  CHECK(decode_step_bytes(h, 10000, d, DType::F32, true) == dense_step_bytes(10000, d, DType::F32));
+  CHECK(decode_step_bytes(h, 10000, d, KVType::F32, true) == dense_step_bytes(10000, d, KVType::F32));
 }
 
 TEST_CASE("window keeps the sinks and the newest positions, whatever the budget", "[attention][baselines]") {
@@ -155,7 +155,7 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
   };
   for (const CpuTier tier : test::all_tiers_here()) {
     const test::TierScope scope(tier);
-    for (const DType t : kTypes)
+    for (const KVType t : kTypes)
       for (const Shape sh : {Shape{1, 4, 128, 700}, Shape{2, 1, 64, 1100}, Shape{1, 2, 32, 40}, Shape{2, 4, 16, 2100}}) {
         const int nh = sh.n_kv * sh.group;
         const std::vector<float> k = gaussian(size_t(sh.S) * sh.n_kv * sh.d, 1.0f, rng);
@@ -165,7 +165,7 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
         const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = as_stored(q, t);
         for (const char* text : {"window:8", "window:k=1", "window:k=7,sinks=9", "topk:k=5", "topk:k=20,l=4",
                                  "topk:k=9,group=logit", "topk:4,floor=3"}) {
-          INFO(cpu_tier_name(tier) << " " << dtype_name(t) << " " << text << " S " << sh.S << " d " << sh.d
+          INFO(cpu_tier_name(tier) << " " << kv_type_name(t) << " " << text << " S " << sh.S << " d " << sh.d
                                               << " group " << sh.group);
           const AttentionSettings a = parse_attention_setting(text);
           AttnCounters n;
@@ -208,7 +208,7 @@ TEST_CASE("topk breaks ties to the lower position and follows one-hot attention"
       for (int p = 0; p < S; ++p) v[size_t(p) * d] = float(p);
       std::fill_n(&k[size_t(200) * d], d, 3.0f);  // one head's one-hot target
       std::fill_n(&k[size_t(50) * d], d, -3.0f);
-      const KVCache c = make_cache(1, d, S, DType::F32, k, v);
+      const KVCache c = make_cache(1, d, S, KVType::F32, k, v);
       std::vector<float> q(size_t(G) * d, 0.0f);
       std::fill_n(q.begin(), d, 8.0f);              // head 0 puts all its weight on 200
       std::fill_n(q.begin() + d, d, -8.0f);         // head 1 on 50
@@ -239,8 +239,8 @@ TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attenti
   for (const Case cs : {Case{"h2o:k=6,recent=50", 1, 4, 16, 4, 30, false}, Case{"h2o:k=1", 2, 1, 8, 3, 10, false},
                         Case{"h2o:k=9,recent=0", 1, 2, 32, 12, 20, false}, Case{"h2o:k=5,recent=40", 1, 4, 8, 2, 25, true},
                         Case{"h2o:k=50", 1, 4, 16, 3, 20, false}}) {
-    for (const DType t : kTypes) {
-      INFO(cs.setting << " " << dtype_name(t));
+    for (const KVType t : kTypes) {
+      INFO(cs.setting << " " << kv_type_name(t));
       const AttentionSettings a = parse_attention_setting(cs.setting);
       const int nh = cs.n_kv * cs.group, S1 = cs.S0 + cs.steps;
       std::vector<float> k = gaussian(size_t(S1) * cs.n_kv * cs.d, 1.0f, rng);
@@ -269,7 +269,7 @@ TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attenti
           CHECK(int(kept.size()) == (S == cs.S0 ? S : std::min(S, budget)));
           CHECK(kept.back() == S - 1);  // the query's own position is always read
           require_near(&out[size_t(kv) * cs.group * cs.d], want.data(), want.size(), 1e-4);
-          bytes += 2 * kept.size() * cs.d * dtype_size(t);
+          bytes += 2 * kept.size() * cs.d * kv_type_size(t);
         }
         CHECK(n.kv_bytes == bytes);
         CHECK(n.kv_bytes == uint64_t(cs.n_kv) * decode_step_bytes(a, S, cs.d, t, S == cs.S0));
@@ -300,7 +300,7 @@ TEST_CASE("h2o keeps evicted positions out and starts over when positions are dr
 }
 
 TEST_CASE("h2o needs queries over the whole cache", "[attention][baselines][errors]") {
-  const KVCache c = make_cache(1, 8, 20, DType::F32, std::vector<float>(160, 1.0f), std::vector<float>(160, 1.0f));
+  const KVCache c = make_cache(1, 8, 20, KVType::F32, std::vector<float>(160, 1.0f), std::vector<float>(160, 1.0f));
   const std::vector<float> q(8, 1.0f);
   CHECK_THROWS_WITH(decode(c, 10, q, 1, parse_attention_setting("h2o:k=4")),
                     Catch::Contains("h2o: the query must cover all 20 positions of layer 0"));
@@ -312,7 +312,7 @@ TEST_CASE("the logit group rule ranks positions by the group's summed approximat
   std::mt19937 rng(11);
   const int d = 32, G = 4, S = 1500;
   const std::vector<float> k = gaussian(size_t(S) * d, 1.0f, rng), v = gaussian(size_t(S) * d, 1.0f, rng);
-  const KVCache c = make_cache(1, d, S, DType::F32, k, v);
+  const KVCache c = make_cache(1, d, S, KVType::F32, k, v);
   for (const CpuTier tier : test::all_tiers_here()) {
     const test::TierScope scope(tier);
     for (const GroupRule rule : {GroupRule::prob, GroupRule::logit})
@@ -343,7 +343,7 @@ TEST_CASE("layer=L runs a method at one layer and dense attention at the others,
   CHECK((x.except_layer == 0 && x.describe() == "sparq 1/8 except=0" && !x.runs_at(0) && x.runs_at(1)));
   std::mt19937 rng(3);
   const int d = 16, S = 50;
-  KVCache c(KVShape{2, 1, d, S, DType::F32});
+  KVCache c(KVShape{2, 1, d, S, KVType::F32});
   const std::vector<float> k = gaussian(size_t(S) * d, 1.0f, rng), v = gaussian(size_t(S) * d, 1.0f, rng);
   for (int l = 0; l < 2; ++l)
     for (int p = 0; p < S; ++p) c.store(l, p, &k[size_t(p) * d], &v[size_t(p) * d]);
@@ -356,7 +356,7 @@ TEST_CASE("layer=L runs a method at one layer and dense attention at the others,
     attention_decode({&dn, 1}, layer, 2, AttentionSettings{}, nullptr);
     attention_decode({&w, 1}, layer, 2, parse_attention_setting("window:k=3"), nullptr);
     CHECK(got == (layer == 1 ? window : dense));
-    CHECK(n.kv_bytes == (layer == 1 ? 2u * 3 * d * 4 : dense_step_bytes(S, d, DType::F32)));
+    CHECK(n.kv_bytes == (layer == 1 ? 2u * 3 * d * 4 : dense_step_bytes(S, d, KVType::F32)));
     CHECK(n.dense_fallbacks == 0);
     std::vector<float> rev(q.size());
     const DecodeQuery e{&c, S, q.data(), rev.data()};

@@ -11,12 +11,12 @@ using namespace sparq;
 
 namespace {
 
-float elem(const void* base, DType t, size_t i) {
-  return t == DType::F32 ? static_cast<const float*>(base)[i]
+float elem(const void* base, KVType t, size_t i) {
+  return t == KVType::F32 ? static_cast<const float*>(base)[i]
                          : bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
 }
 
-float stored(float x, DType t) { return t == DType::F32 ? x : bf16_to_f32(f32_to_bf16(x)); }
+float stored(float x, KVType t) { return t == KVType::F32 ? x : bf16_to_f32(f32_to_bf16(x)); }
 
 // Random keys and values for positions [0, n) of one layer: [n][heads][d] each.
 struct Rows {
@@ -43,7 +43,7 @@ std::vector<float> expected_vsum(const KVCache& c, int layer, int h) {
 }  // namespace
 
 TEST_CASE("KV cache stores rows, the transposed copy and v_sum", "[kv_cache]") {
-  for (DType t : {DType::F32, DType::BF16}) {
+  for (KVType t : {KVType::F32, KVType::BF16}) {
     const KVShape shape{.n_layers = 2, .n_kv_heads = 3, .head_dim = 24, .capacity = 600, .type = t};
     const int H = shape.n_kv_heads, d = shape.head_dim, n = 530;  // ends inside the third block
     KVCache c(shape);
@@ -75,7 +75,7 @@ TEST_CASE("KV cache stores rows, the transposed copy and v_sum", "[kv_cache]") {
 }
 
 TEST_CASE("KV cache rounds bf16 to nearest even", "[kv_cache]") {
-  const KVShape shape{.n_layers = 1, .n_kv_heads = 1, .head_dim = 4, .capacity = 4, .type = DType::BF16};
+  const KVShape shape{.n_layers = 1, .n_kv_heads = 1, .head_dim = 4, .capacity = 4, .type = KVType::BF16};
   KVCache c(shape);
   // 1 + 2^-8 is halfway between bf16 1.0 and 1 + 2^-7: ties go to the even 1.0;
   // 1 + 3*2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties go to 1 + 2^-6.
@@ -89,7 +89,7 @@ TEST_CASE("KV cache rounds bf16 to nearest even", "[kv_cache]") {
 }
 
 TEST_CASE("KV cache rewrite drops later positions and keeps v_sum exact", "[kv_cache]") {
-  for (DType t : {DType::F32, DType::BF16}) {
+  for (KVType t : {KVType::F32, KVType::BF16}) {
     const KVShape shape{.n_layers = 1, .n_kv_heads = 2, .head_dim = 8, .capacity = 300, .type = t};
     const int H = 2, d = 8;
     Rows a(280, H, d, 1), b(280, H, d, 2);
@@ -118,18 +118,18 @@ TEST_CASE("KV cache rewrite drops later positions and keeps v_sum exact", "[kv_c
 }
 
 TEST_CASE("KV cache size counts K, V, the transposed K and v_sum", "[kv_cache]") {
-  const KVShape s{.n_layers = 3, .n_kv_heads = 2, .head_dim = 64, .capacity = 1000, .type = DType::BF16};
+  const KVShape s{.n_layers = 3, .n_kv_heads = 2, .head_dim = 64, .capacity = 1000, .type = KVType::BF16};
   const size_t padded = 1024;  // capacity rounded up to whole blocks of 1024
   CHECK(KVCache::kBlock == 1024);
   CHECK(KVCache::bytes_needed(s) == 3 * (3 * 2 * padded * 64 * 2) + 3 * 2 * 64 * 4);
   KVShape f = s;
-  f.type = DType::F32;
+  f.type = KVType::F32;
   CHECK(KVCache::bytes_needed(f) == 3 * (3 * 2 * padded * 64 * 4) + 3 * 2 * 64 * 4);
   CHECK(KVCache(s).bytes() == KVCache::bytes_needed(s));
 }
 
 TEST_CASE("KV cache rejects bad shapes and out-of-order stores", "[kv_cache]") {
-  const KVShape s{.n_layers = 2, .n_kv_heads = 1, .head_dim = 4, .capacity = 3, .type = DType::F32};
+  const KVShape s{.n_layers = 2, .n_kv_heads = 1, .head_dim = 4, .capacity = 3, .type = KVType::F32};
   KVCache c(s);
   const float x[4] = {1, 2, 3, 4};
   CHECK_THROWS_WITH(c.store(0, 1, x, x), Catch::Contains("position 1 of layer 0 is not in [0, 0]"));
@@ -142,9 +142,8 @@ TEST_CASE("KV cache rejects bad shapes and out-of-order stores", "[kv_cache]") {
   KVShape bad = s;
   bad.head_dim = 0;
   CHECK_THROWS_WITH(KVCache(bad), Catch::Contains("must be positive"));
-  bad = s;
-  bad.type = DType::F16;
-  CHECK_THROWS_WITH(KVCache::bytes_needed(bad), Catch::Contains("must be f32 or bf16, got f16"));
+  for (KVType t : {KVType::F32, KVType::BF16}) CHECK(parse_kv_type(kv_type_name(t)) == t);
+  CHECK_THROWS_WITH(parse_kv_type("f16"), Catch::Contains("unknown KV cache type 'f16' (types: f32, bf16)"));
   bad = s;
   bad.n_layers = bad.n_kv_heads = bad.capacity = 1 << 30;
   bad.head_dim = 1 << 20;
@@ -159,7 +158,7 @@ TEST_CASE("KV cache rejects bad shapes and out-of-order stores", "[kv_cache]") {
 }
 
 TEST_CASE("KV cache copy holds the source's positions and a fresh eviction state", "[kv_cache]") {
-  for (const DType t : {DType::F32, DType::BF16}) {
+  for (const KVType t : {KVType::F32, KVType::BF16}) {
     const KVShape s{.n_layers = 2, .n_kv_heads = 2, .head_dim = 8, .capacity = 1500, .type = t};
     const int n = 1100;  // past one block of the transposed copy
     const Rows r(n + 1, 2, 8, 9);
@@ -188,9 +187,9 @@ TEST_CASE("KV cache copy holds the source's positions and a fresh eviction state
     dst.store(0, n, r.kp(n, 2, 8), r.vp(n, 2, 8));  // appends after the copy, v_sum exact
     CHECK(std::vector<float>(dst.v_sum(0, 1), dst.v_sum(0, 1) + 8) == expected_vsum(dst, 0, 1));
   }
-  KVCache a(KVShape{1, 1, 4, 8, DType::F32}), b(KVShape{1, 1, 4, 9, DType::F32});
+  KVCache a(KVShape{1, 1, 4, 8, KVType::F32}), b(KVShape{1, 1, 4, 9, KVType::F32});
   CHECK_THROWS_WITH(a.copy_from(b), Catch::Contains("shapes differ"));
-  KVCache two(KVShape{2, 1, 4, 8, DType::F32}), other(KVShape{2, 1, 4, 8, DType::F32});
+  KVCache two(KVShape{2, 1, 4, 8, KVType::F32}), other(KVShape{2, 1, 4, 8, KVType::F32});
   const float x[4] = {1, 2, 3, 4};
   two.store(0, 0, x, x);
   CHECK_THROWS_WITH(other.copy_from(two), Catch::Contains("layers hold 1 and 0 positions"));

@@ -37,7 +37,7 @@ std::vector<double> tolerances(const std::string& text) {
 struct Input {
   int S = 0, H = 0, KVH = 0, d = 0;
   std::vector<float> q;
-  std::map<DType, std::unique_ptr<KVCache>> cache;
+  std::map<KVType, std::unique_ptr<KVCache>> cache;
 };
 
 Input load_input(const SafetensorsFile& f, const json& c) {
@@ -52,7 +52,7 @@ Input load_input(const SafetensorsFile& f, const json& c) {
   REQUIRE(in.q.size() == size_t(in.H) * in.d);
   REQUIRE(K.size() == size_t(in.S) * in.KVH * in.d);
   REQUIRE(V.size() == K.size());
-  for (DType t : {DType::F32, DType::BF16}) {
+  for (KVType t : {KVType::F32, KVType::BF16}) {
     auto cache = std::make_unique<KVCache>(KVShape{1, in.KVH, in.d, in.S, t});
     for (int p = 0; p < in.S; ++p) {
       const size_t row = size_t(p) * in.KVH * in.d;
@@ -97,10 +97,10 @@ TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq]
     const int G = in.H / in.KVH;
     const SparqStep st{false, c["r"], c["k"], c["l"], c["mean_mixing"]};
     const std::vector<double> want = vectors.at(c["output"]).to_f64();
-    for (DType t : {DType::F32, DType::BF16})
+    for (KVType t : {KVType::F32, KVType::BF16})
       for (const CpuTier tier : tiers) {
         const std::string output = c["output"];
-        INFO("case " << output << ", " << dtype_name(t) << " cache, " << cpu_tier_name(tier) << " tier");
+        INFO("case " << output << ", " << kv_type_name(t) << " cache, " << cpu_tier_name(tier) << " tier");
         std::vector<float> out(size_t(in.H) * in.d);
         std::vector<SparqTrace> trace;
         {
@@ -115,19 +115,19 @@ TEST_CASE("sparq goldens: selections, alpha and outputs of every case", "[sparq]
           if (s.contains("kv_head")) {
             const SparqTrace& tr = trace.at(s["kv_head"].get<size_t>());
             const bool same = tr.i1 == s["i1"].get<std::vector<int>>() && tr.i2 == s["i2"].get<std::vector<int>>();
-            if (t == DType::F32) {
+            if (t == KVType::F32) {
               INFO("kv head " << s["kv_head"]);
               REQUIRE(tr.i1 == s["i1"].get<std::vector<int>>());
               REQUIRE(tr.i2 == s["i2"].get<std::vector<int>>());
             }
             same_selection = same_selection && same;
-          } else if (t == DType::F32) {
+          } else if (t == KVType::F32) {
             const int h = s["q_head"];
             INFO("q head " << h);
             REQUIRE(std::abs(trace.at(size_t(h / G)).alpha.at(size_t(h % G)) - s["alpha"].get<double>()) <= kAlphaTol);
           }
         }
-        if (t == DType::F32) {
+        if (t == KVType::F32) {
           REQUIRE(max_abs_diff(out, want) <= tol[0]);
         } else if (same_selection) {
           REQUIRE(max_abs_diff(out, want) <= tol[1]);
@@ -153,12 +153,12 @@ TEST_CASE("sparq goldens: dense decode attention matches the dense outputs", "[s
     if (inputs.count(name)) continue;
     const Input& in = inputs.emplace(name, load_input(vectors, c)).first->second;
     const std::vector<double> want = vectors.at(name + ".dense").to_f64();
-    for (DType t : {DType::F32, DType::BF16}) {
-      INFO("input " << name << ", " << dtype_name(t) << " cache");
+    for (KVType t : {KVType::F32, KVType::BF16}) {
+      INFO("input " << name << ", " << kv_type_name(t) << " cache");
       std::vector<float> out(size_t(in.H) * in.d);
       const DecodeQuery dq{in.cache.at(t).get(), in.S, in.q.data(), out.data()};
       attention_decode({&dq, 1}, 0, in.H, AttentionSettings{}, nullptr);
-      REQUIRE(max_abs_diff(out, want) <= (t == DType::F32 ? tol[0] : tol[1]));
+      REQUIRE(max_abs_diff(out, want) <= (t == KVType::F32 ? tol[0] : tol[1]));
     }
   }
   REQUIRE(inputs.size() > 0);

@@ -27,7 +27,7 @@ using sparq::test::make_cache;
 namespace {
 
 constexpr int B = kSparqBlock;
-const DType kTypes[] = {DType::F32, DType::BF16};
+const KVType kTypes[] = {KVType::F32, KVType::BF16};
 
 // The SIMD tiers here, with their kernel tables.
 struct TierKernels {
@@ -154,7 +154,7 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
   const float q[G * d] = {1, -2, 3, 4, 0, -1, -2, 3, 0, -1, 1, 2};
   int i1[r];
   float qs[G * r];
-  sparq_select_components(q, G, d, r, DType::F32, i1, qs);
+  sparq_select_components(q, G, d, r, KVType::F32, i1, qs);
   REQUIRE(std::vector<int>(i1, i1 + r) == std::vector<int>{0, 1, 3});
   for (int h = 0; h < G; ++h) {
     double part = 0, total = 0;
@@ -167,14 +167,14 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
   // For bf16 keys the same values, rounded to bf16 as queries meet such keys.
   int i1b[r];
   float qsb[G * r];
-  sparq_select_components(q, G, d, r, DType::BF16, i1b, qsb);
+  sparq_select_components(q, G, d, r, KVType::BF16, i1b, qsb);
   REQUIRE(std::vector<int>(i1b, i1b + r) == std::vector<int>(i1, i1 + r));
-  for (int j = 0; j < G * r; ++j) REQUIRE(qsb[j] == query_for(DType::BF16, qs[j]));
+  for (int j = 0; j < G * r; ++j) REQUIRE(qsb[j] == query_for(KVType::BF16, qs[j]));
   // r = d keeps every component and tau = sqrt(d); a zero head gets zeros.
   const float z[d] = {0, 0, 0, 0, 0, 0};
   int all[d];
   float zs[d];
-  sparq_select_components(z, 1, d, d, DType::F32, all, zs);
+  sparq_select_components(z, 1, d, d, KVType::F32, all, zs);
   for (int c = 0; c < d; ++c) {
     REQUIRE(all[c] == c);
     REQUIRE(zs[c] == 0.0f);
@@ -184,12 +184,12 @@ TEST_CASE("sparq components: top-r of summed |q| with ties to the lower index, a
 TEST_CASE("sparq step 1: every tier matches the reference on random keys", "[sparq]") {
   const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(11);
-  for (DType t : kTypes)
+  for (KVType t : kTypes)
     for (int d : {8, 16, 64, 128})
       for (int G : {1, 2, 3, 4, 5, 8, 11})
         for (int S : {1, 17, 256, 300, 1000}) {
           const int r = std::vector<int>{1, d / 2 + 1, d}[size_t(S) % 3];
-          INFO("type " << dtype_name(t) << " d " << d << " G " << G << " S " << S << " r " << r);
+          INFO("type " << kv_type_name(t) << " d " << d << " G " << G << " S " << S << " r " << r);
           const KVCache c = make_cache(1, d, S, t, gaussian(size_t(S) * d, 1.0f, rng),
                                        gaussian(size_t(S) * d, 1.0f, rng));
           const std::vector<int> i1 = some_components(d, r, rng);
@@ -209,11 +209,11 @@ TEST_CASE("sparq step 1: exact scores at huge and tiny magnitudes, with ties", "
   // and keys of 2^6 whose scores span hundreds of octaves: e is mostly 0 or
   // exactly tied at the top.
   const int scales[][2] = {{60, -62}, {-60, 58}, {6, 0}};
-  for (DType t : kTypes)
+  for (KVType t : kTypes)
     for (const auto& sc : scales)
       for (int G : {1, 4, 8}) {
         const int d = 64, S = 777, r = 9;
-        INFO("type " << dtype_name(t) << " key scale 2^" << sc[0] << " G " << G);
+        INFO("type " << kv_type_name(t) << " key scale 2^" << sc[0] << " G " << G);
         const KVCache c = make_cache(1, d, S, t, grid(size_t(S) * d, 3, sc[0], rng), grid(size_t(S) * d, 3, 0, rng));
         const std::vector<int> i1 = some_components(d, r, rng);
         const std::vector<float> qs = grid(size_t(G) * r, 4, sc[1], rng);
@@ -338,14 +338,14 @@ TEST_CASE("sparq select: every tier picks what the reference picks, ties to the 
 TEST_CASE("sparq step 3: every tier matches the reference", "[sparq]") {
   const std::vector<TierKernels> tiers = simd_kernels();
   std::mt19937 rng(15);
-  for (DType t : kTypes)
+  for (KVType t : kTypes)
     for (int d : {8, 16, 24, 64, 128})
       for (int G : {1, 2, 4, 7, 8, 11})
         for (int n : {1, 5, 16, 17, 100}) {
           const int S = 300;
           // One case in three at a huge key scale, on the grid so scores stay exact.
           const bool huge = (d + G + n) % 3 == 0;
-          INFO("type " << dtype_name(t) << " d " << d << " G " << G << " n " << n << " huge " << huge);
+          INFO("type " << kv_type_name(t) << " d " << d << " G " << G << " n " << n << " huge " << huge);
           const std::vector<float> k = huge ? grid(size_t(S) * d, 3, 40, rng) : gaussian(size_t(S) * d, 1.0f, rng);
           const KVCache c = make_cache(1, d, S, t, k, gaussian(size_t(S) * d, 1.0f, rng));
           std::vector<float> q = huge ? grid(size_t(G) * d, 2, -40, rng) : gaussian(size_t(G) * d, 0.3f, rng);
@@ -424,7 +424,7 @@ TEST_CASE("sparq decode: every SIMD tier equals the scalar path end to end", "[s
     int n_kv, G, d, S;
   };
   const Shape shapes[] = {{1, 1, 8, 1}, {2, 4, 16, 33}, {1, 8, 64, 257}, {2, 2, 128, 1000}, {1, 4, 64, 5000}};
-  for (DType t : kTypes)
+  for (KVType t : kTypes)
     for (const Shape& sh : shapes) {
       const int nh = sh.n_kv * sh.G;
       // Grid keys and queries: exact ties in i1 and in the scores.
@@ -438,7 +438,7 @@ TEST_CASE("sparq decode: every SIMD tier equals the scalar path end to end", "[s
                                  {false, 3, 40, 40, true},
                                  {false, 2, 100, 7, false}};
       for (const SparqStep& st : steps) {
-        INFO("type " << dtype_name(t) << " n_kv " << sh.n_kv << " G " << sh.G << " d " << sh.d << " S " << sh.S
+        INFO("type " << kv_type_name(t) << " n_kv " << sh.n_kv << " G " << sh.G << " d " << sh.d << " S " << sh.S
                      << " r " << st.r << " k " << st.k << " l " << st.l << " mean " << st.mean);
         Run want;
         {
@@ -462,7 +462,7 @@ TEST_CASE("sparq decode: every SIMD tier equals the scalar path end to end", "[s
 
 TEST_CASE("sparq decode: threads splitting one item give the unsplit result, bit for bit", "[sparq]") {
   std::mt19937 rng(17);
-  for (DType t : kTypes) {
+  for (KVType t : kTypes) {
     const int d = 64, G = 4, S = 9000;
     std::vector<KVCache> caches;
     for (int i = 0; i < 3; ++i)
@@ -473,7 +473,7 @@ TEST_CASE("sparq decode: threads splitting one item give the unsplit result, bit
     // One item (split over both threads), and three (two whole, one split).
     for (int items : {1, 3})
       for (CpuTier tier : test::all_tiers_here()) {
-        INFO("type " << dtype_name(t) << " items " << items << " tier " << cpu_tier_name(tier));
+        INFO("type " << kv_type_name(t) << " items " << items << " tier " << cpu_tier_name(tier));
         const test::TierScope scope(tier);
         std::vector<const KVCache*> cs;
         for (int i = 0; i < items; ++i) cs.push_back(&caches[size_t(i)]);
@@ -497,14 +497,14 @@ TEST_CASE("sparq decode: threads splitting one item give the unsplit result, bit
 TEST_CASE("sparq decode: counters", "[sparq]") {
   std::mt19937 rng(18);
   const int d = 16, G = 2, n_kv = 2, S = 500;
-  const KVCache c = make_cache(n_kv, d, S, DType::BF16, gaussian(size_t(S) * n_kv * d, 1.0f, rng),
+  const KVCache c = make_cache(n_kv, d, S, KVType::BF16, gaussian(size_t(S) * n_kv * d, 1.0f, rng),
                                gaussian(size_t(S) * n_kv * d, 1.0f, rng));
   const std::vector<float> q = gaussian(size_t(2) * n_kv * G * d, 1.0f, rng);
   const SparqStep st{false, 4, 64, 16, true};
   const Run r = run_step({&c, &c}, q, n_kv * G, st);
   REQUIRE(r.counters.calls == 2);
-  REQUIRE(r.counters.kv_bytes == 2 * n_kv * sparq_step_bytes(st, S, d, DType::BF16));
-  REQUIRE(r.counters.dense_bytes == 2 * n_kv * dense_step_bytes(S, d, DType::BF16));
+  REQUIRE(r.counters.kv_bytes == 2 * n_kv * sparq_step_bytes(st, S, d, KVType::BF16));
+  REQUIRE(r.counters.dense_bytes == 2 * n_kv * dense_step_bytes(S, d, KVType::BF16));
   REQUIRE(r.counters.t_step1 > 0);
   REQUIRE(r.counters.t_step3 > 0);
 }
@@ -512,7 +512,7 @@ TEST_CASE("sparq decode: counters", "[sparq]") {
 TEST_CASE("sparq decode: bad input is a clear error", "[sparq]") {
   std::mt19937 rng(19);
   const int d = 16, S = 40;
-  const KVCache c = make_cache(2, d, S, DType::F32, gaussian(size_t(S) * 2 * d, 1.0f, rng),
+  const KVCache c = make_cache(2, d, S, KVType::F32, gaussian(size_t(S) * 2 * d, 1.0f, rng),
                                gaussian(size_t(S) * 2 * d, 1.0f, rng));
   std::vector<float> q(size_t(4) * d, 1.0f), out(q.size());
   auto step = [&](SparqStep st, int S_q, int n_heads = 4, int layer = 0) {

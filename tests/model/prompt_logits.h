@@ -8,7 +8,7 @@
 
 namespace sparq::test {
 
-inline std::vector<float> prompt_logits(Model& m, const std::vector<int>& ids, DType kv, int batch) {
+inline std::vector<float> prompt_logits(Model& m, const std::vector<int>& ids, KVType kv, int batch) {
   KVCache cache(m.kv_shape(int(ids.size()) + 1, kv));
   const size_t V = size_t(m.config().vocab_size);
   std::vector<float> out(ids.size() * V);

@@ -26,7 +26,7 @@ const GoldenModel kModels[] = {
     {"stories260K-hf", "logits_stories260K.json"},
 };
 
-std::vector<int> greedy(Model& m, const std::vector<int>& ids, int n, DType kv,
+std::vector<int> greedy(Model& m, const std::vector<int>& ids, int n, KVType kv,
                         const AttentionSettings& attn) {
   GenerateOptions g;
   g.n_predict = n;
@@ -57,7 +57,7 @@ TEST_CASE("f32 logits and greedy text match transformers", "[model][golden]") {
     for (const json& p : golden["prompts"]) {
       const auto ids = p["input_ids"].get<std::vector<int>>();
       INFO("prompt: " << p["prompt"].get<std::string>().substr(0, 60) << " (" << ids.size() << " tokens)");
-      const std::vector<float> logits = prompt_logits(*model, ids, DType::F32, 256);
+      const std::vector<float> logits = prompt_logits(*model, ids, KVType::F32, 256);
       const auto last = p["last_logits"].get<std::vector<double>>();
       REQUIRE(int(last.size()) == V);
       double worst = 0;
@@ -76,7 +76,7 @@ TEST_CASE("f32 logits and greedy text match transformers", "[model][golden]") {
           REQUIRE(std::abs(got - g) <= a + b * std::abs(g));
         }
       const auto want = p["greedy_ids"].get<std::vector<int>>();
-      CHECK(greedy(*model, ids, int(want.size()), DType::F32, AttentionSettings{}) == want);
+      CHECK(greedy(*model, ids, int(want.size()), KVType::F32, AttentionSettings{}) == want);
       CHECK(model->tokenizer().decode(want) == p["greedy_text"].get<std::string>());
     }
   }
@@ -97,7 +97,7 @@ TEST_CASE("bf16 compute keeps the top-1 token of transformers", "[model][golden]
     REQUIRE(std::sscanf(tol.substr(tol.find("max abs diff <=")).c_str(), "max abs diff <= %lf", &max_abs) == 1);
     for (const json& p : golden["prompts"]) {
       const auto ids = p["input_ids"].get<std::vector<int>>();
-      const std::vector<float> logits = prompt_logits(*model, ids, DType::BF16, 512);
+      const std::vector<float> logits = prompt_logits(*model, ids, KVType::BF16, 512);
       const auto top_ids = p["top5_ids"].get<std::vector<std::vector<int>>>();
       const auto top_logits = p["top5_logits"].get<std::vector<std::vector<double>>>();
       for (size_t pos = 0; pos < top_ids.size(); ++pos) {
@@ -145,5 +145,5 @@ TEST_CASE("an untied copy with bf16 and f32 tensors mixed gives the same bf16 lo
   REQUIRE(tied->memory_bytes() == tied->weight_bytes());
   const std::vector<int> ids = tied->tokenizer().encode("Once upon a time, a little fox", true);
   REQUIRE(ids.size() > 5);
-  CHECK(prompt_logits(*untied, ids, DType::F32, 4) == prompt_logits(*tied, ids, DType::F32, 4));
+  CHECK(prompt_logits(*untied, ids, KVType::F32, 4) == prompt_logits(*tied, ids, KVType::F32, 4));
 }

@@ -56,8 +56,8 @@ TEST_CASE("q8_0 and q4_0 logits stay near bf16's and keep transformers' clear to
       for (const json& p : golden["prompts"]) {
         const auto ids = p["input_ids"].get<std::vector<int>>();
         if (ids.size() > 600) continue;  // the long prompts add time, not cases
-        const std::vector<float> want = prompt_logits(*bf16, ids, DType::BF16, 512),
-                               got = prompt_logits(*q, ids, DType::BF16, 512);
+        const std::vector<float> want = prompt_logits(*bf16, ids, KVType::BF16, 512),
+                               got = prompt_logits(*q, ids, KVType::BF16, 512);
         const auto top_ids = p["top5_ids"].get<std::vector<std::vector<int>>>();
         const auto top_logits = p["top5_logits"].get<std::vector<std::vector<double>>>();
         for (size_t pos = 0; pos < ids.size(); ++pos) {
@@ -81,8 +81,8 @@ TEST_CASE("a quantized model's logits do not depend on the prompt batch", "[mode
   SPARQ_REQUIRE_SHARED(dir);
   auto m = Model::load(dir, LoadOptions{WeightFormat::Q4_0});
   const std::vector<int> ids = m->tokenizer().encode("Once upon a time, a little fox met a quiet owl by the river.", true);
-  const std::vector<float> all = prompt_logits(*m, ids, DType::BF16, 512),
-                           few = prompt_logits(*m, ids, DType::BF16, 3);
+  const std::vector<float> all = prompt_logits(*m, ids, KVType::BF16, 512),
+                           few = prompt_logits(*m, ids, KVType::BF16, 3);
   REQUIRE(all == few);
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "sparq/kernels/kv_cache.h"
 #include "sparq/kernels/matmul.h"
 #include "sparq/util/common.h"
 
@@ -23,7 +24,7 @@ struct ModelBenchOptions {
   std::vector<std::string> settings = {"dense", "sparq:8"};  // decode attention (parse_attention_setting)
   std::vector<int> threads = {0};        // 0: all cores
   std::vector<int> parallel = {1};       // sequences processed together
-  std::vector<DType> kv_types = {DType::BF16};
+  std::vector<KVType> kv_types = {KVType::BF16};
   int reps = 5;                          // timed repetitions after one warm-up
   int batch = 512;                       // prompt rows per forward pass
   std::string text;                      // token source (text_name names it); empty: pseudo-random ids

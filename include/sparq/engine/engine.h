@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "sparq/kernels/kv_cache.h"
 #include "sparq/engine/kv_budget.h"
 #include "sparq/model/model.h"
 #include "sparq/engine/sampler.h"
@@ -49,7 +50,7 @@ class Engine {
  public:
   // parallel: sequences in flight (each holds a KV cache of ctx positions);
   // throws as check_kv_fits when their caches would not fit in memory.
-  Engine(Model& model, int parallel, int ctx, DType kv_type);
+  Engine(Model& model, int parallel, int ctx, KVType kv_type);
 
   // Runs the jobs (in order of admission as caches free up); throws Error for
   // a job that cannot fit the context. Prefill rows per step are capped by
@@ -70,8 +71,8 @@ class Engine {
 // KV bytes one decode step at cache length S reads over all layers and KV
 // heads under this setting (first_step: the sequence's first decode step,
 // which h2o reads whole), and what dense attention would read.
-uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, DType kv_type,
+uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, KVType kv_type,
                        bool first_step = false);
-uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, DType kv_type);
+uint64_t step_dense_kv_bytes(const ModelConfig& c, int S, KVType kv_type);
 
 }  // namespace sparq

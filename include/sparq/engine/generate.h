@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "sparq/kernels/kv_cache.h"
 #include "sparq/model/model.h"
 #include "sparq/engine/sampler.h"
 
@@ -26,7 +27,7 @@ struct GenerateOptions {
   int n_predict = 128;   // tokens to generate (-1: until EOS or the context is full)
   int ctx = 0;           // context size (KV cache capacity), prompt included
   int batch = 512;       // prompt tokens per forward pass
-  DType kv_type = DType::BF16;
+  KVType kv_type = KVType::BF16;
   AttentionSettings attention;  // decode attention
   SamplerOptions sampling;
   bool ignore_eos = false;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "sparq/kernels/kv_cache.h"
 #include "sparq/model/model.h"
 #include "sparq/engine/sampler.h"
 
@@ -16,7 +17,7 @@ struct EvalOptions {
   int parallel = 0;  // sequences in flight (0: as many as fit)
   int ctx = 0;
   int batch = 512;
-  DType kv_type = DType::BF16;
+  KVType kv_type = KVType::BF16;
   SamplerOptions sampling;
   std::string out_file, summary_json;
   bool quiet = false;

@@ -96,14 +96,14 @@ SparqStep resolve_topk(const SparqSettings& s, int S, int d);
 int baseline_budget(const SparqSettings& s, int S, int d);
 
 // KV bytes one decode step reads per KV head.
-uint64_t dense_step_bytes(int S, int d, DType t);
-uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, DType t);  // step 1 + k rows + v_mean
+uint64_t dense_step_bytes(int S, int d, KVType t);
+uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, KVType t);  // step 1 + k rows + v_mean
 
 // Bytes one decode step of this setting reads per KV head at cache length S,
 // and whether it runs dense. h2o's first decode step of a sequence
 // (first_step) reads every position: its scores seed the accumulated
 // attention, which H2O takes from the prompt.
-uint64_t decode_step_bytes(const AttentionSettings& a, int S, int d, DType t, bool first_step);
+uint64_t decode_step_bytes(const AttentionSettings& a, int S, int d, KVType t, bool first_step);
 bool decode_step_dense(const AttentionSettings& a, int S, int d, bool first_step);
 
 struct AttnCounters {

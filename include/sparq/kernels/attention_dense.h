@@ -3,6 +3,7 @@
 // is a partial softmax state, so ranges split over threads merge exactly.
 // Prefill: many query vectors of one KV head, each over a causal prefix.
 #pragma once
+#include "sparq/kernels/kv_cache.h"
 #include "sparq/util/common.h"
 #include "sparq/util/cpu.h"
 
@@ -12,7 +13,7 @@ struct DenseSpan {
   const void* k;   // K rows of the KV head: [positions][d], f32 or bf16 (ref kernel)
   const void* kt;  // the same keys transposed in blocks, KVCache::k_t layout (SIMD kernels)
   const void* v;   // V rows: [positions][d]
-  DType type;      // F32 or BF16
+  KVType type;      // F32 or BF16
   int d;
   int group;       // query heads sharing this KV head
   const float* q;  // [group][d]
@@ -32,7 +33,7 @@ struct DensePartial {
 struct PrefillSpan {
   const void* k;  // K rows of the KV head: [positions][d], f32 or bf16
   const void* v;  // V rows: [positions][d]
-  DType type;     // F32 or BF16
+  KVType type;     // F32 or BF16
   int d;
   int n;
   const float* const* q;  // [n] query vectors

@@ -6,18 +6,37 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "sparq/util/common.h"
 
 namespace sparq {
 
+// What the cache stores keys and values as.
+enum class KVType { F32, BF16 };
+
+inline size_t kv_type_size(KVType t) { return t == KVType::F32 ? 4 : 2; }  // bytes per element
+inline const char* kv_type_name(KVType t) { return t == KVType::F32 ? "f32" : "bf16"; }
+// "f32" or "bf16"; anything else throws Error naming the types.
+KVType parse_kv_type(std::string_view name);
+
+// x as a query meets keys of type t: bf16 caches compute scores with bf16
+// dot products, so q is rounded to bf16 (as the keys are); f32 keeps it.
+inline float query_for(KVType t, float x) { return t == KVType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
+
+// Element i of a cache array of type t (K rows, V rows or K transposed), as
+// f32: what the scalar references read.
+inline float kv_elem(const void* base, KVType t, size_t i) {
+  return t == KVType::F32 ? static_cast<const float*>(base)[i] : bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+}
+
 struct KVShape {
   int n_layers = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
   int capacity = 0;        // positions
-  DType type = DType::BF16;  // F32 or BF16
+  KVType type = KVType::BF16;  // F32 or BF16
 };
 
 // What a decode attention that evicts (H2O) keeps of one (layer, KV head) of

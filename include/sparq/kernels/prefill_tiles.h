@@ -37,7 +37,7 @@ void prefill_tiles(const PrefillSpan& s, Tile&& tile) {
       hi = std::max(hi, s.last[i0 + i]);
     }
     with_count<MaxRegs>((n + Lanes - 1) / Lanes, [&](auto nv) {
-      if (s.type == DType::BF16)
+      if (s.type == KVType::BF16)
         tile(std::true_type{}, nv, i0, n, lo, hi);
       else
         tile(std::false_type{}, nv, i0, n, lo, hi);

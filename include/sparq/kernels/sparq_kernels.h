@@ -22,7 +22,7 @@ inline constexpr int kSparqBlock = KVCache::kBlock;
 // Step 1 of one KV head for its n_h query heads, over the transposed keys.
 struct SparqStep1Args {
   const void* k_t = nullptr;  // KVCache::k_t of the KV head
-  DType type = DType::BF16;   // F32 or BF16
+  KVType type = KVType::BF16;   // F32 or BF16
   int d = 0;                  // head size
   int S = 0;                  // positions
   const int* i1 = nullptr;    // r components, ascending
@@ -35,7 +35,7 @@ struct SparqStep1Args {
 struct SparqStep3Args {
   const void* k_rows = nullptr;  // KVCache::k_rows of the KV head
   const void* v_rows = nullptr;  // KVCache::v_rows
-  DType type = DType::BF16;
+  KVType type = KVType::BF16;
   int d = 0;
   const float* q = nullptr;  // [n_h][d], as the keys meet it (query_for: bf16-rounded for bf16)
   int n_h = 0;
@@ -59,7 +59,7 @@ inline size_t sparq_select_scratch(int n) { return 3 * size_t(n) + 48; }
 // rounded as keys of the cache's type meet queries (query_for), as the dense
 // kernel and step 3 round q: bf16 keys then multiply in pairs.
 // Shared by both paths: it is O(n_h d) next to the O(S r n_h) steps.
-void sparq_select_components(const float* q, int n_h, int d, int r, DType type, int* i1, float* qs);
+void sparq_select_components(const float* q, int n_h, int d, int r, KVType type, int* i1, float* qs);
 
 namespace ref {
 // Blocks [b0, b1) of kSparqBlock positions, with x_h(p) = qs_h . K[p, i1]: for

@@ -58,7 +58,7 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   const Tokenizer& tokenizer() const;  // throws Error for a random model
-  KVShape kv_shape(int capacity, DType kv_type) const;
+  KVShape kv_shape(int capacity, KVType kv_type) const;
   size_t weight_bytes() const;  // bytes of all matrices in compute format
   size_t memory_bytes() const;  // weight_bytes() plus an untied embedding table
 

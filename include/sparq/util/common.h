@@ -52,10 +52,6 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
-// x as a query meets keys of type t: bf16 caches compute scores with bf16
-// dot products, so q is rounded to bf16 (as the keys are); f32 keeps it.
-inline float query_for(DType t, float x) { return t == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
-
 float f16_to_f32(uint16_t h);
 // Round to nearest even; overflow goes to infinity (what vcvtps2ph does).
 uint16_t f32_to_f16(float f);
