@@ -65,13 +65,6 @@ inline void load2_first(const uint16_t* p, int n, VF& lo, VF& hi) {
   const __mmask32 m = n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
   widen2(_mm512_maskz_loadu_epi16(m, p), lo, hi);
 }
-inline void unpacked_in_order(VF& lo, VF& hi) {
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  const VF x = _mm512_permutex2var_ps(lo, first, hi);
-  hi = _mm512_permutex2var_ps(lo, second, hi);
-  lo = x;
-}
 // Lane i of the result is the sum of the lanes of a[i]; inlined, as a call
 // sends the inputs through memory.
 [[gnu::always_inline]] inline VF hsum(const VF (&a)[kLanes]) {
@@ -130,11 +123,6 @@ inline void load2_first(const uint16_t* p, int n, VF& lo, VF& hi) {  // no 16-bi
   uint16_t buf[16] = {};
   std::memcpy(buf, p, sizeof(uint16_t) * size_t(std::clamp(n, 0, 16)));
   load2(buf, lo, hi);
-}
-inline void unpacked_in_order(VF& lo, VF& hi) {
-  const VF x = _mm256_permute2f128_ps(lo, hi, 0x20);
-  hi = _mm256_permute2f128_ps(lo, hi, 0x31);
-  lo = x;
 }
 [[gnu::always_inline]] inline VF hsum(const VF (&a)[kLanes]) {
   VF t[4], u[2];

@@ -101,6 +101,17 @@ inline VI bf16_bits(VF v) {
   return select_i(nan, or_i(srl_i(u, 16), set1_i(0x40)), rounded);
 }
 
+// Rows interleaved by unpacklo/hi_epi16 (and dot products over them) leave
+// positions {0-3, 8-11, 16-19, 24-27} of 32 in lo and the other quads in hi;
+// this puts positions 0..15 in lo and 16..31 in hi.
+inline void unpacked_in_order(VF& lo, VF& hi) {
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const VF x = _mm512_permutex2var_ps(lo, first, hi);
+  hi = _mm512_permutex2var_ps(lo, second, hi);
+  lo = x;
+}
+
 #else  // AVX2
 
 inline constexpr int kLanes = 8;
@@ -185,6 +196,12 @@ inline void store_bf16_first(uint16_t* p, VF v, int n) {
   uint16_t buf[8];
   store_bf16(buf, v);
   std::memcpy(p, buf, sizeof(uint16_t) * size_t(n < 0 ? 0 : n > 8 ? 8 : n));
+}
+// As the AVX-512 one: lo holds positions {0-3, 8-11} of 16, hi {4-7, 12-15}.
+inline void unpacked_in_order(VF& lo, VF& hi) {
+  const VF x = _mm256_permute2f128_ps(lo, hi, 0x20);
+  hi = _mm256_permute2f128_ps(lo, hi, 0x31);
+  lo = x;
 }
 
 #endif
