@@ -52,12 +52,12 @@ std::vector<float> heavy_tailed(size_t n, Rng& rng) {
   return q;
 }
 
-// Bytes the plain read below takes from each k_t or v_rows array of S
+// Bytes the plain read below takes from each array dense reads of S
 // positions: whole 256-byte steps, its loop's unit.
-size_t read_array_bytes(int S, int d, KVType t) { return size_t(S) * d * kv_type_size(t) / 256 * 256; }
+size_t read_array_bytes(int S, int d, KVType t) { return size_t(S) * kv_row_bytes(t, d) / 256 * 256; }
 
 // A plain streaming read of the bytes dense attention reads (every layer's
-// k_t and v_rows, S positions), over the same threads; returns a checksum so
+// k_t, or K rows for q8_0, and v_rows, S positions), over the same threads; returns a checksum so
 // the loads stay. Timed in the same repetitions as the kernels, it is the
 // yardstick a noisy shared machine cannot skew.
 uint64_t read_dense_bytes(const KVCache& c, int S) {
@@ -68,7 +68,7 @@ uint64_t read_dense_bytes(const KVCache& c, int S) {
 #pragma omp parallel for schedule(static) reduction(^ : sum)
   for (int i = 0; i < arrays; ++i) {
     const int l = i / (2 * s.n_kv_heads), h = i / 2 % s.n_kv_heads;
-    sum ^= read_checksum(i % 2 ? c.v_rows(l, h) : c.k_t(l, h), bytes);
+    sum ^= read_checksum(i % 2 ? c.v_rows(l, h) : s.type == KVType::Q8_0 ? c.k_rows(l, h) : c.k_t(l, h), bytes);
   }
   return sum;
 }
@@ -138,7 +138,7 @@ int run_attention_bench(const AttentionBenchOptions& o, std::FILE* out) {
   Gathers gathers;  // measured along with the bandwidth, not when it is given
   if (o.bandwidth_gbs <= 0)
     for (int d : o.head_dims) {
-      const int bytes = (d * int(kv_type_size(o.kv_type)) + 63) / 64 * 64;
+      const int bytes = int(kv_row_bytes(o.kv_type, d) + 63) / 64 * 64;
       if (std::none_of(gathers.begin(), gathers.end(), [&](const auto& g) { return g.first == bytes; }))
         gathers.emplace_back(bytes, measure_gather_bandwidth_gbs(threads, bytes, 16));
     }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numbers>
 #include <numeric>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "sparq/util/region_error.h"
 #include "sparq/util/work_team.h"
 #include "sparq/kernels/sparq_decode.h"
+#include "sparq/kernels/sparq_kernels.h"
 
 namespace sparq {
 
@@ -113,7 +115,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
   for (const DecodeQuery& q : queries) elems += int64_t(q.S) * nkv * d * 2;
   const int ntasks = int(w.tasks.size());
   const int team = elems < kMinParallel ? 1 : std::min(threads, ntasks);
-  const auto kernel = dense_kernels(cpu_tier()).dense_partial;  // one tier for the whole call
+  const CpuTier tier = cpu_tier();  // one tier for the whole call
   parallel_items(ntasks, team, [&](int t) {
     const Task& k = w.tasks[t];
     const DecodeQuery& q = queries[k.query];
@@ -122,7 +124,7 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
                          q.cache->shape().type, d, group, q.q + size_t(k.kv_head) * group * d,
                          k.p0, k.p1};
     const size_t s = size_t(k.slot) * group;
-    kernel(span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
+    dense_partial(tier, span, DensePartial{&w.m[s], &w.l[s], &w.acc[s * d]});
   });
   // Merge the pieces: rescale each to the common max, then normalise.
   for (int i = 0; i < items; ++i) {
@@ -149,6 +151,29 @@ void dense_decode(std::span<const DecodeQuery> queries, int layer, int n_heads) 
 
 const DenseKernels& dense_kernels(CpuTier t) {
   return for_tier(t, kRefDense, kAvx2Dense, kAvx512Dense, kAvx512Bf16Dense);
+}
+
+void dense_partial(CpuTier t, const DenseSpan& s, const DensePartial& out) {
+  if (s.type != KVType::Q8_0 || t == CpuTier::portable) return dense_kernels(t).dense_partial(s, out);
+  thread_local std::vector<int> rows;  // 0, 1, 2, ...: the span's rows are rows.data() + p0 on
+  thread_local std::vector<float> mx, z, acc, scratch;
+  const int n = s.p1 - s.p0, d = s.d, dp = sparq_dpad(d);
+  if (rows.size() < size_t(s.p1)) {
+    rows.resize(size_t(s.p1));
+    std::iota(rows.begin(), rows.end(), 0);
+  }
+  mx.resize(size_t(s.group));
+  z.resize(size_t(s.group));
+  acc.resize(size_t(s.group) * dp);
+  scratch.resize(sparq_step3_scratch(s.group, n, d));
+  const SparqStep3Args a{s.k, s.v, s.type, d, s.q, s.group, float(std::numbers::log2e / std::sqrt(double(d)))};
+  sparq_kernels(t).step3(a, rows.data() + s.p0, n, mx.data(), z.data(), acc.data(), scratch.data());
+  // Step 3's scores are in log2 units; a partial's m is in natural ones.
+  for (int h = 0; h < s.group; ++h) {
+    out.m[h] = mx[size_t(h)] * std::numbers::ln2_v<float>;
+    out.l[h] = z[size_t(h)];
+    std::copy_n(&acc[size_t(h) * dp], d, out.acc + size_t(h) * d);
+  }
 }
 
 void check_decode_query(const DecodeQuery& q, int layer, int n_heads, const char* who) {

@@ -19,7 +19,7 @@ void dense_partial(const DenseSpan& s, const DensePartial& out) {
   q.resize(size_t(s.group) * d);
   for (size_t i = 0; i < q.size(); ++i) q[i] = query_for(s.type, s.q[i]);
   for (int i = 0; i < n; ++i) {
-    for (int c = 0; c < d; ++c) row[size_t(c)] = kv_elem(s.k, s.type, size_t(s.p0 + i) * d + c);
+    for (int c = 0; c < d; ++c) row[size_t(c)] = kv_row_elem(s.k, s.type, d, size_t(s.p0 + i), c);
     for (int h = 0; h < s.group; ++h) {
       const float* qh = q.data() + size_t(h) * d;
       float dot = 0;
@@ -37,7 +37,7 @@ void dense_partial(const DenseSpan& s, const DensePartial& out) {
     std::fill(out.acc + size_t(h) * d, out.acc + size_t(h + 1) * d, 0.0f);
   }
   for (int i = 0; i < n; ++i) {
-    for (int c = 0; c < d; ++c) row[size_t(c)] = kv_elem(s.v, s.type, size_t(s.p0 + i) * d + c);
+    for (int c = 0; c < d; ++c) row[size_t(c)] = kv_row_elem(s.v, s.type, d, size_t(s.p0 + i), c);
     for (int h = 0; h < s.group; ++h) {
       const float w = score[size_t(h) * n + i];
       float* acc = out.acc + size_t(h) * d;

@@ -271,8 +271,11 @@ void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
 }  // namespace
 
 void prefill_attention(const PrefillSpan& s) {
-  prefill_tiles<16, kMaxRegs>(s, [&](auto bf16, auto nv, int i0, int n, int lo, int hi) {
-    tile<decltype(bf16)::value, decltype(nv)::value>(s, i0, n, lo, hi);
+  // q8_0 blocks are dequantized to f32 either way: the avx512 build does that.
+  if (s.type == KVType::Q8_0) return avx512::prefill_attention(s);
+  prefill_tiles<16, kMaxRegs>(s, [&](auto type, auto nv, int i0, int n, int lo, int hi) {
+    constexpr KVType t = decltype(type)::value;
+    if constexpr (t != KVType::Q8_0) tile<t == KVType::BF16, decltype(nv)::value>(s, i0, n, lo, hi);
   });
 }
 

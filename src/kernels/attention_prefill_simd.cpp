@@ -7,9 +7,9 @@
 // with no horizontal sums. Keys and values are read once per tile, kBlock
 // rows at a time; the block's scores, then its weights, sit in a
 // [position][query] buffer that stays in L1.
-// bf16 caches: each block's keys and values are widened to f32 once (exact)
-// into scratch, and q is rounded to bf16 as the reference has it; weights
-// stay f32, so the results match the decode kernels'.
+// bf16 and q8_0 caches: each block's keys and values become f32 once (exact)
+// in scratch, and q is rounded to bf16 for bf16 as the reference has it;
+// weights stay f32, so the results match the decode kernels'.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -172,21 +172,42 @@ void widen(const uint16_t* src, size_t n, float* dst) {
   if (i < n) store_first(dst + i, load_bf16_first(src + i, int(n - i)), int(n - i));
 }
 
+// n q8_0 rows of d as f32 (exact).
+void dequantize(const int8_t* rows, size_t n, int d, float* dst) {
+  const size_t stride = kv_row_bytes(KVType::Q8_0, d);
+  for (size_t r = 0; r < n; ++r)
+    for (int c = 0; c < d; c += kLanes) store(dst + r * d + c, load_q8_row(rows + r * stride, c, d));
+}
+
+// Rows [b0, b0 + n) of a cache array of type T as f32: in place (f32), or
+// made in buf.
+template <KVType T>
+const float* block_f32(const void* rows, int b0, int n, int d, float* buf) {
+  const size_t row = size_t(b0) * kv_row_bytes(T, d);
+  if constexpr (T == KVType::F32) return reinterpret_cast<const float*>(static_cast<const char*>(rows) + row);
+  if constexpr (T == KVType::BF16)
+    widen(reinterpret_cast<const uint16_t*>(static_cast<const char*>(rows) + row), size_t(n) * d, buf);
+  if constexpr (T == KVType::Q8_0)
+    dequantize(reinterpret_cast<const int8_t*>(static_cast<const char*>(rows) + row), size_t(n), d, buf);
+  return buf;
+}
+
 // Query vectors [i0, i0 + n) of s, n <= kLanes * NV. Unused lanes get q = 0
 // and the tile's largest last position, and their results are dropped.
-template <bool BF16, int NV>
+template <KVType T, int NV>
 void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
+  constexpr bool kConvert = T != KVType::F32;
   constexpr int W = kLanes * NV;
   const int d = s.d;
   thread_local std::vector<float> buf;
-  buf.resize(size_t(W) * (size_t(d) * 2 + kBlock + 3) + (BF16 ? size_t(2) * kBlock * d : 0) + 16);
+  buf.resize(size_t(W) * (size_t(d) * 2 + kBlock + 3) + (kConvert ? size_t(2) * kBlock * d : 0) + 16);
   float* qp = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;
   float* st = qp + size_t(d) * W;
   float* ot = st + size_t(kBlock) * W;
   float* m = ot + size_t(d) * W;
   float* l = m + W;
   float* last = l + W;
-  float* kf = last + W;  // bf16: the block's keys and values as f32
+  float* kf = last + W;  // bf16, q8_0: the block's keys and values as f32
   float* vf = kf + size_t(kBlock) * d;
 
   for (int i = 0; i < W; ++i) {
@@ -202,17 +223,8 @@ void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
 
   for (int b0 = 0; b0 <= hi; b0 += kBlock) {
     const int nb = std::min(kBlock, hi + 1 - b0);
-    const float* kb;
-    const float* vb;
-    if constexpr (BF16) {
-      widen(static_cast<const uint16_t*>(s.k) + size_t(b0) * d, size_t(nb) * d, kf);
-      widen(static_cast<const uint16_t*>(s.v) + size_t(b0) * d, size_t(nb) * d, vf);
-      kb = kf;
-      vb = vf;
-    } else {
-      kb = static_cast<const float*>(s.k) + size_t(b0) * d;
-      vb = static_cast<const float*>(s.v) + size_t(b0) * d;
-    }
+    const float* kb = block_f32<T>(s.k, b0, nb, d, kf);
+    const float* vb = block_f32<T>(s.v, b0, nb, d, vf);
     block_scores<NV>(kb, nb, d, qp, st);
     VF f[NV];
     block_softmax<NV>(st, nb, b0, b0 + nb - 1 > lo, last, scale, m, l, f);
@@ -225,8 +237,8 @@ void tile(const PrefillSpan& s, int i0, int n, int lo, int hi) {
 }  // namespace
 
 void prefill_attention(const PrefillSpan& s) {
-  prefill_tiles<kLanes, kMaxRegs>(s, [&](auto bf16, auto nv, int i0, int n, int lo, int hi) {
-    tile<decltype(bf16)::value, decltype(nv)::value>(s, i0, n, lo, hi);
+  prefill_tiles<kLanes, kMaxRegs>(s, [&](auto type, auto nv, int i0, int n, int lo, int hi) {
+    tile<decltype(type)::value, decltype(nv)::value>(s, i0, n, lo, hi);
   });
 }
 

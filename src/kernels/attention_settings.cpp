@@ -219,11 +219,14 @@ int baseline_budget(const SparqSettings& s, int S, int d) {
   return int(std::clamp<int64_t>(elems / (2 * int64_t(d)), 1, S));
 }
 
-uint64_t dense_step_bytes(int S, int d, KVType t) { return 2 * uint64_t(S) * uint64_t(d) * kv_type_size(t); }
+// Dense reads every key and value once: the transposed keys and V rows (f32,
+// bf16), or the K and V rows with their scales (q8_0), the same bytes for f32
+// and bf16.
+uint64_t dense_step_bytes(int S, int d, KVType t) { return 2 * uint64_t(S) * kv_row_bytes(t, d); }
 
 uint64_t sparq_step_bytes(const SparqStep& st, int S, int d, KVType t) {
-  const uint64_t e = kv_type_size(t);
-  return uint64_t(S) * uint64_t(st.r) * e + 2 * uint64_t(st.k) * uint64_t(d) * e +
+  return uint64_t(S) * (uint64_t(st.r) * kv_t_elem_bytes(t) + kv_t_scale_bytes(t)) +
+         2 * uint64_t(st.k) * kv_row_bytes(t, d) +
          (st.mean ? uint64_t(d) * sizeof(float) : 0);
 }
 
@@ -244,7 +247,7 @@ uint64_t decode_step_bytes(const AttentionSettings& a, int S, int d, KVType t, b
     case Method::sparq: return sparq_step_bytes(resolve_sparq(a.sp, S, d), S, d, t);
     case Method::topk: return sparq_step_bytes(resolve_topk(a.sp, S, d), S, d, t);
     case Method::window:
-    case Method::h2o: return 2 * uint64_t(baseline_budget(a.sp, S, d)) * uint64_t(d) * kv_type_size(t);
+    case Method::h2o: return 2 * uint64_t(baseline_budget(a.sp, S, d)) * kv_row_bytes(t, d);
   }
   return dense_step_bytes(S, d, t);
 }

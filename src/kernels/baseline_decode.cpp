@@ -101,7 +101,7 @@ void attend_rows(const KVCache& cache, int layer, int kv_head, const float* q, i
     float m = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < n; ++i) {
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += qh[c] * kv_elem(K, sh.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) dot += qh[c] * kv_row_elem(K, sh.type, d, size_t(idx[i]), c);
       x[size_t(i)] = dot * scale;
       m = std::max(m, x[size_t(i)]);
     }
@@ -112,7 +112,7 @@ void attend_rows(const KVCache& cache, int layer, int kv_head, const float* q, i
     for (int i = 0; i < n; ++i) {
       const float p = x[size_t(i)] / z;
       if (prob) prob[i] += p;
-      for (int c = 0; c < d; ++c) oh[c] += p * kv_elem(V, sh.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) oh[c] += p * kv_row_elem(V, sh.type, d, size_t(idx[i]), c);
     }
   }
 }
@@ -143,7 +143,7 @@ void window_decode(std::span<const DecodeQuery> queries, int layer, int n_heads,
       float* out = q.out + (size_t(kv) * G + h) * d;
       for (int c = 0; c < d; ++c) out[c] = acc[size_t(h) * dp + c] / z[size_t(h)];
     }
-    count(counters, q, kv, 2 * uint64_t(n) * d * kv_type_size(sh.type), false);
+    count(counters, q, kv, 2 * uint64_t(n) * kv_row_bytes(sh.type, d), false);
   });
 }
 
@@ -168,7 +168,7 @@ void h2o_decode(std::span<const DecodeQuery> queries, int layer, int n_heads, co
     prob.assign(size_t(n), 0.0f);
     attend_rows(*q.cache, layer, kv, q3.data(), G, st.kept.data(), n, q.out + size_t(kv) * G * d, prob.data());
     for (int i = 0; i < n; ++i) st.score[size_t(i)] += prob[size_t(i)];
-    count(counters, q, kv, 2 * uint64_t(n) * d * kv_type_size(sh.type), n >= q.S);
+    count(counters, q, kv, 2 * uint64_t(n) * kv_row_bytes(sh.type, d), n >= q.S);
   });
 }
 

@@ -1,7 +1,9 @@
 #include "sparq/kernels/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "sparq/io/big_buffer.h"
@@ -13,68 +15,90 @@ void check_shape(const KVShape& s) {
   if (s.n_layers <= 0 || s.n_kv_heads <= 0 || s.head_dim <= 0 || s.capacity <= 0)
     fail("KV cache shape must be positive, got {} layers, {} KV heads, head size {}, capacity {}",
          s.n_layers, s.n_kv_heads, s.head_dim, s.capacity);
+  if (s.type == KVType::Q8_0 && s.head_dim % kKVQuantBlock != 0)
+    fail("KV cache type q8_0 needs a head size that is a multiple of {}, got {}", kKVQuantBlock, s.head_dim);
 }
 
-// Elements of one (layer, KV head) array: capacity rounded up to whole blocks.
-size_t head_elems(const KVShape& s) {
-  const size_t blocks = (size_t(s.capacity) + KVCache::kBlock - 1) / KVCache::kBlock;
-  return blocks * KVCache::kBlock * size_t(s.head_dim);
+// Blocks of the transposed keys: capacity rounded up to whole blocks.
+size_t blocks(const KVShape& s) { return (size_t(s.capacity) + KVCache::kBlock - 1) / KVCache::kBlock; }
+// Bytes of one (layer, KV head) of the K or V rows, and of the transposed keys.
+size_t row_head_bytes(const KVShape& s) { return blocks(s) * KVCache::kBlock * kv_row_bytes(s.type, s.head_dim); }
+size_t t_head_bytes(const KVShape& s) { return blocks(s) * kv_t_block_bytes(s.type, s.head_dim); }
+
+// One q8_0 block of n values: quants into q, the f16 scale returned.
+uint16_t quantize_block(const float* x, int n, int8_t* q) {
+  float amax = 0;
+  bool finite = true;
+  for (int i = 0; i < n; ++i) {
+    amax = std::max(amax, std::fabs(x[i]));
+    finite = finite && std::isfinite(x[i]);
+  }
+  const float s = amax / 127, inv = s != 0 ? 1 / s : 0;
+  if (!finite || !std::isfinite(inv)) {
+    std::fill(q, q + n, int8_t(0));
+    return f32_to_f16(finite ? 0.0f : NAN);
+  }
+  for (int i = 0; i < n; ++i) q[i] = int8_t(std::round(x[i] * inv));
+  return f32_to_f16(s);
 }
 
-// Bytes of one of the three arrays (K, V, K transposed), or 0 on overflow.
-size_t array_bytes(const KVShape& s) {
-  const size_t heads = size_t(s.n_layers) * size_t(s.n_kv_heads);
-  const size_t per_head = head_elems(s) * kv_type_size(s.type);
-  if (per_head > std::numeric_limits<size_t>::max() / 4 / heads) return 0;
-  return heads * per_head;
-}
+void put_f16(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
 
 }  // namespace
 
+void quantize_kv_row(const float* x, int d, uint8_t* out) {
+  for (int b = 0; b < d / kKVQuantBlock; ++b)
+    put_f16(out + d + 2 * b, quantize_block(x + b * kKVQuantBlock, kKVQuantBlock,
+                                            reinterpret_cast<int8_t*>(out) + b * kKVQuantBlock));
+}
+
 KVType parse_kv_type(std::string_view name) {
-  if (name == "f32") return KVType::F32;
-  if (name == "bf16") return KVType::BF16;
-  fail("unknown KV cache type '{}' (types: f32, bf16)", name);
+  for (KVType t : {KVType::F32, KVType::BF16, KVType::Q8_0})
+    if (name == kv_type_name(t)) return t;
+  fail("unknown KV cache type '{}' (types: f32, bf16, q8_0)", name);
 }
 
 void KVCache::Deleter::operator()(uint8_t* p) const { std::free(p); }
 
 size_t KVCache::bytes_needed(const KVShape& shape) {
   check_shape(shape);
-  const size_t a = array_bytes(shape);
-  if (a == 0) fail("KV cache of capacity {} is too large to address", shape.capacity);
-  return 3 * a + size_t(shape.n_layers) * shape.n_kv_heads * shape.head_dim * sizeof(float);
+  const size_t heads = size_t(shape.n_layers) * size_t(shape.n_kv_heads);
+  const size_t per_head = 2 * row_head_bytes(shape) + t_head_bytes(shape);
+  if (per_head > std::numeric_limits<size_t>::max() / 2 / heads)
+    fail("KV cache of capacity {} is too large to address", shape.capacity);
+  return heads * per_head + heads * shape.head_dim * sizeof(float);
 }
 
 KVCache::KVCache(const KVShape& shape) : shape_(shape) {
   const size_t total = bytes_needed(shape);  // validates
-  elem_ = kv_type_size(shape.type);
-  head_elems_ = head_elems(shape);
+  row_head_ = row_head_bytes(shape);
+  t_head_ = t_head_bytes(shape);
   len_.assign(size_t(shape.n_layers), 0);
-  const size_t a = array_bytes(shape);
-  auto alloc = [&] {
+  const size_t heads = size_t(shape.n_layers) * shape.n_kv_heads;
+  auto alloc = [&](size_t head_bytes) {
     try {
-      return static_cast<uint8_t*>(alloc_big(a, "the KV cache"));
+      return static_cast<uint8_t*>(alloc_big(heads * head_bytes, "the KV cache"));
     } catch (const Error&) {  // name the whole cache, not the one array that failed
       fail("cannot allocate {:.1f} MiB for the KV cache", total / 1048576.0);
     }
   };
-  k_.reset(alloc());
-  v_.reset(alloc());
-  kt_.reset(alloc());
+  k_.reset(alloc(row_head_));
+  v_.reset(alloc(row_head_));
+  kt_.reset(alloc(t_head_));
   const size_t nsum = size_t(shape.n_layers) * shape.n_kv_heads * shape.head_dim;
   vsum64_.assign(nsum, 0.0);
   vsum_.assign(nsum, 0.0f);
+  kq_.resize(size_t(shape.head_dim));
   evict_.resize(size_t(shape.n_layers) * shape.n_kv_heads);
 }
 
-uint8_t* KVCache::at(const std::unique_ptr<uint8_t, Deleter>& a, int layer, int kv_head) const {
-  return a.get() + (size_t(layer) * shape_.n_kv_heads + kv_head) * head_elems_ * elem_;
+uint8_t* KVCache::at(const std::unique_ptr<uint8_t, Deleter>& a, size_t head_bytes, int layer, int kv_head) const {
+  return a.get() + (size_t(layer) * shape_.n_kv_heads + kv_head) * head_bytes;
 }
 
-const void* KVCache::k_rows(int layer, int kv_head) const { return at(k_, layer, kv_head); }
-const void* KVCache::v_rows(int layer, int kv_head) const { return at(v_, layer, kv_head); }
-const void* KVCache::k_t(int layer, int kv_head) const { return at(kt_, layer, kv_head); }
+const void* KVCache::k_rows(int layer, int kv_head) const { return at(k_, row_head_, layer, kv_head); }
+const void* KVCache::v_rows(int layer, int kv_head) const { return at(v_, row_head_, layer, kv_head); }
+const void* KVCache::k_t(int layer, int kv_head) const { return at(kt_, t_head_, layer, kv_head); }
 const float* KVCache::v_sum(int layer, int kv_head) const {
   return &vsum_[(size_t(layer) * shape_.n_kv_heads + kv_head) * shape_.head_dim];
 }
@@ -103,13 +127,13 @@ void KVCache::copy_from(const KVCache& src) {
   for (int l = 0; l < shape_.n_layers; ++l)
     if (src.len_[l] != n) fail("KV cache copy: the source's layers hold {} and {} positions", n, src.len_[l]);
   clear();
-  const size_t rows = size_t(n) * shape_.head_dim * elem_;
-  const size_t blocks = (size_t(n) + kBlock - 1) / kBlock * kBlock * shape_.head_dim * elem_;
+  const size_t rows = size_t(n) * kv_row_bytes(shape_.type, shape_.head_dim);
+  const size_t blocks = (size_t(n) + kBlock - 1) / kBlock * kv_t_block_bytes(shape_.type, shape_.head_dim);
   for (int l = 0; l < shape_.n_layers; ++l) {
     for (int h = 0; h < shape_.n_kv_heads; ++h) {
-      std::copy_n(src.at(src.k_, l, h), rows, at(k_, l, h));
-      std::copy_n(src.at(src.v_, l, h), rows, at(v_, l, h));
-      std::copy_n(src.at(src.kt_, l, h), blocks, at(kt_, l, h));
+      std::memcpy(at(k_, row_head_, l, h), src.k_rows(l, h), rows);
+      std::memcpy(at(v_, row_head_, l, h), src.v_rows(l, h), rows);
+      std::memcpy(at(kt_, t_head_, l, h), src.k_t(l, h), blocks);
     }
     len_[l] = n;
   }
@@ -135,13 +159,9 @@ void KVCache::recompute_vsum(int layer) {
     double* sum = &vsum64_[(size_t(layer) * shape_.n_kv_heads + h) * d];
     float* sum32 = &vsum_[(size_t(layer) * shape_.n_kv_heads + h) * d];
     std::fill(sum, sum + d, 0.0);
-    const uint8_t* v = at(v_, layer, h);
+    const void* v = v_rows(layer, h);
     for (int p = 0; p < len_[layer]; ++p)
-      for (int c = 0; c < d; ++c) {
-        const size_t i = size_t(p) * d + c;
-        sum[c] += shape_.type == KVType::F32 ? reinterpret_cast<const float*>(v)[i]
-                                            : bf16_to_f32(reinterpret_cast<const uint16_t*>(v)[i]);
-      }
+      for (int c = 0; c < d; ++c) sum[c] += kv_row_elem(v, shape_.type, d, size_t(p), c);
     for (int c = 0; c < d; ++c) sum32[c] = float(sum[c]);
   }
 }
@@ -160,37 +180,43 @@ void KVCache::store(int layer, int pos, const float* k, const float* v) {
     reset_eviction(layer);
   }
   const int d = shape_.head_dim;
-  const size_t row = size_t(pos) * d;
-  const size_t tcol = size_t(pos / kBlock) * d * kBlock + pos % kBlock;  // component 0 in k_t
+  const KVType t = shape_.type;
+  const size_t row = size_t(pos) * kv_row_bytes(t, d);
+  const size_t e = kv_t_elem_bytes(t);
+  const size_t col = size_t(pos % kBlock);
   for (int h = 0; h < shape_.n_kv_heads; ++h) {
     const float* kh = k + size_t(h) * d;
     const float* vh = v + size_t(h) * d;
+    uint8_t* kr = at(k_, row_head_, layer, h) + row;
+    uint8_t* vr = at(v_, row_head_, layer, h) + row;
+    uint8_t* kt = at(kt_, t_head_, layer, h) + size_t(pos / kBlock) * kv_t_block_bytes(t, d);
+    if (t == KVType::Q8_0) {
+      quantize_kv_row(kh, d, kr);
+      quantize_kv_row(vh, d, vr);
+      // The transposed copy: one scale for the position's d values.
+      put_f16(kt + size_t(d) * kBlock + 2 * col, quantize_block(kh, d, kq_.data()));
+      for (int c = 0; c < d; ++c) kt[size_t(c) * kBlock + col] = uint8_t(kq_[size_t(c)]);
+    } else {
+      for (int c = 0; c < d; ++c) {
+        const size_t at_t = (size_t(c) * kBlock + col) * e;
+        if (t == KVType::F32) {
+          std::memcpy(kr + 4 * size_t(c), &kh[c], 4);
+          std::memcpy(vr + 4 * size_t(c), &vh[c], 4);
+          std::memcpy(kt + at_t, &kh[c], 4);
+        } else {
+          const uint16_t kb = f32_to_bf16(kh[c]), vb = f32_to_bf16(vh[c]);
+          std::memcpy(kr + 2 * size_t(c), &kb, 2);
+          std::memcpy(vr + 2 * size_t(c), &vb, 2);
+          std::memcpy(kt + at_t, &kb, 2);
+        }
+      }
+    }
+    // The sum of the values as stored.
     double* sum = &vsum64_[(size_t(layer) * shape_.n_kv_heads + h) * d];
     float* sum32 = &vsum_[(size_t(layer) * shape_.n_kv_heads + h) * d];
-    if (shape_.type == KVType::F32) {
-      auto* kr = reinterpret_cast<float*>(at(k_, layer, h)) + row;
-      auto* vr = reinterpret_cast<float*>(at(v_, layer, h)) + row;
-      auto* kt = reinterpret_cast<float*>(at(kt_, layer, h)) + tcol;
-      for (int c = 0; c < d; ++c) {
-        kr[c] = kh[c];
-        kt[size_t(c) * kBlock] = kh[c];
-        vr[c] = vh[c];
-        sum[c] += vh[c];
-        sum32[c] = float(sum[c]);
-      }
-    } else {
-      auto* kr = reinterpret_cast<uint16_t*>(at(k_, layer, h)) + row;
-      auto* vr = reinterpret_cast<uint16_t*>(at(v_, layer, h)) + row;
-      auto* kt = reinterpret_cast<uint16_t*>(at(kt_, layer, h)) + tcol;
-      for (int c = 0; c < d; ++c) {
-        const uint16_t kb = f32_to_bf16(kh[c]);
-        const uint16_t vb = f32_to_bf16(vh[c]);
-        kr[c] = kb;
-        kt[size_t(c) * kBlock] = kb;
-        vr[c] = vb;
-        sum[c] += bf16_to_f32(vb);
-        sum32[c] = float(sum[c]);
-      }
+    for (int c = 0; c < d; ++c) {
+      sum[c] += kv_row_elem(vr, t, d, 0, c);
+      sum32[c] = float(sum[c]);
     }
   }
   len_[layer] = pos + 1;

@@ -224,7 +224,7 @@ class ItemStep {
   void step3(int p) {
     const int r0 = p * kSliceRows, r1 = std::min(it_.k, r0 + kSliceRows);
     const SparqStep3Args a = step3_args();
-    const size_t row = size_t(d_) * kv_type_size(a.type);
+    const size_t row = kv_row_bytes(a.type, d_);
     for (int i = r0; i < r1; ++i)
       for (size_t o = 0; o < row; o += 64) {
         __builtin_prefetch(static_cast<const char*>(a.k_rows) + size_t(x_.i2[i]) * row + o, 0, 2);

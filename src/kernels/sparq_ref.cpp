@@ -23,7 +23,6 @@ void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, f
   constexpr int B = kSparqBlock;
   const int nb = (a.S + B - 1) / B;
   for (int b = b0; b < b1; ++b) {
-    const size_t block = size_t(b) * a.d * B;
     const int valid = std::min(B, a.S - b * B);
     for (int h = 0; h < a.n_h; ++h) {
       float* eh = e + (size_t(b) * a.n_h + h) * B;
@@ -31,7 +30,11 @@ void sparq_step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, f
       float m = -std::numeric_limits<float>::infinity();
       for (int i = 0; i < valid; ++i) {
         float x = 0;
-        for (int j = 0; j < a.r; ++j) x += qh[j] * kv_elem(a.k_t, a.type, block + size_t(a.i1[j]) * B + i);
+        const size_t p = size_t(b) * B + i;
+        // Fused, in component order, as the SIMD tiers sum: the same scores
+        // to the bit, so both select the same positions.
+        for (int j = 0; j < a.r; ++j) x = std::fma(qh[j], kv_t_quant(a.k_t, a.type, a.d, p, a.i1[j]), x);
+        x *= kv_t_scale(a.k_t, a.type, a.d, p);  // q8_0: s_p (qs_h . quants)
         eh[i] = x;
         m = std::max(m, x);
       }
@@ -101,7 +104,7 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
     float m = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < n; ++i) {
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += qh[c] * kv_elem(a.k_rows, a.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) dot += qh[c] * kv_row_elem(a.k_rows, a.type, d, size_t(idx[i]), c);
       x[i] = dot * a.scale;
       m = std::max(m, x[i]);
     }
@@ -111,7 +114,7 @@ void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, floa
     for (int i = 0; i < n; ++i) {
       const float p = std::exp2(x[i] - m);
       zh += p;
-      for (int c = 0; c < d; ++c) ah[c] += p * kv_elem(a.v_rows, a.type, size_t(idx[i]) * d + c);
+      for (int c = 0; c < d; ++c) ah[c] += p * kv_row_elem(a.v_rows, a.type, d, size_t(idx[i]), c);
     }
     mx[h] = m;
     z[h] = zh;

@@ -4,10 +4,12 @@
 // heads, step 2 by a sampled threshold and branch-free compress partitions,
 // step 3 with one dot-product transpose per kLanes (row, head) pairs and a
 // lazily moved softmax reference.
-// bf16 keys and values become f32 by a shift (exact); bf16 queries come
-// rounded, so step 1's and step 3's products are exact and only the f32 sums'
-// order differs from the reference (step 1 for bf16: not even that). Step 2
-// sums its scores in the reference's order, so it selects the same positions.
+// bf16 keys and values become f32 by a shift, q8_0 ones by a conversion and
+// their f16 scale (both exact); bf16 queries come rounded, so step 3's
+// products are exact and only the f32 sums' order differs from the
+// reference. Step 1 fuses its products in the reference's order (q8_0: then
+// times the position's scale), and step 2 sums its scores in the reference's
+// order, so both select the same positions.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -136,6 +138,23 @@ inline void load2_first(const uint16_t* p, int n, VF& lo, VF& hi) {  // no 16-bi
 }
 #endif
 
+// 2 kLanes int8 as f32, in order.
+inline void load2(const int8_t* p, VF& lo, VF& hi) {
+  lo = load_i8(p);
+  hi = load_i8(p + kLanes);
+}
+inline void load2_first(const int8_t* p, int n, VF& lo, VF& hi) {
+  int8_t buf[2 * kLanes] = {};
+  std::memcpy(buf, p, size_t(std::clamp(n, 0, 2 * kLanes)));
+  load2(buf, lo, hi);
+}
+// kLanes f16 scales, or the first n (the others 0).
+inline VF load_f16_first(const uint16_t* p, int n) {
+  uint16_t buf[kLanes] = {};
+  std::memcpy(buf, p, sizeof(uint16_t) * size_t(std::clamp(n, 0, kLanes)));
+  return load_f16(buf);
+}
+
 // 2 kLanes f32 in order.
 inline void load2(const float* p, VF& lo, VF& hi) {
   lo = load(p);
@@ -151,11 +170,27 @@ inline void in_order(VF& lo, VF& hi) {
   if constexpr (sizeof(T) == 2) unpacked_in_order(lo, hi);
 }
 
-// kLanes elements as f32, in order (bf16 widened); or the first n, the others 0.
-inline VF load_row(const float* p) { return load(p); }
-inline VF load_row(const uint16_t* p) { return load_bf16(p); }
-inline VF load_row_first(const float* p, int n) { return load_first(p, n); }
-inline VF load_row_first(const uint16_t* p, int n) { return load_bf16_first(p, n); }
+// Elements of T from one K or V row to the next: a q8_0 row (int8) holds its
+// d quants, then its d / 32 f16 scales.
+template <class T>
+constexpr size_t row_stride(int d) {
+  return std::is_same_v<T, int8_t> ? size_t(d) + 2 * size_t(d / 32) : size_t(d);
+}
+
+// kLanes elements c0.. of a row of d as f32, in order (bf16 widened, q8_0
+// scaled); or the first n, the others 0 (q8_0 rows have whole vectors only).
+inline VF load_row(const float* row, int c0, int) { return load(row + c0); }
+inline VF load_row(const uint16_t* row, int c0, int) { return load_bf16(row + c0); }
+inline VF load_row(const int8_t* row, int c0, int d) { return load_q8_row(row, c0, d); }
+inline VF load_row_first(const float* row, int c0, int, int n) { return load_first(row + c0, n); }
+inline VF load_row_first(const uint16_t* row, int c0, int, int n) { return load_bf16_first(row + c0, n); }
+inline VF load_row_first(const int8_t* row, int c0, int d, int) { return load_q8_row(row, c0, d); }
+
+// Block b of the transposed keys.
+template <class T>
+const T* kt_block(const SparqStep1Args& a, int b) {
+  return reinterpret_cast<const T*>(static_cast<const char*>(a.k_t) + size_t(b) * kv_t_block_bytes(a.type, a.d));
+}
 
 // ---- step 1 ----
 
@@ -186,7 +221,9 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
   constexpr int W = 2 * kLanes, kGroup = W * U;
   static_assert(B % kGroup == 0);
   constexpr int kGroupBytes = kGroup * int(sizeof(T));
-  const T* blk = static_cast<const T*>(a.k_t) + size_t(b) * a.d * B;
+  constexpr bool kQ8 = std::is_same_v<T, int8_t>;
+  const T* blk = kt_block<T>(a, b);
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(blk + size_t(a.d) * B);  // q8_0: one per position
   const int valid = std::min(B, a.S - b * B);
   const int r = a.r;
   const float* qs = a.qs + size_t(h0) * r;
@@ -198,9 +235,13 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
   const auto group = [&](auto full, int g) {
     constexpr bool Full = decltype(full)::value;
     const int p0 = g * kGroup;
-    if (pf)  // the lines of the prefetched block's runs that start in this group's bytes
+    if (pf) {  // the lines of the prefetched block's runs (and scales) that start in this group's bytes
       for (int o = (g * kGroupBytes + 63) & ~63; o < (g + 1) * kGroupBytes; o += 64)
         for (int j = 0; j < r; ++j) prefetch(reinterpret_cast<const char*>(pf + size_t(a.i1[j]) * B) + o);
+      if constexpr (kQ8)
+        for (int o = (2 * g * kGroup + 63) & ~63; o < 2 * (g + 1) * kGroup; o += 64)
+          prefetch(reinterpret_cast<const char*>(pf + size_t(a.d) * B) + o);
+    }
     VF lo[NH][U], hi[NH][U];
     for (int h = 0; h < NH; ++h)
       for (int u = 0; u < U; ++u) lo[h][u] = hi[h][u] = zero();
@@ -216,6 +257,17 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
           const VF q = set1(qs[h * r + j]);
           lo[h][u] = fmadd(x0, q, lo[h][u]);
           hi[h][u] = fmadd(x1, q, hi[h][u]);
+        }
+      }
+    }
+    for (int u = 0; u < U; ++u) {
+      if constexpr (kQ8) {  // x_h(p) = s_p (qs_h . quants)
+        const int p = p0 + W * u;
+        const VF s0 = Full ? load_f16(scales + p) : load_f16_first(scales + p, valid - p);
+        const VF s1 = Full ? load_f16(scales + p + kLanes) : load_f16_first(scales + p + kLanes, valid - p - kLanes);
+        for (int h = 0; h < NH; ++h) {
+          lo[h][u] = mul(lo[h][u], s0);
+          hi[h][u] = mul(hi[h][u], s1);
         }
       }
     }
@@ -250,9 +302,8 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
   // Prefetch about 8 KiB ahead: enough in flight to cover DRAM latency.
   const int run_bytes = B * int(sizeof(T));
   const int dist = std::clamp(8192 / std::max(1, a.r * run_bytes) + 1, 1, 8);
-  const T* kt = static_cast<const T*>(a.k_t);
   for (int b = b0; b < b1; ++b) {
-    const T* pf = b + dist < nb ? kt + size_t(b + dist) * a.d * B : nullptr;
+    const T* pf = b + dist < nb ? kt_block<T>(a, b + dist) : nullptr;
     for (int h0 = 0; h0 < a.n_h; h0 += kMaxStep1Heads) {
       const T* p = h0 == 0 ? pf : nullptr;  // later head passes find the block in cache
       switch (std::min(kMaxStep1Heads, a.n_h - h0)) {
@@ -274,10 +325,11 @@ void step1(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* 
 }
 
 void step1_kernel(const SparqStep1Args& a, int b0, int b1, float* e, float* mx, float* sum) {
-  if (a.type == KVType::F32)
-    step1<float>(a, b0, b1, e, mx, sum);
-  else
-    step1<uint16_t>(a, b0, b1, e, mx, sum);
+  switch (a.type) {
+    case KVType::F32: return step1<float>(a, b0, b1, e, mx, sum);
+    case KVType::BF16: return step1<uint16_t>(a, b0, b1, e, mx, sum);
+    case KVType::Q8_0: return step1<int8_t>(a, b0, b1, e, mx, sum);
+  }
 }
 
 void weights_kernel(const float* mx, const float* sum, int n_h, int nb, float* w) {
@@ -474,8 +526,8 @@ constexpr int kRowsAhead = 32;
 constexpr int kMaxStep3Group = 8;
 
 template <class T>
-void prefetch_row(const T* row, int d) {
-  const uintptr_t end = reinterpret_cast<uintptr_t>(row + d);
+void prefetch_row(const T* row, size_t n) {  // n elements
+  const uintptr_t end = reinterpret_cast<uintptr_t>(row + n);
   for (uintptr_t l = reinterpret_cast<uintptr_t>(row) & ~uintptr_t(63); l < end; l += 64)
     prefetch(reinterpret_cast<const void*>(l));
 }
@@ -512,6 +564,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   static_assert(CR % U == 0 && NG * kLanes <= 256);
   constexpr float kHeadroom = 16.0f;
   const int d = NV > 0 ? NV * kLanes : a.d, dp = sparq_dpad(d), nc = (d + CW - 1) / CW, wd = nc * CW;
+  const size_t rs = row_stride<T>(d);
   const T* K = static_cast<const T*>(a.k_rows);
   const T* V = static_cast<const T*>(a.v_rows);
   const float* q = a.q;
@@ -519,7 +572,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   float* ac = w + 256;  // [G][wd]
   std::fill(ac, ac + size_t(G) * wd, 0.0f);
   for (int i = 0; i < std::min(n, kRowsAhead); ++i)
-    prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+    prefetch_row(K + size_t(idx[i]) * rs, rs), prefetch_row(V + size_t(idx[i]) * rs, rs);
 #if defined(__AVX512BF16__)
   // bf16 keys at the avx512bf16 tier: vdpbf16ps multiplies 32 of them at a
   // time by the query's bf16 pairs (q comes bf16-rounded: exact, as are the
@@ -534,7 +587,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   VF m = zero(), l = zero();  // lane i: head i % G
   const T* rows[CR];
   for (int c = 0; c < n; c += CR) {
-    for (int i = 0; i < CR; ++i) rows[i] = K + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int i = 0; i < CR; ++i) rows[i] = K + size_t(idx[std::min(c + i, n - 1)]) * rs;
     for (int g = 0; g < NG; ++g) {
       const int nrows = std::min(R, n - c - g * R);
       if (nrows <= 0) {  // past the end: weight 0
@@ -542,7 +595,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
         continue;
       }
       for (int i = c + kRowsAhead + g * R; i < std::min(n, c + kRowsAhead + (g + 1) * R); ++i)
-        prefetch_row(K + size_t(idx[i]) * d, d), prefetch_row(V + size_t(idx[i]) * d, d);
+        prefetch_row(K + size_t(idx[i]) * rs, rs), prefetch_row(V + size_t(idx[i]) * rs, rs);
       VF dot[kLanes];
       for (VF& x : dot) x = zero();
 #if defined(__AVX512BF16__)
@@ -556,7 +609,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
 #endif
       for (int v = 0; v < d; v += kLanes) {
         for (int r = 0; r < R; ++r) {
-          const VF k = NV > 0 ? load_row(rows[g * R + r] + v) : load_row_first(rows[g * R + r] + v, d - v);
+          const VF k = NV > 0 ? load_row(rows[g * R + r], v, d) : load_row_first(rows[g * R + r], v, d, d - v);
           for (int h = 0; h < G; ++h) {
             const VF qh = NV > 0 ? load(q + size_t(h) * d + v) : load_first(q + size_t(h) * d + v, d - v);
             dot[r * G + h] = fmadd(k, qh, dot[r * G + h]);
@@ -583,7 +636,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
       store(w + kLanes * g, p);
       l = add(l, p);
     }
-    for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * d;
+    for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * rs;
     for (int j = 0; j < nc; ++j) {
       const int c0 = j * CW;
       VF av[C][U][G];
@@ -595,8 +648,8 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
           const int i = r + u;
           VF x[C];
           for (int cc = 0; cc < C; ++cc)
-            x[cc] = NV > 0 ? load_row(rows[i] + c0 + cc * kLanes)
-                           : load_row_first(rows[i] + c0 + cc * kLanes, d - c0 - cc * kLanes);
+            x[cc] = NV > 0 ? load_row(rows[i], c0 + cc * kLanes, d)
+                           : load_row_first(rows[i], c0 + cc * kLanes, d, d - c0 - cc * kLanes);
           for (int h = 0; h < G; ++h) {
             const VF p = set1(w[kLanes * (i / R) + (i % R) * G + h]);
             for (int cc = 0; cc < C; ++cc) av[cc][u][h] = fmadd(p, x[cc], av[cc][u][h]);
@@ -656,10 +709,11 @@ void step3_kernel(const SparqStep3Args& a, const int* idx, int n, float* mx, flo
     s.q = a.q + size_t(h0) * a.d;
     s.n_h = std::min(kMaxStep3Group, a.n_h - h0);
     float *m = mx + h0, *zh = z + h0, *ah = acc + size_t(h0) * dp;
-    if (a.type == KVType::F32)
-      step3_type<float>(s, idx, n, m, zh, ah, scratch);
-    else
-      step3_type<uint16_t>(s, idx, n, m, zh, ah, scratch);
+    switch (a.type) {
+      case KVType::F32: step3_type<float>(s, idx, n, m, zh, ah, scratch); break;
+      case KVType::BF16: step3_type<uint16_t>(s, idx, n, m, zh, ah, scratch); break;
+      case KVType::Q8_0: step3_type<int8_t>(s, idx, n, m, zh, ah, scratch); break;
+    }
   }
 }
 

@@ -1,5 +1,7 @@
 // Random data and small caches for the kernel tests.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -12,6 +14,30 @@ inline std::vector<float> gaussian(size_t n, float scale, std::mt19937& rng) {
   std::vector<float> v(n);
   for (float& x : v) x = nd(rng);
   return v;
+}
+
+inline constexpr KVType kAllKVTypes[] = {KVType::F32, KVType::BF16, KVType::Q8_0};
+
+// Whether a cache of type t takes head size d (q8_0: whole blocks of 32).
+inline bool takes(KVType t, int d) { return t != KVType::Q8_0 || d % 32 == 0; }
+
+// x (rows of whole 32-value blocks for q8_0) as a cache of type t holds it:
+// rounded to bf16, or llama.cpp's q8_0 written out from its definition
+// (quantize_row_q8_0_ref): per 32 values d = max|x| / 127, q = roundf(x * (1 / d)),
+// d kept as f16.
+// The transposed copy's q8_0 takes one scale per position: as_stored(x, t, d)
+// holds rows of d that way.
+inline std::vector<float> as_stored(std::vector<float> x, KVType t, size_t block = 32) {
+  if (t == KVType::BF16)
+    for (float& v : x) v = bf16_to_f32(f32_to_bf16(v));
+  if (t == KVType::Q8_0)
+    for (size_t b = 0; b + block <= x.size(); b += block) {
+      float amax = 0;
+      for (size_t i = b; i < b + block; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const float d = amax / 127, id = d != 0 ? 1.0f / d : 0.0f, d16 = f16_to_f32(f32_to_f16(d));
+      for (size_t i = b; i < b + block; ++i) x[i] = std::round(x[i] * id) * d16;
+    }
+  return x;
 }
 
 // A one-layer cache holding k and v ([S][n_kv][d]) at positions 0..S-1.

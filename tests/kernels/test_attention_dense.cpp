@@ -21,6 +21,7 @@
 #include "sparq/util/cpu.h"
 #include "sparq/io/safetensors.h"
 #include "cpu_tiers.h"
+#include "kv_test_data.h"
 #include "test_util.h"
 
 using namespace sparq;
@@ -38,9 +39,8 @@ struct KV {
   // The values a cache of type t holds.
   KV as_stored(KVType t) const {
     KV r = *this;
-    if (t == KVType::BF16)
-      for (auto* a : {&r.k, &r.v})
-        for (float& x : *a) x = bf16_to_f32(f32_to_bf16(x));
+    r.k = test::as_stored(k, t);
+    r.v = test::as_stored(v, t);
     return r;
   }
 };
@@ -159,9 +159,10 @@ TEST_CASE("dense decode matches a double reference on all shapes", "[attention]"
   const int nkv = 2, maxS = 4100;
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (KVType t : {KVType::F32, KVType::BF16})
-      for (int d : {8, 33, 64, 128})
+    for (KVType t : test::kAllKVTypes)
+      for (int d : {8, 33, 64, 96, 128})
         for (int group : {1, 4}) {
+          if (!test::takes(t, d)) continue;
           CAPTURE(cpu_tier_name(tier), kv_type_name(t), d, group);
           const int nh = nkv * group;
           const KV kv = random_kv(maxS, nkv, d, 1.0f, uint32_t(d * 10 + group));
@@ -244,7 +245,7 @@ TEST_CASE("dense decode matches the golden dense outputs", "[attention][golden]"
 TEST_CASE("dense decode split over threads equals the unsplit result", "[attention]") {
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (KVType t : {KVType::F32, KVType::BF16})
+    for (KVType t : test::kAllKVTypes)
       for (int S : {2048, 3001, 5000}) {
         CAPTURE(cpu_tier_name(tier), kv_type_name(t), S);
         const int d = 64, group = 4;
@@ -302,7 +303,7 @@ TEST_CASE("dense decode and prefill handle adversarial keys", "[attention]") {
       for (int c = 0; c < d; ++c) q[size_t(h) * d + c] = cs.qscale * (h == 0 ? (c % 2 ? 1.f : -1.f) : nd(rng));
     for (CpuTier tier : kernel_tiers()) {
       const test::TierScope scope(tier);
-      for (KVType t : {KVType::F32, KVType::BF16}) {
+      for (KVType t : test::kAllKVTypes) {
         CAPTURE(cs.what, cpu_tier_name(tier), kv_type_name(t));
         KVCache c(KVShape{1, nkv, d, S, t});
         kv.fill(c);
@@ -331,7 +332,8 @@ TEST_CASE("prefill matches a double reference on all shapes", "[attention]") {
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
     for (const Shape& sh : shapes)
-      for (KVType t : {KVType::F32, KVType::BF16}) {
+      for (KVType t : test::kAllKVTypes) {
+        if (!test::takes(t, sh.d)) continue;
         CAPTURE(cpu_tier_name(tier), kv_type_name(t), sh.d, sh.group, sh.p0, sh.T);
         const int S = sh.p0 + sh.T, nh = nkv * sh.group;
         const KV kv = random_kv(S, nkv, sh.d, 1.0f, uint32_t(sh.d + sh.T));
@@ -354,7 +356,7 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
   const std::vector<float> q = random_q(n * d, 1.5f, 6);
   const KV kv = random_kv(S, 1, d, 1.0f, 7);
   for (CpuTier tier : kernel_tiers())
-    for (KVType t : {KVType::F32, KVType::BF16}) {
+    for (KVType t : test::kAllKVTypes) {
       CAPTURE(cpu_tier_name(tier), kv_type_name(t));
       KVCache c(KVShape{1, 1, d, S, t});
       kv.fill(c);
@@ -381,7 +383,7 @@ TEST_CASE("prefill reads queries at a stride and equals decode for f32 caches", 
   const int d = 64, nkv = 2, group = 4, nh = nkv * group, p0 = 300, T = 45;
   for (CpuTier tier : kernel_tiers()) {
     const test::TierScope scope(tier);
-    for (KVType t : {KVType::F32, KVType::BF16}) {
+    for (KVType t : test::kAllKVTypes) {
       CAPTURE(cpu_tier_name(tier), kv_type_name(t));
       const KV kv = random_kv(p0 + T, nkv, d, 1.0f, 11);
       KVCache c(KVShape{2, nkv, d, p0 + T, t});

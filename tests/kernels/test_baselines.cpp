@@ -21,15 +21,8 @@ using sparq::test::make_cache;
 
 namespace {
 
-const KVType kTypes[] = {KVType::F32, KVType::BF16};
-
-// What the cache holds, as floats (bf16 caches round).
-std::vector<float> as_stored(const std::vector<float>& x, KVType t) {
-  std::vector<float> y(x);
-  if (t == KVType::BF16)
-    for (float& v : y) v = bf16_to_f32(f32_to_bf16(v));
-  return y;
-}
+using sparq::test::as_stored;
+const auto& kTypes = test::kAllKVTypes;
 
 // One KV head's rows [S][d] out of [S][n_kv][d].
 std::vector<float> head_rows(const std::vector<float>& x, int S, int n_kv, int d, int kv) {
@@ -157,12 +150,14 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
     const test::TierScope scope(tier);
     for (const KVType t : kTypes)
       for (const Shape sh : {Shape{1, 4, 128, 700}, Shape{2, 1, 64, 1100}, Shape{1, 2, 32, 40}, Shape{2, 4, 16, 2100}}) {
+        if (!test::takes(t, sh.d)) continue;
         const int nh = sh.n_kv * sh.group;
         const std::vector<float> k = gaussian(size_t(sh.S) * sh.n_kv * sh.d, 1.0f, rng);
         const std::vector<float> v = gaussian(size_t(sh.S) * sh.n_kv * sh.d, 1.0f, rng);
         const KVCache c = make_cache(sh.n_kv, sh.d, sh.S, t, k, v);
         std::vector<float> q = gaussian(size_t(nh) * sh.d, 2.0f, rng);
-        const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = as_stored(q, t);
+        const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = as_stored(q, t == KVType::BF16 ? t : KVType::F32);
+        const std::vector<float> kt = as_stored(k, t, size_t(sh.d));  // what step 1 ranks by
         for (const char* text : {"window:8", "window:k=1", "window:k=7,sinks=9", "topk:k=5", "topk:k=20,l=4",
                                  "topk:k=9,group=logit", "topk:4,floor=3"}) {
           INFO(cpu_tier_name(tier) << " " << kv_type_name(t) << " " << text << " S " << sh.S << " d " << sh.d
@@ -186,8 +181,9 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
               std::vector<float> q_rank(qk, qk + size_t(sh.group) * sh.d);
               for (size_t i = 0; i < q_rank.size(); ++i)
                 q_rank[i] = float(double(query_for(t, float(q[size_t(kv) * sh.group * sh.d + i] * scale))) / scale);
+              const std::vector<float> Kt = head_rows(kt, sh.S, sh.n_kv, sh.d, kv);
               ref::attention_over(qk, sh.group, sh.d, K.data(), V.data(),
-                                  ref::topk_positions(q_rank.data(), sh.group, sh.d, K.data(), sh.S, kk, st.l, st.group),
+                                  ref::topk_positions(q_rank.data(), sh.group, sh.d, Kt.data(), sh.S, kk, st.l, st.group),
                                   want.data());
             }
             require_near(&out[size_t(kv) * sh.group * sh.d], want.data(), want.size(), 2e-4);
@@ -238,8 +234,9 @@ TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attenti
   };
   for (const Case cs : {Case{"h2o:k=6,recent=50", 1, 4, 16, 4, 30, false}, Case{"h2o:k=1", 2, 1, 8, 3, 10, false},
                         Case{"h2o:k=9,recent=0", 1, 2, 32, 12, 20, false}, Case{"h2o:k=5,recent=40", 1, 4, 8, 2, 25, true},
-                        Case{"h2o:k=50", 1, 4, 16, 3, 20, false}}) {
+                        Case{"h2o:k=50", 1, 4, 16, 3, 20, false}, Case{"h2o:k=7,recent=30", 2, 2, 64, 5, 15, false}}) {
     for (const KVType t : kTypes) {
+      if (!test::takes(t, cs.d)) continue;
       INFO(cs.setting << " " << kv_type_name(t));
       const AttentionSettings a = parse_attention_setting(cs.setting);
       const int nh = cs.n_kv * cs.group, S1 = cs.S0 + cs.steps;
@@ -253,7 +250,7 @@ TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attenti
         c.store(0, p, &k[size_t(p) * cs.n_kv * cs.d], &v[size_t(p) * cs.n_kv * cs.d]);
         const int S = p + 1;
         if (S < cs.S0) continue;
-        const std::vector<float> q = as_stored(gaussian(size_t(nh) * cs.d, 1.5f, rng), t);
+        const std::vector<float> q = as_stored(gaussian(size_t(nh) * cs.d, 1.5f, rng), t == KVType::BF16 ? t : KVType::F32);
         AttnCounters n;
         const std::vector<float> out = decode(c, S, q, nh, a, &n);
         const int budget = baseline_budget(a.sp, S, cs.d);
@@ -269,7 +266,7 @@ TEST_CASE("h2o follows its step-by-step reference, evicting for good", "[attenti
           CHECK(int(kept.size()) == (S == cs.S0 ? S : std::min(S, budget)));
           CHECK(kept.back() == S - 1);  // the query's own position is always read
           require_near(&out[size_t(kv) * cs.group * cs.d], want.data(), want.size(), 1e-4);
-          bytes += 2 * kept.size() * cs.d * kv_type_size(t);
+          bytes += 2 * kept.size() * kv_row_bytes(t, cs.d);
         }
         CHECK(n.kv_bytes == bytes);
         CHECK(n.kv_bytes == uint64_t(cs.n_kv) * decode_step_bytes(a, S, cs.d, t, S == cs.S0));

@@ -142,8 +142,8 @@ TEST_CASE("KV cache rejects bad shapes and out-of-order stores", "[kv_cache]") {
   KVShape bad = s;
   bad.head_dim = 0;
   CHECK_THROWS_WITH(KVCache(bad), Catch::Contains("must be positive"));
-  for (KVType t : {KVType::F32, KVType::BF16}) CHECK(parse_kv_type(kv_type_name(t)) == t);
-  CHECK_THROWS_WITH(parse_kv_type("f16"), Catch::Contains("unknown KV cache type 'f16' (types: f32, bf16)"));
+  for (KVType t : {KVType::F32, KVType::BF16, KVType::Q8_0}) CHECK(parse_kv_type(kv_type_name(t)) == t);
+  CHECK_THROWS_WITH(parse_kv_type("f16"), Catch::Contains("unknown KV cache type 'f16' (types: f32, bf16, q8_0)"));
   bad = s;
   bad.n_layers = bad.n_kv_heads = bad.capacity = 1 << 30;
   bad.head_dim = 1 << 20;

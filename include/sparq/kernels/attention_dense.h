@@ -10,10 +10,10 @@
 namespace sparq {
 
 struct DenseSpan {
-  const void* k;   // K rows of the KV head: [positions][d], f32 or bf16 (ref kernel)
-  const void* kt;  // the same keys transposed in blocks, KVCache::k_t layout (SIMD kernels)
-  const void* v;   // V rows: [positions][d]
-  KVType type;      // F32 or BF16
+  const void* k;   // K rows of the KV head (KVCache::k_rows layout; the ref kernel and q8_0)
+  const void* kt;  // the same keys transposed in blocks, KVCache::k_t layout (SIMD kernels, f32 and bf16)
+  const void* v;   // V rows
+  KVType type;
   int d;
   int group;       // query heads sharing this KV head
   const float* q;  // [group][d]
@@ -31,9 +31,9 @@ struct DensePartial {
 // n query vectors against one KV head: out[i] = softmax(q[i].k / sqrt(d)) . v
 // over positions [0, last[i]], normalised (d floats each).
 struct PrefillSpan {
-  const void* k;  // K rows of the KV head: [positions][d], f32 or bf16
-  const void* v;  // V rows: [positions][d]
-  KVType type;     // F32 or BF16
+  const void* k;  // K rows of the KV head (KVCache::k_rows layout)
+  const void* v;  // V rows
+  KVType type;
   int d;
   int n;
   const float* const* q;  // [n] query vectors
@@ -66,10 +66,17 @@ void dense_partial(const DenseSpan& s, const DensePartial& out);
 void prefill_attention(const PrefillSpan& s);
 }  // namespace avx512bf16
 
+// The dense_partial kernels above take f32 and bf16 spans (ref: q8_0 too);
+// every prefill_attention takes all three types (q8_0 blocks dequantized).
 struct DenseKernels {
   void (*dense_partial)(const DenseSpan& s, const DensePartial& out);
   void (*prefill_attention)(const PrefillSpan& s);
 };
 const DenseKernels& dense_kernels(CpuTier t);
+
+// Tier t's dense decode of a span of any type. q8_0 keys are read from their
+// rows, whose 32-value scales the transposed copy lacks: above portable, as
+// SparQ's step 3 (sparq_kernels(t)) over every row of the span.
+void dense_partial(CpuTier t, const DenseSpan& s, const DensePartial& out);
 
 }  // namespace sparq

@@ -23,8 +23,8 @@ inline void with_count(int n, F&& f) {
   }
 }
 
-// A span's queries in tiles of up to Lanes * MaxRegs: tile(bf16, nv, i0, n,
-// lo, hi) for queries [i0, i0 + n), with bf16 (the cache's type) and nv (the
+// A span's queries in tiles of up to Lanes * MaxRegs: tile(type, nv, i0, n,
+// lo, hi) for queries [i0, i0 + n), with type (the cache's KVType) and nv (the
 // registers of Lanes queries the tile needs) as compile-time constants, and
 // lo, hi the least and the greatest last position its queries see.
 template <int Lanes, int MaxRegs, class Tile>
@@ -37,10 +37,11 @@ void prefill_tiles(const PrefillSpan& s, Tile&& tile) {
       hi = std::max(hi, s.last[i0 + i]);
     }
     with_count<MaxRegs>((n + Lanes - 1) / Lanes, [&](auto nv) {
-      if (s.type == KVType::BF16)
-        tile(std::true_type{}, nv, i0, n, lo, hi);
-      else
-        tile(std::false_type{}, nv, i0, n, lo, hi);
+      switch (s.type) {
+        case KVType::F32: return tile(std::integral_constant<KVType, KVType::F32>{}, nv, i0, n, lo, hi);
+        case KVType::BF16: return tile(std::integral_constant<KVType, KVType::BF16>{}, nv, i0, n, lo, hi);
+        case KVType::Q8_0: return tile(std::integral_constant<KVType, KVType::Q8_0>{}, nv, i0, n, lo, hi);
+      }
     });
   }
 }

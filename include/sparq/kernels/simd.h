@@ -56,6 +56,11 @@ inline VF load_bf16(const uint16_t* p) {
 inline VF load_bf16_first(const uint16_t* p, int n) {
   return _mm512_castsi512_ps(widen_bf16(_mm256_maskz_loadu_epi16(first_mask(n), p)));
 }
+// kLanes int8 as f32 (exact), and kLanes f16 (F16C's conversion, exact).
+inline VF load_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline VF load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline VI as_int(VF v) { return _mm512_castps_si512(v); }
 inline VF as_float(VI v) { return _mm512_castsi512_ps(v); }
 inline VF add(VF a, VF b) { return _mm512_add_ps(a, b); }
@@ -138,6 +143,10 @@ inline VF load_bf16_first(const uint16_t* p, int n) {
   std::memcpy(buf, p, sizeof(uint16_t) * size_t(n < 0 ? 0 : n > 8 ? 8 : n));
   return load_bf16(buf);
 }
+inline VF load_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VF load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline VI as_int(VF v) { return _mm256_castps_si256(v); }
 inline VF as_float(VI v) { return _mm256_castsi256_ps(v); }
 inline VF add(VF a, VF b) { return _mm256_add_ps(a, b); }
@@ -207,6 +216,17 @@ inline void unpacked_in_order(VF& lo, VF& hi) {
 #endif
 
 inline VF zero_if_nan(VF v) { return select(eq(v, v), v, zero()); }
+
+// One f16 as f32, broadcast: a q8_0 block's scale.
+inline VF set1_f16(const void* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return set1(_cvtsh_ss(h));
+}
+// kLanes values c0.. of a q8_0 row of d (its quants, then its f16 scales), as f32.
+inline VF load_q8_row(const int8_t* row, int c0, int d) {
+  return mul(load_i8(row + c0), set1_f16(row + d + 2 * (c0 / 32)));
+}
 
 // 2^x for x <= 0 (max-subtracted scores): x = n + f with |f| <= 1/2, a
 // degree-5 polynomial fitted to 2^f for relative error with p(0) = 1, so the

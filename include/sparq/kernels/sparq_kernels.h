@@ -22,7 +22,7 @@ inline constexpr int kSparqBlock = KVCache::kBlock;
 // Step 1 of one KV head for its n_h query heads, over the transposed keys.
 struct SparqStep1Args {
   const void* k_t = nullptr;  // KVCache::k_t of the KV head
-  KVType type = KVType::BF16;   // F32 or BF16
+  KVType type = KVType::BF16;
   int d = 0;                  // head size
   int S = 0;                  // positions
   const int* i1 = nullptr;    // r components, ascending
@@ -62,7 +62,8 @@ inline size_t sparq_select_scratch(int n) { return 3 * size_t(n) + 48; }
 void sparq_select_components(const float* q, int n_h, int d, int r, KVType type, int* i1, float* qs);
 
 namespace ref {
-// Blocks [b0, b1) of kSparqBlock positions, with x_h(p) = qs_h . K[p, i1]: for
+// Blocks [b0, b1) of kSparqBlock positions, with x_h(p) = qs_h . K[p, i1]
+// (q8_0: s_p (qs_h . quants[p, i1]), kv_t_quant and kv_t_scale): for
 // block b and head h (nb = the blocks of S), mx[h nb + b] = the max of x_h over
 // the block's positions < S, e[(b n_h + h) kSparqBlock + p % kSparqBlock] =
 // 2^(x_h(p) - mx) (0 for p >= S) and sum[h nb + b] = the sum of those.
