@@ -112,7 +112,7 @@ void add_run_flags(CLI::App& app, RunFlags& o) {
       ->capture_default_str()->group(model);
   app.add_option("-b,--batch-size", o.batch, "prompt tokens per forward pass")->capture_default_str()->group(model);
   app.add_option("--dtype", o.dtype, "weight format: f32, bf16, q8_0 or q4_0, quantized at load")->capture_default_str()->group(model);
-  app.add_option("--kv-type", o.kv_type, "KV cache type: f32 or bf16")->capture_default_str()->group(model);
+  app.add_option("--kv-type", o.kv_type, "KV cache type: f32, bf16 or q8_0")->capture_default_str()->group(model);
   app.add_flag("--no-bos", o.no_bos, "do not add the beginning-of-sequence token")->group(model);
 
   const std::string gen = "generation and sampling";
@@ -372,7 +372,7 @@ void add_bench_flags(CLI::App& bench, BenchFlags& b) {
   const std::string kv = "attention and KV cache (model and attention benches)";
   bench.add_option("--attention", b.settings, "settings, e.g. dense,sparq:8,sparq:r=8,k=512")
       ->type_name("LIST")->capture_default_str()->group(kv);
-  bench.add_option("--kv-type", b.kv_types, "KV cache types, f32 or bf16; the attention bench takes one")
+  bench.add_option("--kv-type", b.kv_types, "KV cache types, f32, bf16 or q8_0")
       ->delimiter(',')->capture_default_str()->group(kv);
 
   const std::string cpu = "threads and CPU";
@@ -403,7 +403,7 @@ int run_model_bench_flags(BenchFlags& b) {
 int run_bench(BenchFlags& b) {
   if (b.reps < 0) fail("--repetitions must be >= 0, got {}", b.reps);
   if (b.kernel == "model") return run_model_bench_flags(b);
-  if (b.threads.size() != 1 || b.kv_types.size() != 1) fail("--kernel {} takes one -t and one --kv-type", b.kernel);
+  if (b.threads.size() != 1) fail("--kernel {} takes one -t", b.kernel);
   if (b.threads[0] < 0) fail("--threads must be >= 0, got {}", b.threads[0]);
   const int threads = b.threads[0] > 0 ? b.threads[0] : omp_get_num_procs();
   omp_set_num_threads(threads);
@@ -416,7 +416,8 @@ int run_bench(BenchFlags& b) {
   }
   if (b.kernel != "attention") fail("--kernel must be model, attention or matmul, got '{}'", b.kernel);
   b.attn.format = b.format;
-  b.attn.kv_type = parse_kv(b.kv_types[0], "--kv-type");
+  b.attn.kv_types.clear();
+  for (const std::string& t : b.kv_types) b.attn.kv_types.push_back(parse_kv(t, "--kv-type"));
   b.attn.settings = split_settings(b.settings);
   b.attn.threads = threads;
   b.attn.bandwidth_gbs = b.bandwidth_gbs;

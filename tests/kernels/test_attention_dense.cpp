@@ -610,12 +610,35 @@ TEST_CASE("attention bench reports bytes, speedups and its formats", "[attention
   o.format = "csv";
   const std::string csv = bench_output(o);
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 4);
-  CHECK(csv.rfind("setting,S,d,group,layers,ms_mean", 0) == 0);
+  CHECK(csv.rfind("setting,kv_type,S,d,group,layers,ms_mean", 0) == 0);
   o.format = "markdown";
   const std::string md = bench_output(o);
   CHECK(md.find("random data") != std::string::npos);
   CHECK(md.find("measured read bandwidth 50.0 GB/s") != std::string::npos);
-  CHECK(md.find("| dense | 300 | 16 | 2 |") != std::string::npos);
+  CHECK(md.find("| dense | bf16 | 300 | 16 | 2 |") != std::string::npos);
+
+  // KV types take turns: each its own rows, read and dense speedups, and the
+  // later ones timed against the first.
+  o.format = "json";
+  o.head_dims = {32};
+  o.kv_types = {KVType::BF16, KVType::Q8_0};
+  const nlohmann::json two = nlohmann::json::parse(bench_output(o));
+  REQUIRE(two["rows"].size() == 6);
+  CHECK(two["kv_type"] == "bf16,q8_0");
+  for (int i = 0; i < 3; ++i) {
+    const auto& b = two["rows"][i];
+    const auto& q = two["rows"][i + 3];
+    CHECK(b["kv_type"] == "bf16");
+    CHECK(q["kv_type"] == "q8_0");
+    CHECK(q["setting"] == b["setting"]);
+    CHECK(b["speedup_vs_first_kv"].is_null());
+    if (i < 2) CHECK(q["speedup_vs_first_kv"].get<double>() == Approx(b["ms_mean"].get<double>() / q["ms_mean"].get<double>()));
+  }
+  CHECK(two["rows"][4]["kv_bytes"] == double(2 * dense_step_bytes(300, 32, KVType::Q8_0)));
+  CHECK(two["rows"][5]["kv_bytes"] == double(2 * 2 * (300 * kv_row_bytes(KVType::Q8_0, 32) / 256 * 256)));
+  CHECK(two["rows"][3]["kv_bytes"] == double(2 * sparq_step_bytes(resolve_sparq(parse_attention_setting("sparq:r=4,k=64").sp, 300, 32), 300, 32, KVType::Q8_0)));
+  o.head_dims = {16};
+  o.kv_types = {KVType::BF16};
 
   o.format = "xml";
   CHECK_THROWS_WITH(run_attention_bench(o), Catch::Contains("format must be md, csv, json or jsonl"));

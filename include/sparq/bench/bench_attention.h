@@ -17,7 +17,7 @@ struct AttentionBenchOptions {
   std::vector<int> head_dims = {64, 128};
   std::vector<int> groups = {1, 4};  // query heads per KV head
   int n_kv_heads = 8;
-  KVType kv_type = KVType::BF16;
+  std::vector<KVType> kv_types = {KVType::BF16};  // each its own cache, all taking turns in each rep
   std::vector<std::string> settings = {"dense", "sparq:8", "sparq:16"};  // parse_attention_setting
   int threads = 0;                 // 0: omp_get_max_threads()
   int reps = 10;                   // timed passes over all layers (after one warm-up pass)
