@@ -170,11 +170,10 @@ inline void in_order(VF& lo, VF& hi) {
   if constexpr (sizeof(T) == 2) unpacked_in_order(lo, hi);
 }
 
-// Elements of T from one K or V row to the next: a q8_0 row (int8) holds its
-// d quants, then its d / 32 f16 scales.
+// Elements of T from one K or V row to the next (int8: a q8_0 row's bytes).
 template <class T>
-constexpr size_t row_stride(int d) {
-  return std::is_same_v<T, int8_t> ? size_t(d) + 2 * size_t(d / 32) : size_t(d);
+size_t row_stride(int d) {
+  return std::is_same_v<T, int8_t> ? kv_row_bytes(KVType::Q8_0, d) : size_t(d);
 }
 
 // kLanes elements c0.. of a row of d as f32, in order (bf16 widened, q8_0
@@ -260,8 +259,8 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
         }
       }
     }
-    for (int u = 0; u < U; ++u) {
-      if constexpr (kQ8) {  // x_h(p) = s_p (qs_h . quants)
+    if constexpr (kQ8)  // x_h(p) = s_p (qs_h . quants)
+      for (int u = 0; u < U; ++u) {
         const int p = p0 + W * u;
         const VF s0 = Full ? load_f16(scales + p) : load_f16_first(scales + p, valid - p);
         const VF s1 = Full ? load_f16(scales + p + kLanes) : load_f16_first(scales + p + kLanes, valid - p - kLanes);
@@ -270,7 +269,6 @@ void step1_block(const SparqStep1Args& a, int nb, int h0, int b, const T* pf, fl
           hi[h][u] = mul(hi[h][u], s1);
         }
       }
-    }
     for (int h = 0; h < NH; ++h)
       for (int u = 0; u < U; ++u) {
         in_order<T>(lo[h][u], hi[h][u]);
