@@ -51,6 +51,7 @@ struct PrefillWork {
   std::vector<const float*> q;
   std::vector<float*> out;
   std::vector<int> last;
+  std::vector<float> qm;  // q8_0: the queries as its keys meet them
 };
 
 // One piece of dense work: positions [p0, p1) of one (query, KV head).
@@ -250,11 +251,17 @@ void attention_prefill(const KVCache& cache, int layer, int p0, int T, int n_hea
   w.q.resize(total);
   w.out.resize(total);
   w.last.resize(total);
+  // q8_0 keys meet each query quantized, as in decode (kv_query_as_met).
+  const bool q8 = sh.type == KVType::Q8_0;
+  w.qm.resize(q8 ? size_t(T) * n_heads * d : 0);
+  for (int t = 0; t < T && q8; ++t)
+    for (int h = 0; h < n_heads; ++h)
+      kv_query_as_met(q + t * q_stride + size_t(h) * d, d, &w.qm[(size_t(t) * n_heads + h) * d]);
   for (int kv = 0; kv < nkv; ++kv)
     for (int t = 0; t < T; ++t)
       for (int g = 0; g < group; ++g) {
         const size_t i = size_t(kv) * per_head + size_t(t) * group + g, head = size_t(kv) * group + g;
-        w.q[i] = q + t * q_stride + head * d;
+        w.q[i] = q8 ? &w.qm[(size_t(t) * n_heads + head) * d] : q + t * q_stride + head * d;
         w.out[i] = out + (size_t(t) * n_heads + head) * d;
         w.last[i] = p0 + t;
       }

@@ -18,12 +18,23 @@ void dense_partial(const DenseSpan& s, const DensePartial& out) {
   score.resize(size_t(n) * s.group);
   q.resize(size_t(s.group) * d);
   for (size_t i = 0; i < q.size(); ++i) q[i] = query_for(s.type, s.q[i]);
+  const bool q8 = s.type == KVType::Q8_0;  // scores of integer blocks, as llama.cpp's
+  thread_local std::vector<int8_t> qq;
+  thread_local std::vector<float> qs;
+  qq.resize(q8 ? size_t(s.group) * d : 0);
+  qs.resize(q8 ? size_t(s.group) * (d / kKVQuantBlock) : 0);
+  for (int h = 0; h < s.group && q8; ++h)
+    quantize_kv_query(q.data() + size_t(h) * d, d, &qq[size_t(h) * d], &qs[size_t(h) * (d / kKVQuantBlock)]);
   for (int i = 0; i < n; ++i) {
-    for (int c = 0; c < d; ++c) row[size_t(c)] = kv_row_elem(s.k, s.type, d, size_t(s.p0 + i), c);
+    if (!q8)
+      for (int c = 0; c < d; ++c) row[size_t(c)] = kv_row_elem(s.k, s.type, d, size_t(s.p0 + i), c);
     for (int h = 0; h < s.group; ++h) {
       const float* qh = q.data() + size_t(h) * d;
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += qh[c] * row[c];
+      if (q8)
+        dot = kv_q8_dot(&qq[size_t(h) * d], &qs[size_t(h) * (d / kKVQuantBlock)], s.k, d, size_t(s.p0 + i));
+      else
+        for (int c = 0; c < d; ++c) dot += qh[c] * row[c];
       score[size_t(h) * n + i] = dot * scale;
     }
   }

@@ -52,6 +52,43 @@ void quantize_kv_row(const float* x, int d, uint8_t* out) {
                                             reinterpret_cast<int8_t*>(out) + b * kKVQuantBlock));
 }
 
+void quantize_kv_query(const float* q, int d, int8_t* qq, float* qs) {
+  for (int b = 0; b < d / kKVQuantBlock; ++b) {
+    const float* x = q + b * kKVQuantBlock;
+    int8_t* out = qq + b * kKVQuantBlock;
+    float amax = 0;
+    bool finite = true;
+    for (int i = 0; i < kKVQuantBlock; ++i) {
+      amax = std::max(amax, std::fabs(x[i]));
+      finite = finite && std::isfinite(x[i]);
+    }
+    const float s = amax / 127, inv = s != 0 ? 1 / s : 0;
+    const bool ok = finite && std::isfinite(inv);
+    for (int i = 0; i < kKVQuantBlock; ++i) out[i] = ok ? int8_t(std::nearbyint(x[i] * inv)) : int8_t(0);
+    qs[b] = ok ? s : finite ? 0.0f : NAN;
+  }
+}
+
+void kv_query_as_met(const float* q, int d, float* out) {
+  int8_t qq[kKVQuantBlock];
+  for (int b = 0; b < d / kKVQuantBlock; ++b) {
+    float s = 0;
+    quantize_kv_query(q + b * kKVQuantBlock, kKVQuantBlock, qq, &s);
+    for (int i = 0; i < kKVQuantBlock; ++i) out[b * kKVQuantBlock + i] = float(qq[i]) * s;
+  }
+}
+
+float kv_q8_dot(const int8_t* qq, const float* qs, const void* rows, int d, size_t p) {
+  const uint8_t* row = static_cast<const uint8_t*>(rows) + p * kv_row_bytes(KVType::Q8_0, d);
+  float acc = 0;
+  for (int b = 0; b < d / kKVQuantBlock; ++b) {
+    int32_t sum = 0;
+    for (int i = b * kKVQuantBlock; i < (b + 1) * kKVQuantBlock; ++i) sum += int32_t(int8_t(row[i])) * qq[i];
+    acc += float(sum) * (qs[b] * f16_to_f32(load_as<uint16_t>(row + d + 2 * b)));
+  }
+  return acc;
+}
+
 KVType parse_kv_type(std::string_view name) {
   for (KVType t : {KVType::F32, KVType::BF16, KVType::Q8_0})
     if (name == kv_type_name(t)) return t;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <vector>
 
 #include "sparq/kernels/sparq_kernels.h"
 
@@ -98,13 +99,20 @@ void sparq_mass(const float* e, const float* w, int n_h, int nb, const int* idx,
 void sparq_step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, float* acc,
                  float* scratch) {
   const int d = a.d, dp = sparq_dpad(d);
+  const bool q8 = a.type == KVType::Q8_0;
+  std::vector<int8_t> qq(q8 ? size_t(d) : 0);
+  std::vector<float> qs(q8 ? size_t(d / kKVQuantBlock) : 0);
   for (int h = 0; h < a.n_h; ++h) {
     const float* qh = a.q + size_t(h) * d;
+    if (q8) quantize_kv_query(qh, d, qq.data(), qs.data());
     float* x = scratch;
     float m = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < n; ++i) {
       float dot = 0;
-      for (int c = 0; c < d; ++c) dot += qh[c] * kv_row_elem(a.k_rows, a.type, d, size_t(idx[i]), c);
+      if (q8)
+        dot = kv_q8_dot(qq.data(), qs.data(), a.k_rows, d, size_t(idx[i]));
+      else
+        for (int c = 0; c < d; ++c) dot += qh[c] * kv_row_elem(a.k_rows, a.type, d, size_t(idx[i]), c);
       x[i] = dot * a.scale;
       m = std::max(m, x[i]);
     }

@@ -517,6 +517,125 @@ void select_kernel(const float* e, const float* w, int n_h, int nb, int n, int m
 
 // ---- step 3 ----
 
+// q8_0 keys meet the query quantized per 32 values (quantize_kv_query): one
+// integer dot product per chunk of kChunk key bytes, its int32 lanes (4
+// products each, exact) scaled by the blocks' scales and summed.
+constexpr int kChunk = SPARQ_SIMD_512 ? 64 : 32;
+
+#if defined(__AVX512VNNI__)
+// A chunk of a key row: its quants + 128 (vpdpbusd wants one unsigned
+// operand; the extra 128 q is taken off by the sum's starting value) and the
+// lanes' block scales (lanes 0-7: the first block, 8-15: the second; a half
+// chunk, one block: bytes 32-63 are 0 and so is the query there).
+struct KeyChunk {
+  __m512i u;
+  VF scale;
+};
+#elif SPARQ_SIMD_512
+// As above without VNNI: |quants| for vpmaddubsw's unsigned operand, and the
+// negative ones, whose query bytes change sign.
+struct KeyChunk {
+  __m512i a;
+  __mmask64 neg;
+  VF scale;
+};
+#endif
+#if SPARQ_SIMD_512
+inline KeyChunk key_chunk(const int8_t* row, int j, int d) {
+  const bool half = d - kChunk * j < kChunk;
+  const __m512i k = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + kChunk * j)
+                         : _mm512_loadu_si512(row + kChunk * j);
+  uint32_t h = 0;
+  std::memcpy(&h, row + d + 4 * j, half ? 2 : 4);
+  const __m128 s = _mm_cvtph_ps(_mm_cvtsi32_si128(int(h)));
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const VF scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s));
+#if defined(__AVX512VNNI__)
+  return {_mm512_xor_si512(k, _mm512_set1_epi8(char(0x80))), scale};
+#else
+  return {_mm512_abs_epi8(k), _mm512_movepi8_mask(k), scale};
+#endif
+}
+// Lane i: the sum of the products of bytes 4i..4i+3 of the chunk and of q;
+// corr: -128 times the sum of those bytes of q (used with VNNI only).
+inline VI dot_chunk(const KeyChunk& k, const int8_t* q, const int32_t* corr) {
+  const __m512i qv = _mm512_loadu_si512(q);
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(loadi(corr), k.u, qv);
+#else
+  (void)corr;
+  const __m512i s = _mm512_mask_sub_epi8(qv, k.neg, _mm512_setzero_si512(), qv);  // q's sign flipped where k < 0
+  return _mm512_madd_epi16(_mm512_maddubs_epi16(k.a, s), _mm512_set1_epi16(1));
+#endif
+}
+#else
+struct KeyChunk {
+  __m256i a, k;
+  VF scale;
+};
+inline KeyChunk key_chunk(const int8_t* row, int j, int d) {
+  const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + kChunk * j));
+  return {_mm256_abs_epi8(k), k, set1_f16(row + d + 2 * j)};
+}
+inline VI dot_chunk(const KeyChunk& k, const int8_t* q, const int32_t*) {
+  const __m256i s = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)), k.k);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(k.a, s), _mm256_set1_epi16(1));
+}
+#endif
+
+// The query of G heads as q8_0 keys meet it: quants qq [G][nch kChunk] (0
+// past d); per head and chunk its blocks' scales in key_chunk's lanes, qsv
+// [G][nch][kLanes], and dot_chunk's corr [G][nch][kLanes].
+void quantize_query(const float* q, int G, int d, int nch, int8_t* qq, float* qsv, int32_t* corr) {
+  float qs[64];
+  for (int h = 0; h < G; ++h) {
+    int8_t* qh = qq + size_t(h) * nch * kChunk;
+    std::fill(qh, qh + size_t(nch) * kChunk, int8_t(0));
+    for (int b0 = 0; b0 < d; b0 += 32 * 64) {  // 64 blocks at a time
+      const int nb = std::min(64, (d - b0) / 32);
+      quantize_kv_query(q + size_t(h) * d + b0, nb * 32, qh + b0, qs);
+      for (int b = 0; b < nb; ++b) {
+        const int blk = b0 / 32 + b, j = blk / (kChunk / 32), half = blk % (kChunk / 32);
+        float* v = qsv + (size_t(h) * nch + j) * kLanes;
+        if (half == 0) std::fill(v, v + kLanes, 0.0f);
+        std::fill(v + half * 8, v + (kChunk == 32 ? kLanes : half * 8 + 8), qs[b]);
+      }
+    }
+    for (int i = 0; i < nch * kLanes; ++i)
+      corr[size_t(h) * nch * kLanes + i] = -128 * (qh[4 * i] + qh[4 * i + 1] + qh[4 * i + 2] + qh[4 * i + 3]);
+  }
+}
+
+// Lanes idx (< 2 kLanes) of the pair (lo, hi).
+inline VF pick(VF lo, VF hi, VI idx) {
+#if SPARQ_SIMD_512
+  return _mm512_permutex2var_ps(lo, idx, hi);
+#else
+  const VI i = _mm256_and_si256(idx, _mm256_set1_epi32(7));
+  return select(gt_i(idx, set1_i(7)), _mm256_permutevar8x32_ps(hi, i), _mm256_permutevar8x32_ps(lo, i));
+#endif
+}
+
+// q8_0 values: each row's NB block scales folded into a chunk's weights, so
+// the value loop only widens the quants. ws [NB][NG][kLanes], lane r G + h
+// of group g: w's lane times the scale of block b of row g R + r.
+template <int G, int R, int NG, int NB>
+void fold_value_scales(const int8_t* const* rows, int d, const float* w, float* ws) {
+  static_assert(R * NB <= 2 * kLanes && R * G <= kLanes);
+  alignas(64) uint16_t sc[NG][2 * kLanes] = {};  // per group: its rows' scales [r][b]
+  for (int i = 0; i < NG * R; ++i) std::memcpy(&sc[i / R][(i % R) * NB], rows[i] + d, 2 * NB);
+  VI ix[NB];
+  for (int b = 0; b < NB; ++b) {
+    alignas(64) int32_t v[kLanes];
+    for (int l = 0; l < kLanes; ++l) v[l] = std::min(l / G, R - 1) * NB + b;  // lanes from R G on: weight 0
+    ix[b] = loadi(v);
+  }
+  for (int g = 0; g < NG; ++g) {
+    const VF lo = load_f16(sc[g]), hi = R * NB > kLanes ? load_f16(sc[g] + kLanes) : lo, wg = load(w + kLanes * g);
+    for (int b = 0; b < NB; ++b) store(ws + (b * NG + g) * kLanes, mul(wg, pick(lo, hi, ix[b])));
+  }
+}
+
 // Rows this many ahead of the ones being read are prefetched into L2 (the
 // caller also fetches each 128-row slice in one burst first).
 constexpr int kRowsAhead = 32;
@@ -569,6 +688,16 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
   float* w = scratch;   // [NG][kLanes]: a chunk's weights, [row][head] per group
   float* ac = w + 256;  // [G][wd]
   std::fill(ac, ac + size_t(G) * wd, 0.0f);
+  constexpr bool kQ8 = std::is_same_v<T, int8_t>;
+  const int nch = kQ8 ? (d + kChunk - 1) / kChunk : 0;
+  // q8_0: the quantized query (quantize_query) and the folded weights (fold_value_scales).
+  constexpr int NB = NV * kLanes / 32;
+  constexpr bool kFold = kQ8 && NV > 0 && R * NB <= 2 * kLanes;
+  float* qsv = ac + size_t(G) * wd;                                          // [G][nch][kLanes]
+  int32_t* corr = reinterpret_cast<int32_t*>(qsv + size_t(G) * nch * kLanes);  // [G][nch][kLanes]
+  int8_t* qq = reinterpret_cast<int8_t*>(corr + size_t(G) * nch * kLanes);     // [G][nch kChunk]
+  float* ws = qsv + size_t(G) * nch * (2 * kLanes + kChunk / 4);             // [NB][NG][kLanes]
+  if constexpr (kQ8) quantize_query(q, G, d, nch, qq, qsv, corr);
   for (int i = 0; i < std::min(n, kRowsAhead); ++i)
     prefetch_row(K + size_t(idx[i]) * rs, rs), prefetch_row(V + size_t(idx[i]) * rs, rs);
 #if defined(__AVX512BF16__)
@@ -596,6 +725,17 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
         prefetch_row(K + size_t(idx[i]) * rs, rs), prefetch_row(V + size_t(idx[i]) * rs, rs);
       VF dot[kLanes];
       for (VF& x : dot) x = zero();
+      if constexpr (kQ8) {
+        for (int j = 0; j < nch; ++j)
+          for (int r = 0; r < R; ++r) {
+            const KeyChunk kc = key_chunk(rows[g * R + r], j, d);
+            for (int h = 0; h < G; ++h) {
+              const size_t hj = size_t(h) * nch + j;
+              const VF sc = mul(kc.scale, load(qsv + hj * kLanes));
+              dot[r * G + h] = fmadd(to_float(dot_chunk(kc, qq + hj * kChunk, corr + hj * kLanes)), sc, dot[r * G + h]);
+            }
+          }
+      } else {
 #if defined(__AVX512BF16__)
       if constexpr (kPairs > 0) {
         for (int j = 0; j < kPairs; ++j)
@@ -613,6 +753,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
             dot[r * G + h] = fmadd(k, qh, dot[r * G + h]);
           }
         }
+      }
       }
       const unsigned valid_bits = first_bits(nrows * G);
       const Mask valid = first_mask(nrows * G);
@@ -635,6 +776,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
       l = add(l, p);
     }
     for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * rs;
+    if constexpr (kFold) fold_value_scales<G, R, NG, NB>(reinterpret_cast<const int8_t* const*>(rows), d, w, ws);
     for (int j = 0; j < nc; ++j) {
       const int c0 = j * CW;
       VF av[C][U][G];
@@ -646,10 +788,14 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
           const int i = r + u;
           VF x[C];
           for (int cc = 0; cc < C; ++cc)
-            x[cc] = NV > 0 ? load_row(rows[i], c0 + cc * kLanes, d)
-                           : load_row_first(rows[i], c0 + cc * kLanes, d, d - c0 - cc * kLanes);
+            if constexpr (kFold)
+              x[cc] = load_i8(reinterpret_cast<const int8_t*>(rows[i]) + c0 + cc * kLanes);
+            else
+              x[cc] = NV > 0 ? load_row(rows[i], c0 + cc * kLanes, d)
+                             : load_row_first(rows[i], c0 + cc * kLanes, d, d - c0 - cc * kLanes);
+          const float* wi = kFold ? ws + (c0 / 32 * NG + i / R) * kLanes : w + kLanes * (i / R);
           for (int h = 0; h < G; ++h) {
-            const VF p = set1(w[kLanes * (i / R) + (i % R) * G + h]);
+            const VF p = set1(wi[(i % R) * G + h]);
             for (int cc = 0; cc < C; ++cc) av[cc][u][h] = fmadd(p, x[cc], av[cc][u][h]);
           }
         }

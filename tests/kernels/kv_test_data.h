@@ -40,6 +40,22 @@ inline std::vector<float> as_stored(std::vector<float> x, KVType t, size_t block
   return x;
 }
 
+// A query (rows of whole 32-value blocks for q8_0) as keys of type t meet it,
+// dequantized: rounded to bf16, or per 32 values qs = max|q| / 127 and
+// q / qs rounded to nearest even, times qs.
+inline std::vector<float> as_query(std::vector<float> q, KVType t) {
+  if (t == KVType::BF16)
+    for (float& v : q) v = bf16_to_f32(f32_to_bf16(v));
+  if (t == KVType::Q8_0)
+    for (size_t b = 0; b + 32 <= q.size(); b += 32) {
+      float amax = 0;
+      for (size_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(q[i]));
+      const float s = amax / 127, inv = s != 0 ? 1.0f / s : 0.0f;
+      for (size_t i = b; i < b + 32; ++i) q[i] = std::nearbyint(q[i] * inv) * s;
+    }
+  return q;
+}
+
 // A one-layer cache holding k and v ([S][n_kv][d]) at positions 0..S-1.
 inline KVCache make_cache(int n_kv, int d, int S, KVType t, const std::vector<float>& k, const std::vector<float>& v) {
   KVCache c(KVShape{1, n_kv, d, S, t});

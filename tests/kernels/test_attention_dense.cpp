@@ -68,8 +68,7 @@ std::vector<float> random_q(int n, float scale, uint32_t seed) {
 std::vector<double> reference(const std::vector<float>& q_given, const KV& kv_given, int S, int n_heads, KVType t,
                               std::vector<double>* abs_v = nullptr) {
   const KV kv = kv_given.as_stored(t);
-  std::vector<float> q(q_given);
-  for (float& x : q) x = query_for(t, x);
+  const std::vector<float> q = test::as_query(q_given, t);
   const int d = kv.d, group = n_heads / kv.nkv;
   std::vector<double> out(size_t(n_heads) * d, 0.0), s(static_cast<size_t>(S));
   if (abs_v) abs_v->assign(out.size(), 0.0);
@@ -363,8 +362,10 @@ TEST_CASE("prefill kernels take query vectors with any last positions", "[attent
       std::vector<float> out(q.size());
       std::vector<const float*> qp;
       std::vector<float*> op;
+      // The kernel takes queries as q8_0 keys meet them (attention_prefill quantizes them).
+      const std::vector<float> qk = t == KVType::Q8_0 ? test::as_query(q, t) : q;
       for (int i = 0; i < n; ++i) {
-        qp.push_back(&q[size_t(i) * d]);
+        qp.push_back(&qk[size_t(i) * d]);
         op.push_back(&out[size_t(i) * d]);
       }
       const PrefillSpan span{c.k_rows(0, 0), c.v_rows(0, 0), t, d, n, qp.data(), last.data(), op.data()};

@@ -156,7 +156,7 @@ TEST_CASE("window and topk decode match their double references", "[attention][b
         const std::vector<float> v = gaussian(size_t(sh.S) * sh.n_kv * sh.d, 1.0f, rng);
         const KVCache c = make_cache(sh.n_kv, sh.d, sh.S, t, k, v);
         std::vector<float> q = gaussian(size_t(nh) * sh.d, 2.0f, rng);
-        const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = as_stored(q, t == KVType::BF16 ? t : KVType::F32);
+        const std::vector<float> ks = as_stored(k, t), vs = as_stored(v, t), qs = test::as_query(q, t);
         const std::vector<float> kt = as_stored(k, t, size_t(sh.d));  // what step 1 ranks by
         for (const char* text : {"window:8", "window:k=1", "window:k=7,sinks=9", "topk:k=5", "topk:k=20,l=4",
                                  "topk:k=9,group=logit", "topk:4,floor=3"}) {

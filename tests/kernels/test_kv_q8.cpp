@@ -5,6 +5,7 @@
 // reference, and the reference against double, on the same adversarial data
 // at lengths that are no multiple of a block.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -157,9 +158,10 @@ TEST_CASE("q8_0 SparQ steps 1 and 3: every tier against the reference, the refer
   const std::vector<CpuTier> tiers = test::simd_tiers_here();
   std::mt19937 rng(3);
   for (int kind = 0; kind < 6; ++kind)
-    for (int d : {32, 64, 128})
-      for (int S : {1, 31, 1025, 2500}) {
-        const int G = 1 + (S + d) % 5, r = std::min(d, 1 + S % 17);
+    for (int d : {32, 64, 96, 128, 160})
+      for (int si = 0; si < 4; ++si) {
+        // Every group size from 1 to 8 at each head size, over the kinds.
+        const int S = std::array{1, 31, 1025, 2500}[size_t(si)], G = 1 + (kind + 3 * si) % 8, r = std::min(d, 1 + S % 17);
         INFO(kKinds[kind] << " d " << d << " S " << S << " G " << G << " r " << r);
         const std::vector<float> k = rows_by(kind, size_t(S) * d, d, rng), v = gaussian(size_t(S) * d, 1.0f, rng);
         const KVCache c = make_cache(1, d, S, KVType::Q8_0, k, v);
@@ -200,7 +202,7 @@ TEST_CASE("q8_0 SparQ steps 1 and 3: every tier against the reference, the refer
         std::vector<int> idx;
         for (int p = 0; p < S; p += 1 + S / 97) idx.push_back(p);
         const int n = int(idx.size());
-        const std::vector<float> q = gaussian(size_t(G) * d, 0.3f, rng);
+        const std::vector<float> q = gaussian(size_t(G) * d, 0.3f, rng), qm = test::as_query(q, KVType::Q8_0);
         const float scale = float(std::numbers::log2e / std::sqrt(double(d)));
         const SparqStep3Args a3{c.k_rows(0, 0), c.v_rows(0, 0), KVType::Q8_0, d, q.data(), G, scale};
         const size_t dp = size_t(sparq_dpad(d));
@@ -218,7 +220,7 @@ TEST_CASE("q8_0 SparQ steps 1 and 3: every tier against the reference, the refer
           std::vector<double> s(static_cast<size_t>(n));
           for (int i = 0; i < n; ++i) {
             double dot = 0;
-            for (int j = 0; j < d; ++j) dot += double(q[size_t(h) * d + j]) * ks[size_t(idx[size_t(i)]) * d + j];
+            for (int j = 0; j < d; ++j) dot += double(qm[size_t(h) * d + j]) * ks[size_t(idx[size_t(i)]) * d + j];
             s[size_t(i)] = dot * scale;
           }
           const double top = *std::max_element(s.begin(), s.end());

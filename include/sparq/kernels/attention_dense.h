@@ -36,7 +36,7 @@ struct PrefillSpan {
   KVType type;
   int d;
   int n;
-  const float* const* q;  // [n] query vectors
+  const float* const* q;  // [n] query vectors (q8_0: as its keys meet them, kv_query_as_met)
   const int* last;        // [n] last position each one sees
   float* const* out;      // [n] outputs
 };

@@ -46,8 +46,22 @@ inline size_t kv_t_block_bytes(KVType t, int d) {
 }
 
 // x as a query meets keys of type t: bf16 caches compute scores with bf16
-// dot products, so q is rounded to bf16 (as the keys are); f32 and q8_0 keep it.
+// dot products, so q is rounded to bf16 (as the keys are); f32 keeps it, and
+// so does q8_0 here (its rows meet a quantized query: quantize_kv_query).
 inline float query_for(KVType t, float x) { return t == KVType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
+
+// A query of d values (d % 32 == 0) as it meets q8_0 key rows, as llama.cpp
+// meets them: per 32 values qs = max|q| / 127 (f32) and qq = q / qs rounded to
+// nearest even, so each block's dot product is an exact integer sum. A
+// non-finite block gets quants 0 and a NaN scale.
+void quantize_kv_query(const float* q, int d, int8_t* qq, float* qs);
+// q as q8_0 keys meet it, dequantized: per 32 values qq qs (NaN for a
+// non-finite block), for kernels that take the keys as f32.
+void kv_query_as_met(const float* q, int d, float* out);
+// The score of q8_0 row p against such a query: sum over blocks b of
+// (qs_b s_b) (qq_b . quants_b), summed in block order: the reference the
+// kernels' sums match up to their order.
+float kv_q8_dot(const int8_t* qq, const float* qs, const void* rows, int d, size_t p);
 
 // A T at p, which need not be aligned for it.
 template <class T>

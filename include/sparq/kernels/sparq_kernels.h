@@ -37,7 +37,7 @@ struct SparqStep3Args {
   const void* v_rows = nullptr;  // KVCache::v_rows
   KVType type = KVType::BF16;
   int d = 0;
-  const float* q = nullptr;  // [n_h][d], as the keys meet it (query_for: bf16-rounded for bf16)
+  const float* q = nullptr;  // [n_h][d], as the keys meet it (query_for: bf16-rounded for bf16; q8_0 keys quantize it)
   int n_h = 0;
   float scale = 0;  // log2(e) / sqrt(d): the scores are (q_h . K[p]) * scale
 };
@@ -47,7 +47,8 @@ inline int sparq_dpad(int d) { return (d + 15) / 16 * 16; }
 
 // Floats of scratch sparq_step3 needs for n rows.
 inline size_t sparq_step3_scratch(int n_h, int n, int d) {
-  return size_t(n + 15) / 16 * 16 + 256 + size_t(n_h) * (2 * size_t(sparq_dpad(d)) + 32);
+  return size_t(n + 15) / 16 * 16 + 256 + size_t(n_h) * (2 * size_t(sparq_dpad(d)) + 32) +
+         size_t(n_h) * (size_t(d) + 64) + 8 * size_t(d) + 256;  // q8_0: the quantized query, the folded weights
 }
 
 // Words of scratch sparq_select needs for n positions.
