@@ -25,8 +25,11 @@ size_t blocks(const KVShape& s) { return (size_t(s.capacity) + KVCache::kBlock -
 size_t row_head_bytes(const KVShape& s) { return blocks(s) * KVCache::kBlock * kv_row_bytes(s.type, s.head_dim); }
 size_t t_head_bytes(const KVShape& s) { return blocks(s) * kv_t_block_bytes(s.type, s.head_dim); }
 
-// One q8_0 block of n values: quants into q, the f16 scale returned.
-uint16_t quantize_block(const float* x, int n, int8_t* q) {
+// One q8_0 block of n values: quants into q (halves away from zero, or to
+// even), the scale returned; too small a block gets scale 0 and a non-finite
+// one NaN, both with quants 0.
+template <bool NearestEven>
+float quantize_block_f32(const float* x, int n, int8_t* q) {
   float amax = 0;
   bool finite = true;
   for (int i = 0; i < n; ++i) {
@@ -36,11 +39,13 @@ uint16_t quantize_block(const float* x, int n, int8_t* q) {
   const float s = amax / 127, inv = s != 0 ? 1 / s : 0;
   if (!finite || !std::isfinite(inv)) {
     std::fill(q, q + n, int8_t(0));
-    return f32_to_f16(finite ? 0.0f : NAN);
+    return finite ? 0.0f : NAN;
   }
-  for (int i = 0; i < n; ++i) q[i] = int8_t(std::round(x[i] * inv));
-  return f32_to_f16(s);
+  for (int i = 0; i < n; ++i) q[i] = int8_t(NearestEven ? std::nearbyint(x[i] * inv) : std::round(x[i] * inv));
+  return s;
 }
+// The cache's rows: f16 scales.
+uint16_t quantize_block(const float* x, int n, int8_t* q) { return f32_to_f16(quantize_block_f32<false>(x, n, q)); }
 
 void put_f16(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
 
@@ -53,20 +58,8 @@ void quantize_kv_row(const float* x, int d, uint8_t* out) {
 }
 
 void quantize_kv_query(const float* q, int d, int8_t* qq, float* qs) {
-  for (int b = 0; b < d / kKVQuantBlock; ++b) {
-    const float* x = q + b * kKVQuantBlock;
-    int8_t* out = qq + b * kKVQuantBlock;
-    float amax = 0;
-    bool finite = true;
-    for (int i = 0; i < kKVQuantBlock; ++i) {
-      amax = std::max(amax, std::fabs(x[i]));
-      finite = finite && std::isfinite(x[i]);
-    }
-    const float s = amax / 127, inv = s != 0 ? 1 / s : 0;
-    const bool ok = finite && std::isfinite(inv);
-    for (int i = 0; i < kKVQuantBlock; ++i) out[i] = ok ? int8_t(std::nearbyint(x[i] * inv)) : int8_t(0);
-    qs[b] = ok ? s : finite ? 0.0f : NAN;
-  }
+  for (int b = 0; b < d / kKVQuantBlock; ++b)
+    qs[b] = quantize_block_f32<true>(q + b * kKVQuantBlock, kKVQuantBlock, qq + b * kKVQuantBlock);
 }
 
 void kv_query_as_met(const float* q, int d, float* out) {

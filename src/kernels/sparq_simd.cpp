@@ -776,7 +776,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
       l = add(l, p);
     }
     for (int i = 0; i < CR; ++i) rows[i] = V + size_t(idx[std::min(c + i, n - 1)]) * rs;
-    if constexpr (kFold) fold_value_scales<G, R, NG, NB>(reinterpret_cast<const int8_t* const*>(rows), d, w, ws);
+    if constexpr (kFold) fold_value_scales<G, R, NG, NB>(rows, d, w, ws);
     for (int j = 0; j < nc; ++j) {
       const int c0 = j * CW;
       VF av[C][U][G];
@@ -789,7 +789,7 @@ void step3(const SparqStep3Args& a, const int* idx, int n, float* mx, float* z, 
           VF x[C];
           for (int cc = 0; cc < C; ++cc)
             if constexpr (kFold)
-              x[cc] = load_i8(reinterpret_cast<const int8_t*>(rows[i]) + c0 + cc * kLanes);
+              x[cc] = load_i8(rows[i] + c0 + cc * kLanes);
             else
               x[cc] = NV > 0 ? load_row(rows[i], c0 + cc * kLanes, d)
                              : load_row_first(rows[i], c0 + cc * kLanes, d, d - c0 - cc * kLanes);
