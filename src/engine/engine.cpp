@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ranges>
 
 #include "sparq/util/interrupt.h"
 
@@ -24,9 +25,15 @@ struct Seq {
 struct Active {
   size_t job;
   std::vector<Seq> seqs;
+  std::vector<size_t> lead;  // per sequence, the one of its cache type that runs the shared prompt
+  int leads = 0;             // sequences that are their own lead
   Clock::time_point start;
   std::vector<const float*> forced_logits;  // this step's, per variant
 };
+
+std::vector<KVType> kv_types_of(const Job& j, KVType engine_type) {
+  return j.kv_types.empty() ? std::vector<KVType>(j.variants.size(), engine_type) : j.kv_types;
+}
 
 bool is_eos(const ModelConfig& c, int id) {
   return std::find(c.eos_ids.begin(), c.eos_ids.end(), id) != c.eos_ids.end();
@@ -59,23 +66,39 @@ uint64_t step_kv_bytes(const ModelConfig& c, const AttentionSettings& a, int S, 
   return uint64_t(c.n_kv_heads) * sum;
 }
 
-Engine::Engine(Model& model, int parallel, int ctx, KVType kv_type) : model_(model), ctx_(ctx) {
-  if (parallel < 1) fail("--parallel must be >= 1, got {}", parallel);
+Engine::Engine(Model& model, int ctx, std::span<const CachePool> pools) : model_(model), ctx_(ctx) {
   if (ctx < 2) fail("context size must be at least 2, got {}", ctx);
-  check_kv_fits(model.kv_shape(ctx, kv_type), parallel, available_memory());
-  for (int i = 0; i < parallel; ++i)
-    caches_.push_back(std::make_unique<KVCache>(model.kv_shape(ctx, kv_type)));
+  std::vector<KVShape> shapes;
+  for (const CachePool& p : pools) {
+    if (p.count < 1) fail("--parallel must be >= 1, got {}", p.count);
+    shapes.insert(shapes.end(), size_t(p.count), model.kv_shape(ctx, p.type));
+  }
+  if (shapes.empty()) fail("--parallel must be >= 1, got 0");
+  check_kv_fits(shapes, available_memory());
+  for (const KVShape& s : shapes) caches_.push_back(std::make_unique<KVCache>(s));
 }
+
+Engine::Engine(Model& model, int parallel, int ctx, KVType kv_type)
+    : Engine(model, ctx, std::vector<CachePool>{{kv_type, parallel}}) {}
 
 void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch) {
   const ModelConfig& c = model_.config();
   const size_t V = size_t(c.vocab_size);
+  const KVType default_type = caches_[0]->shape().type;
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
     const size_t fixed = j.prefill.size() + j.forced.size();
     if (j.variants.empty()) fail("job {} has no attention setting", i);
-    if (j.variants.size() > caches_.size())
-      fail("job {} needs {} sequences but only {} run in parallel", i, j.variants.size(), caches_.size());
+    if (!j.kv_types.empty() && j.kv_types.size() != j.variants.size())
+      fail("job {} has {} KV cache types for {} variants", i, j.kv_types.size(), j.variants.size());
+    const std::vector<KVType> types = kv_types_of(j, default_type);
+    for (const KVType t : types) {
+      const auto want = std::ranges::count(types, t);
+      const auto have = std::ranges::count_if(caches_, [t](const auto& cp) { return cp->shape().type == t; });
+      if (want > have)
+        fail("job {} needs {} sequences of a {} KV cache but only {} run in parallel", i, want, kv_type_name(t),
+             have);
+    }
     if (fixed == 0) fail("job {} has no tokens", i);
     if (j.forced.empty() && j.n_sample <= 0) fail("job {} has nothing to predict", i);
     if (fixed + (j.n_sample > 0 ? 1 : 0) > size_t(ctx_))
@@ -83,6 +106,21 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
   }
   std::vector<KVCache*> free_caches;
   for (auto& cp : caches_) free_caches.push_back(cp.get());
+  // Takes a free cache of each of the job's variants' types, or none when one is missing.
+  auto take_caches = [&](const Job& j) {
+    std::vector<KVCache*> got;
+    for (const KVType t : kv_types_of(j, default_type)) {
+      const auto it = std::ranges::find_if(free_caches, [t](KVCache* k) { return k->shape().type == t; });
+      if (it == free_caches.end()) break;
+      got.push_back(*it);
+      free_caches.erase(it);
+    }
+    if (got.size() < j.variants.size()) {
+      free_caches.insert(free_caches.end(), got.begin(), got.end());
+      got.clear();
+    }
+    return got;
+  };
   std::vector<Active> active;
   std::vector<Row> rows;
   std::vector<std::pair<size_t, size_t>> row_seq;  // per row with logits: (active, variant)
@@ -91,13 +129,18 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
 
   // Ctrl-C drops the jobs in flight; finished ones were reported by on_done.
   while ((next < jobs.size() || !active.empty()) && !interrupted()) {
-    while (next < jobs.size() && jobs[next].variants.size() <= free_caches.size()) {
+    while (next < jobs.size()) {
       const Job& j = jobs[next];
-      Active a{next, {}, Clock::now(), std::vector<const float*>(j.variants.size())};
-      for (const AttentionSettings* s : j.variants) {
-        Seq q{free_caches.back(), s, Sampler(j.sampling), {}, 0, false, {}};
-        free_caches.pop_back();
+      const std::vector<KVCache*> got = take_caches(j);
+      if (got.empty()) break;
+      Active a{next, {}, {}, 0, Clock::now(), std::vector<const float*>(j.variants.size())};
+      for (size_t v = 0; v < j.variants.size(); ++v) {
+        Seq q{got[v], j.variants[v], Sampler(j.sampling), {}, 0, false, {}};
         q.cache->clear();
+        size_t lead = 0;
+        while (lead < v && a.seqs[lead].cache->shape().type != q.cache->shape().type) ++lead;
+        a.lead.push_back(lead);
+        a.leads += lead == v;
         a.seqs.push_back(std::move(q));
       }
       active.push_back(std::move(a));
@@ -113,23 +156,28 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
       Active& a = active[ai];
       const Job& j = jobs[a.job];
       const int P = int(j.prefill.size()), nv = int(a.seqs.size());
-      Seq& lead = a.seqs[0];
       // The prompt but its last token is dense for every variant: the first
-      // runs it alone and the others copy its cache, then all feed the last
-      // prompt token together.
-      if (nv > 1 && lead.fed < P - 1) {
-        if (budget < 1 && !rows.empty()) continue;
-        const int n = std::min(P - 1 - lead.fed, std::max(1, budget));
-        budget -= n;
-        for (int t = 0; t < n; ++t) {
-          rows.push_back(Row{j.prefill[size_t(lead.fed + t)], lead.fed + t, lead.cache, nullptr, false});
-          lead.history.push_back(rows.back().token);
+      // of each cache type runs it and the others copy its cache, then all
+      // feed the last prompt token together.
+      const int leads = a.leads;
+      if (nv > leads && a.seqs[0].fed < P - 1) {
+        if (budget < leads && !rows.empty()) continue;
+        const int n = std::min(P - 1 - a.seqs[0].fed, std::max(1, budget / leads));
+        budget -= n * leads;
+        for (size_t si = 0; si < a.seqs.size(); ++si) {
+          if (a.lead[si] != si) continue;
+          Seq& lead = a.seqs[si];
+          for (int t = 0; t < n; ++t) {
+            rows.push_back(Row{j.prefill[size_t(lead.fed + t)], lead.fed + t, lead.cache, nullptr, false});
+            lead.history.push_back(rows.back().token);
+          }
+          lead.fed += n;
         }
-        lead.fed += n;
         continue;
       }
-      if (nv > 1 && P > 1 && a.seqs[1].fed < P - 1)
-        for (size_t si = 1; si < a.seqs.size(); ++si) {
+      for (size_t si = 0; si < a.seqs.size(); ++si)
+        if (a.lead[si] != si && a.seqs[si].fed < P - 1) {
+          const Seq& lead = a.seqs[a.lead[si]];
           a.seqs[si].cache->copy_from(*lead.cache);
           a.seqs[si].fed = lead.fed;
           a.seqs[si].history = lead.history;

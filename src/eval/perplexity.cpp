@@ -17,6 +17,7 @@ namespace {
 
 struct SettingScore {
   MeanStat nll, kl, top1;
+  MeanStat kl_bf16;  // against dense on a bf16 cache, when the run's cache is q8_0
   MeanStat kl_copy, kl_other;  // KL on tokens that continue a repeat (copyable) and on the rest
   uint64_t kv = 0, dense = 0;
 };
@@ -68,7 +69,8 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
   if (n_windows == 0)
     fail("{} has {} tokens, fewer than one window of the context size {}", text_path, ids.size(), n_ctx);
 
-  // Dense is the reference the others are compared with: variant 0.
+  // Dense is the reference the others are compared with: variant 0. On a
+  // q8_0 cache, dense on the default bf16 cache is a second one, run last.
   std::vector<const AttentionSettings*> variants;
   std::vector<std::string> names;
   static const AttentionSettings kDense{};
@@ -79,6 +81,14 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
       variants.push_back(&opt.settings[s]);
       names.push_back(opt.setting_names[s]);
     }
+  const bool bf16_ref = opt.kv_type == KVType::Q8_0;
+  std::vector<KVType> kv_types(variants.size(), opt.kv_type);
+  if (bf16_ref) {
+    variants.push_back(&kDense);
+    names.push_back("dense, bf16 KV");
+    kv_types.push_back(KVType::BF16);
+  }
+  const size_t nv = variants.size(), n_same = bf16_ref ? nv - 1 : nv;
 
   std::vector<Job> jobs(n_windows);
   for (size_t w = 0; w < n_windows; ++w) {
@@ -87,14 +97,18 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
     jobs[w].prefill.assign(win.begin(), win.begin() + half - 1);
     jobs[w].forced.assign(win.begin() + half - 1, win.end() - 1);
     jobs[w].variants = variants;
+    jobs[w].kv_types = kv_types;
   }
-  const int parallel = opt.parallel > 0 ? opt.parallel
-                                        : parallel_that_fits(model.kv_shape(n_ctx, opt.kv_type),
-                                                             int(std::max<size_t>(variants.size(), 16)));
-  Engine engine(model, std::max<int>(parallel, int(variants.size())), n_ctx, opt.kv_type);
+  std::vector<KVShape> one_job;
+  for (const KVType t : kv_types) one_job.push_back(model.kv_shape(n_ctx, t));
+  const int in_flight = opt.parallel > 0 ? std::max<int>(1, opt.parallel / int(nv))
+                                         : parallel_that_fits(one_job, std::max<int>(1, 16 / int(nv)));
+  std::vector<CachePool> pools{{opt.kv_type, in_flight * int(n_same)}};
+  if (bf16_ref) pools.push_back({KVType::BF16, in_flight});
+  Engine engine(model, n_ctx, pools);
   if (!opt.quiet)
     fmt::print(stderr, "sparq-run: perplexity over {} windows of {} tokens ({} scored each by decode steps), {} settings, {} sequences in flight\n",
-               n_windows, n_ctx, n_ctx - half, variants.size(), engine.parallel());
+               n_windows, n_ctx, n_ctx - half, nv, engine.parallel());
 
   std::vector<SettingScore> score(variants.size());
   std::vector<std::vector<char>> copy(n_windows);
@@ -109,6 +123,7 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
     const int dense_top = argmax({logits[0], V});
     for (size_t v = 0; v < logits.size(); ++v) {
       score[v].nll.add(-log_prob(logits[v], V, target));
+      if (bf16_ref && v < n_same) score[v].kl_bf16.add(kl_divergence(logits[nv - 1], logits[v], V, lp, lq));
       if (v == 0) continue;
       const double kl = kl_divergence(logits[0], logits[v], V, lp, lq);
       score[v].kl.add(kl);
@@ -128,22 +143,29 @@ void run_perplexity(Model& model, const std::string& text_path, const EvalOption
   progress.finish(done, tokens);
 
   nlohmann::json js = nlohmann::json::array();
-  fmt::print(stderr, "\n| setting | perplexity | ± | KL vs dense | top-1 agreement | KV ratio | scored tokens |\n|---|---:|---:|---:|---:|---:|---:|\n");
-  for (size_t v = 0; v < variants.size(); ++v) {
+  const std::string vs_bf16_head = bf16_ref ? " KL vs bf16-KV dense |" : "", vs_bf16_rule = bf16_ref ? "---:|" : "";
+  fmt::print(stderr, "\n| setting | KV | perplexity | ± | KL vs dense |{} top-1 agreement | KV ratio | scored tokens |\n"
+             "|---|---|---:|---:|---:|{}---:|---:|---:|\n", vs_bf16_head, vs_bf16_rule);
+  for (size_t v = 0; v < nv; ++v) {
     const SettingScore& s = score[v];
     const double ppl = std::exp(s.nll.mean());
     const double ppl_err = ppl * s.nll.se();  // first-order error of exp(mean NLL)
     const double ratio = s.dense ? double(s.kv) / double(s.dense) : 1.0;
-    fmt::print(stderr, "| {} | {:.4f} | {:.4f} | {:.6f} | {:.4f} | {:.4f} | {} |\n", names[v], ppl, ppl_err,
-               s.kl.mean(), v == 0 ? 1.0 : s.top1.mean(), ratio, s.nll.n);
-    js.push_back({{"setting", names[v]}, {"perplexity", ppl}, {"perplexity_stderr", ppl_err},
-                  {"kl_vs_dense", s.kl.mean()}, {"kl_stderr", s.kl.se()},
-                  {"top1_agreement", v == 0 ? 1.0 : s.top1.mean()}, {"kv_ratio", ratio},
-                  {"scored_tokens", s.nll.n}});
+    const double top1 = v == 0 ? 1.0 : s.top1.mean();
+    const std::string vs_bf16 = !bf16_ref ? "" : v < n_same ? fmt::format(" {:.6f} |", s.kl_bf16.mean()) : " - |";
+    fmt::print(stderr, "| {} | {} | {:.4f} | {:.4f} | {:.6f} |{} {:.4f} | {:.4f} | {} |\n", names[v],
+               kv_type_name(kv_types[v]), ppl, ppl_err, s.kl.mean(), vs_bf16, top1, ratio, s.nll.n);
+    js.push_back({{"setting", names[v]}, {"kv_type", kv_type_name(kv_types[v])}, {"perplexity", ppl},
+                  {"perplexity_stderr", ppl_err}, {"kl_vs_dense", s.kl.mean()}, {"kl_stderr", s.kl.se()},
+                  {"top1_agreement", top1}, {"kv_ratio", ratio}, {"scored_tokens", s.nll.n}});
+    if (bf16_ref && v < n_same) {
+      js[v]["kl_vs_bf16_dense"] = s.kl_bf16.mean();
+      js[v]["kl_vs_bf16_dense_stderr"] = s.kl_bf16.se();
+    }
   }
   // Where the KL comes from: tokens that continue a repeated trigram, and the rest.
   fmt::print(stderr, "\n| setting | KL on copyable tokens | KL on the rest | copyable share of KL | copyable tokens |\n|---|---:|---:|---:|---:|\n");
-  for (size_t v = 1; v < variants.size(); ++v) {
+  for (size_t v = 1; v < nv; ++v) {
     const SettingScore& s = score[v];
     const double total = s.kl_copy.sum + s.kl_other.sum;
     fmt::print(stderr, "| {} | {:.6f} | {:.6f} | {:.3f} | {} |\n", names[v], s.kl_copy.mean(), s.kl_other.mean(),

@@ -141,6 +141,39 @@ TEST_CASE("perplexity: SparQ with r = d and k >= S agrees with dense exactly", "
   CHECK(s[2]["kl_vs_dense"].get<double>() > 0.0);
 }
 
+TEST_CASE("perplexity on a q8_0 cache also scores dense on a bf16 cache, and the KL against it", "[cli][eval][kv]") {
+  const std::string model = shared_dir() + "/models/llama-27m-prose";
+  SPARQ_REQUIRE_SHARED(model);
+  const std::string text = temp_name("ppl-text"), summary = temp_name("ppl");
+  {
+    std::ofstream f(text, std::ios::binary);
+    f << read_text(shared_dir() + "/eval/heldout.txt").substr(0, 3000);
+  }
+  auto settings = [&](const std::string& kv) {
+    const Result r = run("-m " + quote(model) + " --perplexity " + quote(text) + " -c 64 -t 2 --quiet --kv-type " +
+                         kv + " --compare dense,sparq:r=8,k=8 --summary-json " + quote(summary));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.code == 0);
+    const nlohmann::json sj = nlohmann::json::parse(read_text(summary));
+    fs::remove(summary);
+    return sj["settings"];
+  };
+  const nlohmann::json q8 = settings("q8_0"), bf16 = settings("bf16");
+  fs::remove(text);
+  REQUIRE(bf16.size() == 2);
+  CHECK_FALSE(bf16[0].contains("kl_vs_bf16_dense"));
+  REQUIRE(q8.size() == 3);
+  CHECK(q8[0]["kv_type"] == "q8_0");
+  CHECK(q8[2]["setting"] == "dense, bf16 KV");
+  CHECK(q8[2]["kv_type"] == "bf16");
+  // The reference row is the bf16 run's dense, and q8_0 moves dense a little.
+  CHECK(q8[2]["perplexity"].get<double>() == Approx(bf16[0]["perplexity"].get<double>()).epsilon(1e-4));
+  const double kl_dense = q8[0]["kl_vs_bf16_dense"].get<double>();
+  CHECK(kl_dense > 0.0);
+  CHECK(kl_dense < 0.01);
+  CHECK(q8[1]["kl_vs_bf16_dense"].get<double>() > kl_dense);  // SparQ at k = 8 changes more
+}
+
 TEST_CASE("run with --profile and --trace reports phases and peak memory, and the bench subcommand runs", "[cli][profile][bench]") {
   const std::string small = shared_dir() + "/models/stories260K-hf";
   SPARQ_REQUIRE_SHARED(small);

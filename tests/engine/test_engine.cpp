@@ -105,6 +105,53 @@ TEST_CASE("engine: forced tokens give the step-by-step log-probabilities", "[eng
   CHECK(got[1] == got[0]);
 }
 
+TEST_CASE("engine: variants on different KV cache types each get their own type's prompt and steps", "[engine][kv]") {
+  SPARQ_REQUIRE_SHARED(model_dir());
+  auto m = Model::load(model_dir(), LoadOptions{});
+  const auto prompts = golden_prompts();
+  const std::vector<int>& prompt = *std::ranges::max_element(prompts, {}, &std::vector<int>::size);
+  const size_t V = size_t(m->config().vocab_size);
+  const AttentionSettings dense{};
+  const AttentionSettings sparq = parse_attention_setting("sparq:8");
+  Job j;
+  j.prefill.assign(prompt.begin(), prompt.end() - 1);
+  j.forced = {prompt.back(), 265, 3774, 272, 297};
+  // Sum of each variant's log-probabilities of the next forced token.
+  auto score = [&](Engine& e, const Job& job) {
+    std::vector<double> got(job.variants.size(), 0.0);
+    EngineHooks h;
+    h.on_forced = [&](size_t, int index, std::span<const float* const> l) {
+      if (size_t(index) + 1 >= job.forced.size()) return;
+      for (size_t v = 0; v < l.size(); ++v) got[v] += log_prob(l[v], V, job.forced[size_t(index) + 1]);
+    };
+    e.run({&job, 1}, h);
+    return got;
+  };
+  std::map<KVType, std::vector<double>> alone;
+  for (const KVType t : {KVType::BF16, KVType::Q8_0}) {
+    Engine e(*m, 2, 1100, t);
+    j.variants = {&dense, &sparq};
+    alone[t] = score(e, j);
+  }
+  const std::vector<CachePool> pools{{KVType::Q8_0, 2}, {KVType::BF16, 3}};
+  Engine mixed(*m, 1100, pools);
+  CHECK(mixed.parallel() == 5);
+  j.variants = {&dense, &dense, &sparq, &sparq};
+  j.kv_types = {KVType::Q8_0, KVType::BF16, KVType::BF16, KVType::Q8_0};
+  const std::vector<double> got = score(mixed, j);
+  CHECK(got[0] == Approx(alone[KVType::Q8_0][0]).epsilon(1e-6));
+  CHECK(got[1] == Approx(alone[KVType::BF16][0]).epsilon(1e-6));
+  CHECK(got[2] == Approx(alone[KVType::BF16][1]).epsilon(1e-6));
+  CHECK(got[3] == Approx(alone[KVType::Q8_0][1]).epsilon(1e-6));
+  CHECK(got[0] != got[1]);  // the types really differ
+  CHECK(got[2] != got[1]);  // and SparQ is active
+  // A job asking for more caches of a type than the engine has is refused.
+  j.kv_types = {KVType::Q8_0, KVType::Q8_0, KVType::Q8_0, KVType::BF16};
+  CHECK_THROWS_WITH(mixed.run({&j, 1}, {}), Catch::Contains("q8_0"));
+  j.kv_types = {KVType::Q8_0};
+  CHECK_THROWS_WITH(mixed.run({&j, 1}, {}), Catch::Contains("KV cache types"));
+}
+
 TEST_CASE("engine: jobs that cannot run are refused clearly", "[engine][errors]") {
   SPARQ_REQUIRE_SHARED(model_dir());
   auto m = Model::load(model_dir(), LoadOptions{});

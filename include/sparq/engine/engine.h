@@ -21,6 +21,9 @@ struct Job {
   std::vector<int> forced;   // then fed one decode step each, whatever is predicted
   int n_sample = 0;          // then tokens sampled (stops early at EOS)
   std::vector<const AttentionSettings*> variants;
+  // Per variant, its KV cache type; empty: every variant on the engine's
+  // first pool's type. Variants of one type share one prompt pass.
+  std::vector<KVType> kv_types;
   SamplerOptions sampling;
   bool stop_at_eos = true;
 };
@@ -46,10 +49,18 @@ struct EngineHooks {
   std::function<void(size_t job, JobResult&& result)> on_done;
 };
 
+// KV caches of one type, one per sequence in flight.
+struct CachePool {
+  KVType type;
+  int count;
+};
+
 class Engine {
  public:
-  // parallel: sequences in flight (each holds a KV cache of ctx positions);
-  // throws as check_kv_fits when their caches would not fit in memory.
+  // Caches of ctx positions from each pool (a job's variants each take one of
+  // their type); throws as check_kv_fits when they would not fit in memory.
+  Engine(Model& model, int ctx, std::span<const CachePool> pools);
+  // parallel sequences in flight, all on one cache type.
   Engine(Model& model, int parallel, int ctx, KVType kv_type);
 
   // Runs the jobs (in order of admission as caches free up); throws Error for
@@ -59,7 +70,7 @@ class Engine {
   void run(std::span<const Job> jobs, const EngineHooks& hooks, int batch = 512);
 
   ForwardStats& stats() { return stats_; }
-  int parallel() const { return int(caches_.size()); }
+  int parallel() const { return int(caches_.size()); }  // sequences in flight, all pools
 
  private:
   Model& model_;

@@ -43,7 +43,8 @@ int run_batch_file(Model& model, const std::string& path, const EvalOptions& opt
 
 // Non-overlapping windows of ctx tokens, the second half of each scored by
 // decode steps; prints perplexity per setting and KL / top-1 agreement
-// against dense (dense is added as the reference when not in the list).
+// against dense (dense is added as the reference when not in the list); on a
+// q8_0 cache also dense on a bf16 cache, and every setting's KL against it.
 void run_perplexity(Model& model, const std::string& text_path, const EvalOptions& opt);
 
 }  // namespace sparq
