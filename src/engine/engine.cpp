@@ -159,11 +159,10 @@ void Engine::run(std::span<const Job> jobs, const EngineHooks& hooks, int batch)
       // The prompt but its last token is dense for every variant: the first
       // of each cache type runs it and the others copy its cache, then all
       // feed the last prompt token together.
-      const int leads = a.leads;
-      if (nv > leads && a.seqs[0].fed < P - 1) {
-        if (budget < leads && !rows.empty()) continue;
-        const int n = std::min(P - 1 - a.seqs[0].fed, std::max(1, budget / leads));
-        budget -= n * leads;
+      if (nv > a.leads && a.seqs[0].fed < P - 1) {
+        if (budget < a.leads && !rows.empty()) continue;
+        const int n = std::min(P - 1 - a.seqs[0].fed, std::max(1, budget / a.leads));
+        budget -= n * a.leads;
         for (size_t si = 0; si < a.seqs.size(); ++si) {
           if (a.lead[si] != si) continue;
           Seq& lead = a.seqs[si];
