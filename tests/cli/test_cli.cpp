@@ -149,8 +149,11 @@ TEST_CASE("perplexity on a q8_0 cache also scores dense on a bf16 cache, and the
     std::ofstream f(text, std::ios::binary);
     f << read_text(shared_dir() + "/eval/heldout.txt").substr(0, 3000);
   }
+  // -b 6: every product on the matrix-vector kernels, whose rows do not
+  // depend on the rows beside them (see the engine's mixed-type test), so the
+  // reference row can equal the bf16 run's dense on every tier.
   auto settings = [&](const std::string& kv) {
-    const Result r = run("-m " + quote(model) + " --perplexity " + quote(text) + " -c 64 -t 2 --quiet --kv-type " +
+    const Result r = run("-m " + quote(model) + " --perplexity " + quote(text) + " -c 64 -b 6 -t 2 --quiet --kv-type " +
                          kv + " --compare dense,sparq:r=8,k=8 --summary-json " + quote(summary));
     INFO("stderr: " << r.err);
     REQUIRE(r.code == 0);
@@ -167,7 +170,7 @@ TEST_CASE("perplexity on a q8_0 cache also scores dense on a bf16 cache, and the
   CHECK(q8[2]["setting"] == "dense, bf16 KV");
   CHECK(q8[2]["kv_type"] == "bf16");
   // The reference row is the bf16 run's dense, and q8_0 moves dense a little.
-  CHECK(q8[2]["perplexity"].get<double>() == Approx(bf16[0]["perplexity"].get<double>()).epsilon(1e-4));
+  CHECK(q8[2]["perplexity"].get<double>() == Approx(bf16[0]["perplexity"].get<double>()).epsilon(1e-6));
   const double kl_dense = q8[0]["kl_vs_bf16_dense"].get<double>();
   CHECK(kl_dense > 0.0);
   CHECK(kl_dense < 0.01);
