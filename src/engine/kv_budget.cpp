@@ -30,14 +30,14 @@ size_t bytes_of(std::span<const KVShape> shapes) {
 
 // n sequences at ctx `capacity` needing `need` bytes in all.
 void check_bytes_fit(size_t need, size_t n, int capacity, size_t available) {
-  if (available == 0 || n == 0) return;  // unknown: let the allocation decide
+  // available 0: unknown, so the allocation decides.
+  if (available == 0 || n == 0 || need <= kv_budget(available)) return;
   const double gib = 1024.0 * 1024 * 1024;
-  if (n == 1 && need > kv_budget(available))
+  if (n == 1)
     fail("the KV cache for ctx {} needs {:.2f} GiB (incl. transposed K) but only {:.2f} GiB is available "
          "(20% kept spare; lower -c)", capacity, need / gib, available / gib);
-  if (n > 1 && need > kv_budget(available))
-    fail("the KV caches of {} sequences at ctx {} need {:.2f} GiB (incl. transposed K) but only {:.2f} GiB "
-         "is available (20% kept spare; lower -c or --parallel)", n, capacity, need / gib, available / gib);
+  fail("the KV caches of {} sequences at ctx {} need {:.2f} GiB (incl. transposed K) but only {:.2f} GiB "
+       "is available (20% kept spare; lower -c or --parallel)", n, capacity, need / gib, available / gib);
 }
 
 }  // namespace
